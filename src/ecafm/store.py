@@ -1,0 +1,449 @@
+"""The one write helper every artifact goes through, with its provenance record.
+
+Each artifact gets a provenance record (JSON) next to it:
+
+* a zarr store ``X.zarr`` carries it inside, as ``X.zarr/ecafm_provenance.json``
+  (excluded from the store's own physical hash);
+* any other file ``X`` carries it as the sidecar ``X.prov.json``.
+
+Writes are atomic: data go to a hidden partial path first and are renamed into place only after
+the hashes and the record are written, so a failed job never leaves an artifact that looks
+complete. Record format: see ``README.md`` ("Provenance record").
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import xarray as xr
+
+log = logging.getLogger(__name__)
+
+RECORD_SCHEMA = "ecafm.provenance/1"
+ZARR_RECORD_NAME = "ecafm_provenance.json"
+SIDECAR_SUFFIX = ".prov.json"
+KEY_LIBRARIES = (
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "xarray",
+    "zarr",
+    "numcodecs",
+    "dask",
+    "pandas",
+    "snakemake",
+    "afmreader",
+    "surfacetopography",
+)
+_CHUNK = 1 << 20
+
+
+# --------------------------------------------------------------------------- canonical JSON
+def _jsonable(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (_dt.datetime, _dt.date)):
+        return obj.isoformat()
+    if isinstance(obj, float) and obj != obj:  # NaN
+        return "NaN"
+    return obj
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys, no whitespace and numpy scalars converted: stable for hashing."""
+    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- hashes
+def store_files(path: str | Path) -> dict[str, str]:
+    """Sorted per-file sha256 of a directory (or one file), excluding the provenance record."""
+    path = Path(path)
+    if path.is_file():
+        return {path.name: sha256_file(path)}
+    out: dict[str, str] = {}
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and p.name != ZARR_RECORD_NAME:
+            out[p.relative_to(path).as_posix()] = sha256_file(p)
+    return out
+
+
+def physical_hash(path: str | Path) -> str:
+    """sha256 over the sorted (relative path, sha256) list of every file of the artifact."""
+    return sha256_bytes(canonical_json(store_files(path)).encode())
+
+
+def logical_hash(ds: xr.Dataset | xr.DataArray) -> str:
+    """Hash of what the data mean, independent of codec, chunking and thread count.
+
+    Covers, for every variable and coordinate in sorted order: name, dims, shape, dtype,
+    sorted attrs, and the decoded values fed slab by slab along the first axis (so a dask-backed
+    dataset is hashed without loading it whole).
+    """
+    import numpy as np
+    import xarray as xr
+
+    if isinstance(ds, xr.DataArray):
+        ds = ds.to_dataset(name=ds.name or "__data__")
+    h = hashlib.sha256()
+    h.update(canonical_json({"attrs": dict(ds.attrs)}).encode())
+    names = sorted(map(str, ds.variables))
+    for name in names:
+        var = ds.variables[name]
+        head = {
+            "name": name,
+            "dims": list(var.dims),
+            "shape": list(var.shape),
+            "dtype": str(var.dtype),
+            "attrs": dict(var.attrs),
+        }
+        h.update(canonical_json(head).encode())
+        data = var.data
+        if var.ndim == 0 or var.shape[0] == 0:
+            h.update(np.ascontiguousarray(np.asarray(data)).tobytes())
+            continue
+        step = max(1, int(_CHUNK * 8 // max(1, var.dtype.itemsize * int(np.prod(var.shape[1:])))))
+        for start in range(0, var.shape[0], step):
+            block = np.asarray(data[start : start + step])
+            if block.dtype.kind == "O":
+                h.update(canonical_json(block.tolist()).encode())
+            else:
+                h.update(np.ascontiguousarray(block).tobytes())
+    return h.hexdigest()
+
+
+def table_logical_hash(df: pd.DataFrame) -> str:
+    """Logical hash of a table: column names, dtypes and values (row order kept)."""
+    import pandas as pd
+
+    h = hashlib.sha256()
+    h.update(canonical_json({"columns": list(map(str, df.columns)),
+                             "dtypes": [str(t) for t in df.dtypes]}).encode())
+    h.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- code identity
+def _package_root() -> Path:
+    return Path(__file__).resolve().parent
+
+
+def module_hashes() -> dict[str, str]:
+    """sha256 of every source file of the ecafm package, by module name."""
+    root = _package_root()
+    out = {}
+    for p in sorted(root.rglob("*.py")):
+        mod = "ecafm." + p.relative_to(root).with_suffix("").as_posix().replace("/", ".")
+        out[mod.removesuffix(".__init__")] = sha256_file(p)
+    return out
+
+
+def _git(*args: str) -> str | None:
+    try:
+        res = subprocess.run(
+            ["git", *args], cwd=_package_root(), capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def code_identity() -> dict[str, Any]:
+    """Package version, hash of the whole package source, per-module hashes, git commit/dirty."""
+    from ecafm import __version__
+
+    mods = module_hashes()
+    commit = _git("rev-parse", "HEAD")
+    dirty = None
+    if commit is not None:
+        status = _git("status", "--porcelain", "--untracked-files=no")
+        dirty = bool(status)
+    return {
+        "package": "ecafm",
+        "version": __version__,
+        "source_sha256": sha256_bytes(canonical_json(mods).encode()),
+        "modules": mods,
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }
+
+
+def library_versions(names: Iterable[str] = KEY_LIBRARIES) -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# --------------------------------------------------------------------------- the record
+@dataclass(frozen=True)
+class Step:
+    """What made an artifact: rule (or CLI command), wildcards, params, and its inputs."""
+
+    rule: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    wildcards: Mapping[str, str] = field(default_factory=dict)
+    inputs: tuple[str, ...] = ()
+    threads: int = 1
+
+
+def describe_input(path: str | Path) -> dict[str, Any]:
+    """Input entry: path, sha256 (file) or physical hash (directory), and its version id if any."""
+    path = Path(path)
+    entry: dict[str, Any] = {"path": str(path)}
+    if path.is_dir():
+        entry["sha256"] = physical_hash(path)
+    elif path.exists():
+        entry["sha256"] = sha256_file(path)
+    else:
+        raise FileNotFoundError(f"{path}: input does not exist")
+    rec = read_record(path, missing_ok=True)
+    if rec is not None:
+        entry["version_id"] = rec["version_id"]
+        entry["logical_sha256"] = rec["artifact"]["logical_sha256"]
+    return entry
+
+
+def version_id(step: Step, inputs: list[dict[str, Any]], code: Mapping[str, Any],
+               libs: Mapping[str, Any]) -> str:
+    """Version of an artifact: its inputs' ids (or hashes), params and code identity."""
+    ident = {
+        "rule": step.rule,
+        "params": step.params,
+        "inputs": [i.get("version_id", i.get("sha256")) for i in inputs],
+        "code": code["source_sha256"],
+        "libraries": libs,
+    }
+    return sha256_bytes(canonical_json(ident).encode())[:16]
+
+
+def _record_path(path: Path) -> Path:
+    if path.suffix == ".zarr" or path.is_dir():
+        return path / ZARR_RECORD_NAME
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def read_record(path: str | Path, *, missing_ok: bool = False) -> dict[str, Any] | None:
+    """Read the provenance record of an artifact."""
+    rp = _record_path(Path(path))
+    if not rp.exists():
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"{path}: no provenance record ({rp.name}) beside it")
+    return json.loads(rp.read_text())
+
+
+def _make_record(path: Path, kind: str, logical: str, files: dict[str, str], step: Step,
+                 started: _dt.datetime) -> dict[str, Any]:
+    inputs = [describe_input(p) for p in step.inputs]
+    code = code_identity()
+    libs = library_versions()
+    return {
+        "schema": RECORD_SCHEMA,
+        "version_id": version_id(step, inputs, code, libs),
+        "artifact": {
+            "path": str(path),
+            "kind": kind,
+            "logical_sha256": logical,
+            "physical_sha256": sha256_bytes(canonical_json(files).encode()),
+            "files": files,
+        },
+        "step": {
+            "rule": step.rule,
+            "wildcards": dict(step.wildcards),
+            "params": _jsonable(dict(step.params)),
+        },
+        "inputs": inputs,
+        "code": code,
+        "libraries": libs,
+        # Not hashed: where and when.
+        "run": {
+            "host": socket.gethostname(),
+            "platform": platform.platform(),
+            "python_executable": sys.executable,
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "threads": step.threads,
+            "start": started.isoformat(),
+            "end": _dt.datetime.now(_dt.UTC).isoformat(),
+        },
+    }
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial-{os.getpid()}")
+
+
+def _clear(p: Path) -> None:
+    if p.is_dir():
+        shutil.rmtree(p)
+    elif p.exists():
+        p.unlink()
+
+
+def _sorted_attrs(ds: xr.Dataset) -> xr.Dataset:
+    ds = ds.copy()
+    ds.attrs = dict(sorted(ds.attrs.items()))
+    for name in ds.variables:
+        ds[name].attrs = dict(sorted(ds[name].attrs.items()))
+    return ds
+
+
+def zarr_encoding(ds: xr.Dataset, *, frame_chunk: int = 1, level: int = 3) -> dict[str, dict]:
+    """Deterministic encoding: Zstd (no GZip, no Blosc threads), chunks of frame_chunk frames."""
+    from zarr.codecs import ZstdCodec
+
+    enc: dict[str, dict] = {}
+    for name, var in ds.variables.items():
+        if var.dtype.kind in "OUSM" or var.ndim == 0:
+            continue
+        chunks = list(var.shape)
+        if var.dims and var.dims[0] == "frame" and name not in ds.coords:
+            chunks[0] = max(1, min(frame_chunk, var.shape[0]))
+        enc[str(name)] = {"compressors": [ZstdCodec(level=level)],
+                          "chunks": tuple(max(1, c) for c in chunks)}
+    return enc
+
+
+def write_cube(ds: xr.Dataset, path: str | Path, *, step: Step, frame_chunk: int = 1) -> dict:
+    """Write a dataset as a zarr v3 store with its provenance record; return the record."""
+    started = _dt.datetime.now(_dt.UTC)
+    path = Path(path)
+    tmp = _partial(path)
+    _clear(tmp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ds = _sorted_attrs(ds)
+        for name in ds.variables:
+            ds[name].encoding = {}
+        ds = ds.chunk({"frame": frame_chunk}) if "frame" in ds.dims else ds
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False,
+                   encoding=zarr_encoding(ds, frame_chunk=frame_chunk))
+        import xarray as xr
+
+        with xr.open_zarr(tmp, zarr_format=3, consolidated=False) as back:
+            logical = logical_hash(back)
+        files = store_files(tmp)
+        record = _make_record(path, "zarr", logical, files, step, started)
+        (tmp / ZARR_RECORD_NAME).write_text(json.dumps(record, indent=1, sort_keys=True))
+        _clear(path)
+        os.replace(tmp, path)
+    except BaseException:
+        _clear(tmp)
+        raise
+    log.info("wrote %s (logical %s, version %s)", path, logical[:12], record["version_id"])
+    return record
+
+
+def write_table(df: pd.DataFrame, path: str | Path, *, step: Step) -> dict:
+    """Write a table (.parquet or .csv/.tsv) with a sidecar provenance record."""
+    started = _dt.datetime.now(_dt.UTC)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial(path)
+    try:
+        if path.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        elif path.suffix in (".tsv", ".txt"):
+            df.to_csv(tmp, sep="\t", index=False)
+        else:
+            df.to_csv(tmp, index=False)
+        files = {path.name: sha256_file(tmp)}
+        record = _make_record(path, "table", table_logical_hash(df), files, step, started)
+        _record_path(path).write_text(json.dumps(record, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except BaseException:
+        _clear(tmp)
+        _clear(_record_path(path))
+        raise
+    return record
+
+
+def write_file(path: str | Path, writer, *, step: Step, kind: str = "file") -> dict:
+    """Write any file through ``writer(tmp_path)`` (a figure, a JSON) with a sidecar record.
+
+    The logical hash of a plain file is its sha256.
+    """
+    started = _dt.datetime.now(_dt.UTC)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial(path).with_suffix(path.suffix)
+    try:
+        writer(tmp)
+        digest = sha256_file(tmp)
+        record = _make_record(path, kind, digest, {path.name: digest}, step, started)
+        _record_path(path).write_text(json.dumps(record, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except BaseException:
+        _clear(tmp)
+        _clear(_record_path(path))
+        raise
+    return record
+
+
+def open_cube(path: str | Path, *, chunks: Any = None) -> xr.Dataset:
+    """Open a cube written by :func:`write_cube` (lazily, dask-backed)."""
+    import xarray as xr
+
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise FileNotFoundError(f"{path}: not a zarr v3 store (no zarr.json); was the step run?")
+    return xr.open_zarr(path, zarr_format=3, consolidated=False,
+                        chunks=chunks if chunks is not None else {})
+
+
+def verify(path: str | Path) -> list[str]:
+    """Re-hash an artifact against its record; return a list of mismatches (empty if intact)."""
+    path = Path(path)
+    rec = read_record(path)
+    problems: list[str] = []
+    recorded = rec["artifact"]["files"]
+    on_disk = store_files(path) if path.exists() else {}
+    for name in sorted(set(recorded) | set(on_disk)):
+        if name not in on_disk:
+            problems.append(f"{path}/{name}: missing")
+        elif name not in recorded:
+            problems.append(f"{path}/{name}: not in the record (added after the write)")
+        elif recorded[name] != on_disk[name]:
+            problems.append(f"{path}/{name}: sha256 differs from the record (modified)")
+    return problems
