@@ -1,0 +1,1 @@
+"""Readers and writers of raw input files (potentiostat logs, AFM frames)."""
