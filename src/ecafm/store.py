@@ -356,7 +356,11 @@ def write_cube(ds: xr.Dataset, path: str | Path, *, step: Step, frame_chunk: int
         ds = _sorted_attrs(ds)
         for name in ds.variables:
             ds[name].encoding = {}
-        ds = ds.chunk({"frame": frame_chunk}) if "frame" in ds.dims else ds
+        if "frame" in ds.dims:
+            for name in list(ds.data_vars):
+                if "frame" in ds[name].dims:
+                    ds[name] = ds[name].chunk({"frame": frame_chunk})
+            ds = ds.assign_coords({c: ds[c].variable.compute() for c in ds.coords})
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False,
                    encoding=zarr_encoding(ds, frame_chunk=frame_chunk))
         import xarray as xr

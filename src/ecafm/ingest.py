@@ -1,0 +1,304 @@
+"""Ingest: raw instrument files + electrochemistry log (or frame sheet) -> one chunked zarr cube.
+
+The Snakemake rule ``ingest_dataset`` and ``ecafm ingest`` both call :func:`ingest`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ecafm.errors import InputFileError
+from ecafm.io.afm import RawFrame, iter_sources, read_frames
+
+log = logging.getLogger(__name__)
+
+#: Integer codes of the ``phase`` coordinate (CF flag convention).
+PHASE_CODES = {"unknown": -1, "rest": 0, "plate": 1, "strip": 2}
+QC_FLAGS = ("all_zero", "mostly_zero", "constant", "has_nan", "saturated")
+
+
+@dataclass(frozen=True)
+class QCParams:
+    """Thresholds of the per-frame QC (config key ``ingest.qc``)."""
+
+    mostly_zero_fraction: float = 0.5
+    saturated_fraction: float = 0.05
+    nan_fraction: float = 0.0
+
+
+# --------------------------------------------------------------------------- frame sheet
+def read_frame_sheet(path: str | Path):
+    """Read a frame sheet (TSV): file, time_s [, line_time_s, cycle, half_cycle, phase].
+
+    ``file`` is relative to the sheet's folder (or absolute); ``time_s`` is the acquisition start
+    of the frame in seconds on the electrochemistry log's clock (or any common clock without a
+    log).
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(path, "frame sheet not found")
+    df = pd.read_csv(path, sep="\t", comment="#")
+    missing = {"file", "time_s"} - set(df.columns)
+    if missing:
+        raise InputFileError(path, f"frame sheet lacks column(s) {sorted(missing)}",
+                             hint="required: file, time_s; optional: line_time_s, cycle, half_cycle, phase")
+    resolved = []
+    for i, f in enumerate(df["file"]):
+        p = Path(f)
+        p = p if p.is_absolute() else path.parent / p
+        if not p.exists():
+            raise InputFileError(path, f"row {i + 1} points at {f!r}, which does not exist",
+                                 hint="fix the path (relative to the sheet's folder) or drop the row")
+        resolved.append(str(p.resolve()))
+    df["path"] = resolved
+    if "phase" in df.columns:
+        bad = sorted(set(df["phase"]) - set(PHASE_CODES))
+        if bad:
+            raise InputFileError(path, f"unknown phase value(s) {bad}; use plate, strip or rest")
+    return df
+
+
+# --------------------------------------------------------------------------- QC
+def frame_qc(height: np.ndarray, *, params: QCParams = QCParams()) -> dict[str, Any]:
+    """Per-frame QC flags: all-zero, mostly zero, constant, NaN, saturated."""
+    finite = np.isfinite(height)
+    n = height.size
+    vals = height[finite]
+    zero_frac = float(np.mean(vals == 0)) if vals.size else 1.0
+    nan_frac = 1.0 - float(finite.mean())
+    if vals.size:
+        lo, hi = float(vals.min()), float(vals.max())
+        sat = float(max(np.mean(vals == lo), np.mean(vals == hi))) if hi > lo else 1.0
+    else:
+        lo = hi = float("nan")
+        sat = 0.0
+    flags = {
+        "all_zero": bool(vals.size == 0 or (lo == 0 and hi == 0)),
+        "mostly_zero": zero_frac > params.mostly_zero_fraction,
+        "constant": bool(vals.size == 0 or hi == lo),
+        "has_nan": nan_frac > params.nan_fraction,
+        "saturated": sat > params.saturated_fraction,
+    }
+    return {
+        **flags,
+        "zero_fraction": zero_frac,
+        "nan_fraction": nan_frac,
+        "saturated_fraction": sat,
+        "min_nm": lo,
+        "max_nm": hi,
+        "ok": not any(flags.values()),
+        "n_pixels": n,
+    }
+
+
+# --------------------------------------------------------------------------- assembly
+def _check_geometry(frames: list[RawFrame]) -> None:
+    f0 = frames[0]
+    for f in frames[1:]:
+        if f.shape != f0.shape:
+            raise InputFileError(
+                f.path, f"frame size {f.shape[0]}x{f.shape[1]} px differs from {f0.shape[0]}x{f0.shape[1]} "
+                f"px of {Path(f0.path).name}", frame=f.index,
+                hint="one dataset is one field of view at one resolution: split it into datasets")
+        if not np.allclose(f.pixel_size_nm, f0.pixel_size_nm, rtol=1e-6):
+            raise InputFileError(
+                f.path, f"pixel size {f.pixel_size_nm} nm differs from {f0.pixel_size_nm} nm of "
+                f"{Path(f0.path).name}", frame=f.index,
+                hint="one dataset is one field of view at one scan size: split it into datasets")
+
+
+def _frame_times(frames: list[RawFrame], sheet, ec_start: _dt.datetime | None,
+                 clock_offset_s: float) -> tuple[np.ndarray, str]:
+    """Acquisition start of each frame in s on the log's clock (or since the first frame)."""
+    if sheet is not None:
+        by_path = {p: t for p, t in zip(sheet["path"], sheet["time_s"], strict=True)}
+        times = []
+        for f in frames:
+            key = str(Path(f.path).resolve())
+            if key not in by_path:
+                raise InputFileError(f.path, "file is not listed in the frame sheet",
+                                     hint="add a row for it or remove it from the raw folder")
+            movie_dt = float(f.meta.get("frame_time_s") or 0.0) * f.index
+            times.append(float(by_path[key]) + movie_dt + clock_offset_s)
+        return np.asarray(times, float), "frame sheet"
+    stamps = [f.timestamp for f in frames]
+    if any(s is None for s in stamps):
+        bad = next(f for f in frames if f.timestamp is None)
+        if ec_start is not None or len({f.path for f in frames}) > 1:
+            raise InputFileError(bad.path, "no acquisition timestamp in the file", frame=bad.index,
+                                 hint="give a frame sheet with time_s per file (config/datasets.tsv column frames)")
+        # One multi-frame or single-frame file without a clock: frame index spacing.
+        dt = float(frames[0].meta.get("frame_time_s") or 1.0)
+        return np.arange(len(frames), dtype=float) * dt, "frame index"
+    origin = ec_start if ec_start is not None else min(stamps)  # type: ignore[type-var]
+    secs = np.array([(s - origin).total_seconds() for s in stamps], float)  # type: ignore[operator]
+    return secs + clock_offset_s, ("log start" if ec_start is not None else "first frame")
+
+
+def ingest(
+    sources: Sequence[str | Path],
+    out: str | Path,
+    *,
+    fmt: str = "auto",
+    channel: str | None = None,
+    ec_log: str | Path | None = None,
+    frame_sheet: str | Path | None = None,
+    metal: str = "Li",
+    positive_current_plates: bool = True,
+    clock_offset_s: float = 0.0,
+    frame_chunk: int = 1,
+    qc: QCParams = QCParams(),
+    dataset_id: str | None = None,
+    qc_table: str | Path | None = None,
+    rule: str = "ingest_dataset",
+    wildcards: dict[str, str] | None = None,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Convert one dataset's raw files (and log or frame sheet) into a zarr cube.
+
+    Returns the provenance record of the cube.
+    """
+    import xarray as xr
+
+    from ecafm.store import Step, write_cube, write_table
+
+    files = list(iter_sources(list(sources)))
+    sheet = read_frame_sheet(frame_sheet) if frame_sheet else None
+    if sheet is not None:
+        listed = set(sheet["path"])
+        files = [f for f in files if str(Path(f).resolve()) in listed] or files
+    log.info("reading %d file(s)", len(files))
+    frames: list[RawFrame] = []
+    for i, f in enumerate(files):
+        frames.extend(read_frames(f, fmt=fmt, channel=channel))
+        if (i + 1) % 10 == 0 or i + 1 == len(files):
+            log.info("read %d/%d files (%d frames)", i + 1, len(files), len(frames))
+    if not frames:
+        raise InputFileError(sources[0] if sources else "?", "no frames found")
+    _check_geometry(frames)
+
+    eclog = None
+    if ec_log:
+        from ecafm.io.echem import read_ec_log
+
+        eclog = read_ec_log(ec_log)
+    times, time_ref = _frame_times(frames, sheet, eclog.start_time if eclog else None, clock_offset_s)
+    order = np.lexsort((np.array([f.index for f in frames]), np.array([f.path for f in frames]), times))
+    frames = [frames[i] for i in order]
+    times = times[order]
+    ny, nx = frames[0].shape
+    line_time = np.array([f.line_time_s if f.line_time_s else np.nan for f in frames], float)
+    if sheet is not None and "line_time_s" in sheet.columns:
+        lt = dict(zip(sheet["path"], sheet["line_time_s"], strict=True))
+        line_time = np.array([lt.get(str(Path(f.path).resolve()), np.nan) for f in frames], float)
+    mid = times + np.nan_to_num(line_time, nan=0.0) * ny / 2.0
+
+    n = len(frames)
+    cycle = np.full(n, -1, np.int32)
+    half = np.full(n, -1, np.int32)
+    phase = np.full(n, PHASE_CODES["unknown"], np.int8)
+    charge = np.full(n, np.nan)
+    potential = np.full(n, np.nan)
+    if eclog is not None:
+        from ecafm.io.echem import frame_electrochemistry
+
+        ec = frame_electrochemistry(eclog, mid, positive_current_plates=positive_current_plates)
+        cycle[:] = ec["cycle"].to_numpy()
+        half[:] = ec["half_cycle"].to_numpy()
+        phase[:] = [PHASE_CODES[p] for p in ec["phase"]]
+        charge[:] = ec["charge_C"].to_numpy()
+        potential[:] = ec["potential_V"].to_numpy()
+    elif sheet is not None:
+        by = sheet.set_index("path")
+        for i, f in enumerate(frames):
+            row = by.loc[str(Path(f.path).resolve())]
+            if "cycle" in by.columns:
+                cycle[i] = int(row["cycle"])
+            if "half_cycle" in by.columns:
+                half[i] = int(row["half_cycle"])
+            if "phase" in by.columns:
+                phase[i] = PHASE_CODES[str(row["phase"])]
+
+    stack = np.stack([f.height for f in frames]).astype(np.float32)
+    qcs = [frame_qc(f.height, params=qc) for f in frames]
+    for i, (f, q) in enumerate(zip(frames, qcs, strict=True)):
+        if not q["ok"]:
+            flags = [k for k in QC_FLAGS if q[k]]
+            log.warning("%s frame %d (cube frame %d): QC flags %s; excluded downstream",
+                        f.path, f.index, i, ",".join(flags))
+
+    py, px = frames[0].pixel_size_nm
+    common = [c for c in frames[0].channels if all(c in f.channels for f in frames)]
+    data_vars = {
+        "height": (("frame", "y", "x"), stack,
+                   {"units": "nm", "long_name": "height", "channel": frames[0].height_channel}),
+    }
+    for c in common:
+        arr = np.stack([f.channels[c][0] for f in frames]).astype(np.float32)
+        data_vars[_var_name(c)] = (("frame", "y", "x"), arr,
+                                   {"units": frames[0].channels[c][1], "long_name": c})
+    coords = {
+        "frame": ("frame", np.arange(n, dtype=np.int32), {"long_name": "frame index in acquisition order"}),
+        "y": ("y", ((np.arange(ny) + 0.5) * py).astype(np.float64), {"units": "nm", "long_name": "slow scan axis"}),
+        "x": ("x", ((np.arange(nx) + 0.5) * px).astype(np.float64), {"units": "nm", "long_name": "fast scan axis"}),
+        "time": ("frame", times, {"units": "s", "long_name": "acquisition start of the frame",
+                                  "reference": time_ref}),
+        "line_time": ("frame", line_time, {"units": "s", "long_name": "time per scan line"}),
+        "cycle": ("frame", cycle, {"long_name": "cycle (plate + strip); -1 before the first or unknown"}),
+        "half_cycle": ("frame", half, {"long_name": "half cycle as numbered by the potentiostat; -1 unknown"}),
+        "phase": ("frame", phase, {"long_name": "electrochemical phase at mid-frame",
+                                   "flag_values": list(PHASE_CODES.values()),
+                                   "flag_meanings": " ".join(PHASE_CODES)}),
+        "charge": ("frame", charge, {"units": "C", "long_name": "cumulative charge passed at mid-frame"}),
+        "potential": ("frame", potential, {"units": "V", "long_name": "potential at mid-frame"}),
+        "frame_ok": ("frame", np.array([q["ok"] for q in qcs]), {"long_name": "passed ingest QC"}),
+        "source_index": ("frame", np.array([f.index for f in frames], np.int32),
+                         {"long_name": "frame index within its source file"}),
+    }
+    attrs = {
+        "dataset": dataset_id or Path(out).stem,
+        "metal": metal,
+        "format": frames[0].format,
+        "pixel_size_nm": [py, px],
+        "pixel_size_convention": "scan size / N (AFMReader); arrays [y, x], row 0 first in file",
+        "source_files": [str(Path(f.path).name) for f in frames],
+        "positive_current_plates": bool(positive_current_plates),
+        "clock_offset_s": float(clock_offset_s),
+        "time_origin": (eclog.start_time.isoformat() if eclog is not None and eclog.start_time
+                        else (min(f.timestamp for f in frames).isoformat()
+                              if all(f.timestamp for f in frames) else "")),
+        "ec_log": Path(ec_log).name if ec_log else "",
+        "ecafm_kind": "cube",
+    }
+    ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    inputs = [*map(str, files)] + ([str(ec_log)] if ec_log else []) + ([str(frame_sheet)] if frame_sheet else [])
+    params = {"format": fmt, "channel": channel, "metal": metal, "positive_current_plates": positive_current_plates,
+              "clock_offset_s": clock_offset_s, "frame_chunk": frame_chunk, "qc": qc.__dict__}
+    step = Step(rule=rule, params=params, wildcards=wildcards or {}, inputs=tuple(inputs), threads=threads)
+    if qc_table is not None:
+        import pandas as pd
+
+        qdf = pd.DataFrame([{"frame": i, "file": Path(f.path).name, "source_index": f.index,
+                             "time_s": float(times[i]), "cycle": int(cycle[i]), **q}
+                            for i, (f, q) in enumerate(zip(frames, qcs, strict=True))])
+        write_table(qdf, qc_table, step=step)
+    record = write_cube(ds, out, step=step, frame_chunk=frame_chunk)
+    log.info("cube %s: %d frames of %dx%d px, %.4g nm/px; %d frame(s) flagged",
+             out, n, ny, nx, px, sum(not q["ok"] for q in qcs))
+    return record
+
+
+def _var_name(channel: str) -> str:
+    import re
+
+    name = re.sub(r"[^0-9a-zA-Z]+", "_", channel).strip("_").lower()
+    return name if name != "height" else "height_2"
