@@ -1,0 +1,340 @@
+"""Frame leveling: per-line alignment and polynomial plane removal fitted on background pixels.
+
+Large deposits bias a naive plane fit and naive row medians (a row crossing a deposit gets a
+larger median). :func:`level_frame` therefore iterates: fit, flag the pixels that stick out of
+the residual by a robust threshold, refit on the remaining background.
+
+Heights are float arrays ``(y, x)`` in nm; rows are the slow scan axis.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = ["LevelResult", "level_frame", "remove_scars"]
+
+logger = logging.getLogger(__name__)
+
+_MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    """Result of :func:`level_frame`.
+
+    Attributes
+    ----------
+    height : ndarray of float32, shape (y, x)
+        Leveled heights (nm); background median is 0. NaN where the input was NaN.
+    background : ndarray of bool, shape (y, x)
+        Pixels used as background in the final fit.
+    plane : ndarray of float64, shape (3,) or (6,)
+        Polynomial coefficients in normalized coordinates ``u = 2 x / (nx - 1) - 1`` and
+        ``v = 2 y / (ny - 1) - 1`` (both in [-1, 1]); basis ``[1, u, v]`` for order 1 and
+        ``[1, u, v, u**2, u*v, v**2]`` for order 2. With ``line_align="median"`` the split
+        between the pure-``v`` terms and ``line_offsets`` is not unique; their sum is removed.
+    line_offsets : ndarray of float64, shape (y,)
+        Per-row offsets removed (nm), zeros when ``line_align="none"``.
+    """
+
+    height: np.ndarray
+    background: np.ndarray
+    plane: np.ndarray
+    line_offsets: np.ndarray
+
+
+def _check_frame(h: np.ndarray, name: str = "h") -> np.ndarray:
+    h = np.asarray(h)
+    if h.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (y, x), got shape {h.shape}")
+    if h.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must have a real numeric dtype, got {h.dtype}")
+    if min(h.shape) < 2:
+        raise ValueError(f"{name} must be at least 2 x 2 pixels, got shape {h.shape}")
+    return h
+
+
+def _design(ny: int, nx: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return normalized coordinates u (1, nx) and v (ny, 1)."""
+    u = np.linspace(-1.0, 1.0, nx)[None, :]
+    v = np.linspace(-1.0, 1.0, ny)[:, None]
+    return u, v
+
+
+def _basis(u: np.ndarray, v: np.ndarray, order: int) -> list[np.ndarray]:
+    terms = [np.ones_like(u * v), u + 0 * v, v + 0 * u]
+    if order == 2:
+        terms += [u**2 + 0 * v, u * v, v**2 + 0 * u]
+    return terms
+
+
+def _eval_plane(coef: np.ndarray, u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
+    out = np.zeros(np.broadcast_shapes(u.shape, v.shape))
+    for c, t in zip(coef, _basis(u, v, order), strict=True):
+        out += c * t
+    return out
+
+
+def _fit_plane(
+    z: np.ndarray, bg: np.ndarray, u: np.ndarray, v: np.ndarray, order: int
+) -> np.ndarray:
+    yy, xx = np.nonzero(bg)
+    uu = u[0, xx]
+    vv = v[yy, 0]
+    cols = [np.ones_like(uu), uu, vv]
+    if order == 2:
+        cols += [uu**2, uu * vv, vv**2]
+    a = np.stack(cols, axis=1)
+    coef, *_ = np.linalg.lstsq(a, z[yy, xx], rcond=None)
+    return coef
+
+
+def _row_medians(z: np.ndarray, bg: np.ndarray, min_pixels: int) -> np.ndarray:
+    """Median of background pixels per row; rows with too few pixels interpolated."""
+    counts = bg.sum(axis=1)
+    zz = np.where(bg, z, np.nan)
+    ok = counts >= min_pixels
+    med = np.full(z.shape[0], np.nan)
+    if ok.any():
+        med[ok] = np.nanmedian(zz[ok], axis=1)
+    else:
+        return np.zeros(z.shape[0])
+    rows = np.arange(z.shape[0])
+    if not ok.all():
+        med[~ok] = np.interp(rows[~ok], rows[ok], med[ok])
+    return med
+
+
+def _diff_offsets(z: np.ndarray) -> np.ndarray:
+    """Line offsets from the median of differences of adjacent rows (robust to smooth deposits)."""
+    d = z[1:] - z[:-1]
+    finite = np.isfinite(d)
+    med = np.zeros(d.shape[0])
+    ok = finite.any(axis=1)
+    if ok.any():
+        med[ok] = np.nanmedian(np.where(finite[ok], d[ok], np.nan), axis=1)
+    return np.concatenate([[0.0], np.cumsum(med)])
+
+
+def level_frame(
+    h: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    order: int = 1,
+    n_iter: int = 3,
+    k_sigma: float = 3.0,
+    line_align: Literal["median", "none"] = "median",
+) -> LevelResult:
+    """Level one height frame on its background.
+
+    Model: ``h(y, x) = plane(x, y) + offset(y) + surface + noise``. The plane (order 1 or 2) and
+    per-row offsets are fitted on background pixels only. Starting from line offsets given by
+    the median of adjacent-row differences (insensitive to smooth deposits) and a plane fitted on
+    all usable pixels, each iteration flags pixels whose residual deviates from the background
+    median by more than ``k_sigma * 1.4826 * MAD`` (deposits, pits) and refits plane and row
+    medians on the rest. Finally the background median is set to 0.
+
+    Parameters
+    ----------
+    h : ndarray, shape (y, x)
+        Heights (nm), real dtype. NaN pixels are ignored and stay NaN.
+    mask : ndarray of bool, shape (y, x), optional
+        True where a pixel MAY be used as background; False excludes it from every fit
+        (known deposits, scars). Default: all finite pixels.
+    order : {1, 2}
+        Polynomial order of the plane.
+    n_iter : int
+        Number of exclusion-and-refit rounds; 0 gives the naive fit on all usable pixels
+        (plane, then row medians).
+    k_sigma : float
+        Exclusion threshold in robust standard deviations of the residual.
+    line_align : {"median", "none"}
+        Per-row median alignment of background pixels, or none.
+
+    Returns
+    -------
+    LevelResult
+        Leveled ``height`` (float32, shape (y, x)), ``background`` mask, ``plane`` and
+        ``line_offsets``.
+
+    Raises
+    ------
+    ValueError
+        Bad shape, dtype or option, or no usable background pixel.
+    """
+    h = _check_frame(h)
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
+    if line_align not in ("median", "none"):
+        raise ValueError(f"line_align must be 'median' or 'none', got {line_align!r}")
+    if not isinstance(n_iter, (int, np.integer)) or n_iter < 0:
+        raise ValueError(f"n_iter must be a non-negative integer, got {n_iter!r}")
+    if not k_sigma > 0:
+        raise ValueError(f"k_sigma must be > 0, got {k_sigma!r}")
+    z = h.astype(np.float64)  # a copy: the input is never modified
+    finite = np.isfinite(z)
+    usable = finite.copy()
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != z.shape:
+            raise ValueError(f"mask shape {mask.shape} does not match h shape {z.shape}")
+        if mask.dtype != bool:
+            raise ValueError(f"mask must be a boolean array, got dtype {mask.dtype}")
+        usable &= mask
+    n_min = 3 * (order + 1)
+    if usable.sum() < n_min:
+        raise ValueError(
+            f"only {int(usable.sum())} usable background pixels; need at least {n_min}"
+        )
+    ny, nx = z.shape
+    u, v = _design(ny, nx)
+    align = line_align == "median"
+    min_row = min(5, nx)
+
+    def fit(bg: np.ndarray, offsets: np.ndarray, *, refit_offsets: bool):
+        coef = _fit_plane(z - offsets[:, None], bg, u, v, order)
+        plane = _eval_plane(coef, u, v, order)
+        if align and refit_offsets:
+            offsets = _row_medians(z - plane, bg, min_row)
+            coef = _fit_plane(z - offsets[:, None], bg, u, v, order)
+            plane = _eval_plane(coef, u, v, order)
+        return coef, plane, offsets
+
+    bg = usable
+    if n_iter > 0:
+        # Robust start, insensitive to smooth deposits: x slope from the median of x differences,
+        # y trend (and line offsets) from the median of adjacent-row differences.
+        zu = np.where(usable, z, np.nan)
+        dx = np.diff(zu, axis=1)
+        slope = np.nanmedian(dx) if np.isfinite(dx).any() else 0.0
+        coef = np.zeros(3 if order == 1 else 6)
+        coef[1] = slope * (nx - 1) / 2.0
+        plane = _eval_plane(coef, u, v, order)
+        dy = _diff_offsets(zu - plane)
+        if align:
+            offsets = dy
+        else:
+            offsets = np.zeros(ny)
+            plane = plane + dy[:, None]
+    else:
+        offsets = np.zeros(ny)
+        coef, plane, offsets = fit(bg, offsets, refit_offsets=True)
+    for it in range(n_iter):
+        resid = z - plane - offsets[:, None]
+        r_bg = resid[bg]
+        center = np.median(r_bg)
+        sigma = _MAD_TO_SIGMA * np.median(np.abs(r_bg - center))
+        if sigma == 0:
+            sigma = np.finfo(float).eps
+        new_bg = usable & (np.abs(resid - center) <= k_sigma * sigma)
+        if new_bg.sum() < n_min:
+            logger.warning("level_frame: background would shrink below %d pixels; stopping", n_min)
+            break
+        changed = not np.array_equal(new_bg, bg)
+        bg = new_bg
+        coef, plane, offsets = fit(bg, offsets, refit_offsets=True)
+        if not changed and it > 0:
+            break
+    out = z - plane - offsets[:, None]
+    zero = np.median(out[bg])
+    out -= zero
+    if align:
+        offsets = offsets + zero
+    else:
+        coef = coef.copy()
+        coef[0] += zero
+    out[~finite] = np.nan
+    return LevelResult(
+        height=out.astype(np.float32),
+        background=bg,
+        plane=np.asarray(coef, dtype=np.float64),
+        line_offsets=np.asarray(offsets, dtype=np.float64),
+    )
+
+
+def remove_scars(
+    h: np.ndarray,
+    *,
+    threshold: float = 4.0,
+    min_length: int = 4,
+    max_length: int | None = None,
+    max_width: int = 2,
+) -> np.ndarray:
+    """Remove scars: short horizontal streaks that stand out from the rows above and below.
+
+    A pixel run in rows ``i .. i + w - 1`` (``w <= max_width``) is a scar when, along at least
+    ``min_length`` consecutive pixels of the row, every pixel is higher than both the row above
+    (``i - 1``) and the row below (``i + w``) by more than ``threshold`` robust standard
+    deviations of adjacent-row differences (or lower than both, for negative scars). Scar pixels
+    are replaced by linear interpolation between the bounding rows.
+
+    Parameters
+    ----------
+    h : ndarray, shape (y, x)
+        Heights (nm), preferably leveled. NaN pixels are never scars.
+    threshold : float
+        Threshold in units of ``1.4826 * MAD`` of the differences between adjacent rows.
+    min_length : int
+        Minimum run length (px) along the row.
+    max_length : int, optional
+        Maximum run length (px); longer runs (line offsets, real steps) are left alone.
+        Default: no limit.
+    max_width : int
+        Maximum scar width in rows (1 to 4).
+
+    Returns
+    -------
+    ndarray of float64, shape (y, x)
+        A new array with scars replaced.
+    """
+    h = _check_frame(h)
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold!r}")
+    if min_length < 1:
+        raise ValueError(f"min_length must be >= 1, got {min_length!r}")
+    if max_length is not None and max_length < min_length:
+        raise ValueError(f"max_length ({max_length}) must be >= min_length ({min_length})")
+    if not 1 <= max_width <= 4:
+        raise ValueError(f"max_width must be in 1..4, got {max_width!r}")
+    z = h.astype(np.float64)
+    ny, nx = z.shape
+    d = np.diff(z, axis=0)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return z
+    sigma = _MAD_TO_SIGMA * np.median(np.abs(d - np.median(d)))
+    if sigma == 0:
+        sigma = np.finfo(float).eps
+    thr = threshold * sigma
+    out = z.copy()
+    struct = np.array([[0, 0, 0], [1, 1, 1], [0, 0, 0]], dtype=bool)
+    for w in range(max_width, 0, -1):
+        if ny < w + 2:
+            continue
+        above = out[: ny - w - 1]
+        below = out[w + 1 :]
+        for sign in (1.0, -1.0):
+            cand = np.ones((ny - w - 1, nx), dtype=bool)
+            with np.errstate(invalid="ignore"):
+                for j in range(w):
+                    mid = out[1 + j : ny - w + j]
+                    cand &= sign * (mid - np.maximum(sign * above, sign * below) * sign) > thr
+            cand &= np.isfinite(above) & np.isfinite(below)
+            if not cand.any():
+                continue
+            lab, n = ndi.label(cand, structure=struct)
+            sizes = ndi.sum_labels(np.ones_like(cand), lab, index=np.arange(1, n + 1))
+            keep = sizes >= min_length
+            if max_length is not None:
+                keep &= sizes <= max_length
+            good = np.concatenate([[False], keep])[lab]
+            rows, cols = np.nonzero(good)
+            for j in range(w):
+                t = (j + 1) / (w + 1)
+                out[rows + 1 + j, cols] = (1 - t) * above[rows, cols] + t * below[rows, cols]
+    return out
