@@ -2,9 +2,8 @@
 
 Each artifact gets a provenance record (JSON) next to it:
 
-* a zarr store ``X.zarr`` carries it inside, as ``X.zarr/ecafm_provenance.json``
-  (excluded from the store's own physical hash);
-* any other file ``X`` carries it as the sidecar ``X.prov.json``.
+``X.prov.json`` beside the artifact ``X`` (a zarr store ``X.zarr`` or a file); kept outside
+the store because zarr warns about foreign files inside a hierarchy.
 
 Writes are atomic: data go to a hidden partial path first and are renamed into place only after
 the hashes and the record are written, so a failed job never leaves an artifact that looks
@@ -35,7 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 RECORD_SCHEMA = "ecafm.provenance/1"
-ZARR_RECORD_NAME = "ecafm_provenance.json"
 SIDECAR_SUFFIX = ".prov.json"
 KEY_LIBRARIES = (
     "numpy",
@@ -93,13 +91,13 @@ def sha256_file(path: str | Path) -> str:
 
 # --------------------------------------------------------------------------- hashes
 def store_files(path: str | Path) -> dict[str, str]:
-    """Sorted per-file sha256 of a directory (or one file), excluding the provenance record."""
+    """Sorted per-file sha256 of a directory (or one file)."""
     path = Path(path)
     if path.is_file():
         return {path.name: sha256_file(path)}
     out: dict[str, str] = {}
     for p in sorted(path.rglob("*")):
-        if p.is_file() and p.name != ZARR_RECORD_NAME:
+        if p.is_file():
             out[p.relative_to(path).as_posix()] = sha256_file(p)
     return out
 
@@ -258,10 +256,13 @@ def version_id(step: Step, inputs: list[dict[str, Any]], code: Mapping[str, Any]
     return sha256_bytes(canonical_json(ident).encode())[:16]
 
 
-def _record_path(path: Path) -> Path:
-    if path.suffix == ".zarr" or path.is_dir():
-        return path / ZARR_RECORD_NAME
+def record_path(path: str | Path) -> Path:
+    """Where the provenance record of an artifact lives."""
+    path = Path(path)
     return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+_record_path = record_path
 
 
 def read_record(path: str | Path, *, missing_ok: bool = False) -> dict[str, Any] | None:
@@ -369,11 +370,12 @@ def write_cube(ds: xr.Dataset, path: str | Path, *, step: Step, frame_chunk: int
             logical = logical_hash(back)
         files = store_files(tmp)
         record = _make_record(path, "zarr", logical, files, step, started)
-        (tmp / ZARR_RECORD_NAME).write_text(json.dumps(record, indent=1, sort_keys=True))
         _clear(path)
+        _record_path(path).write_text(json.dumps(record, indent=1, sort_keys=True))
         os.replace(tmp, path)
     except BaseException:
         _clear(tmp)
+        _clear(_record_path(path))
         raise
     log.info("wrote %s (logical %s, version %s)", path, logical[:12], record["version_id"])
     return record

@@ -1,0 +1,137 @@
+"""Command line interface: ``ecafm inspect``, ``ecafm ingest``, ``ecafm synth``, ``ecafm verify``.
+
+Heavy libraries are imported inside the subcommands so that ``ecafm --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+log = logging.getLogger("ecafm")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from ecafm.errors import InputFileError
+    from ecafm.io.afm import describe
+
+    infos, failed = [], 0
+    for path in args.files:
+        try:
+            infos.append(describe(path))
+        except InputFileError as exc:
+            failed += 1
+            infos.append({"path": path, "error": str(exc)})
+    if args.json:
+        json.dump(infos, sys.stdout, indent=1)
+        print()
+    else:
+        for d in infos:
+            if "error" in d:
+                print(f"{d['path']}\n  ERROR: {d['error']}")
+                continue
+            ts = [t for t in d["timestamps"] if t]
+            print(f"{d['path']}\n  format {d['format']}, {d['frames']} frame(s) of "
+                  f"{d['shape_px'][0]}x{d['shape_px'][1]} px, scan {d['scan_size_nm'][0]:g}x"
+                  f"{d['scan_size_nm'][1]:g} nm, pixel {d['pixel_size_nm'][0]:.6g} nm (scan/N)\n"
+                  f"  channels: {', '.join(f'{c} [{u}]' for c, u in d['units'].items())}\n"
+                  f"  height channel: {d['height_channel']}, range {d['height_range_nm'][0]:.4g} .. "
+                  f"{d['height_range_nm'][1]:.4g} nm\n"
+                  f"  acquired: {ts[0] if ts else 'unknown'}"
+                  + (f" .. {ts[-1]}" if len(ts) > 1 else ""))
+    return 1 if failed else 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from ecafm.ingest import ingest
+
+    rec = ingest(args.sources, args.output, fmt=args.format, channel=args.channel, ec_log=args.log,
+                 frame_sheet=args.frames, metal=args.metal,
+                 positive_current_plates=not args.negative_current_plates,
+                 clock_offset_s=args.clock_offset, qc_table=args.qc_table, rule="cli:ingest")
+    print(f"{args.output}: version {rec['version_id']}, logical {rec['artifact']['logical_sha256'][:16]}")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from ecafm.synth import synth
+
+    synth(args.preset, args.seed, args.out_dir, overrides=args.params)
+    print(f"{args.out_dir}: preset {args.preset}, seed {args.seed}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from ecafm.store import verify
+
+    bad = 0
+    for path in args.artifacts:
+        problems = verify(path)
+        bad += bool(problems)
+        print(f"{path}: {'OK' if not problems else 'MISMATCH'}")
+        for p in problems:
+            print(f"  {p}")
+    return 1 if bad else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ecafm", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="count", default=1, help="more log output (-vv: debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("inspect", help="show format, channels, frames, size, pixel size, timestamps")
+    s.add_argument("files", nargs="+")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=_cmd_inspect)
+
+    s = sub.add_parser("ingest", help="convert raw files (+ log or frame sheet) into a zarr cube")
+    s.add_argument("sources", nargs="+", help="files, folders or globs")
+    s.add_argument("-o", "--output", required=True, help="output cube (.zarr)")
+    s.add_argument("--log", help="electrochemistry log (.mpr, .mpt or CSV)")
+    s.add_argument("--frames", help="frame sheet (TSV: file, time_s, ...)")
+    s.add_argument("--format", default="auto")
+    s.add_argument("--channel", default=None, help="height channel name (default: auto)")
+    s.add_argument("--metal", default="Li")
+    s.add_argument("--negative-current-plates", action="store_true",
+                   help="negative current plates the imaged electrode (default: positive plates)")
+    s.add_argument("--clock-offset", type=float, default=0.0,
+                   help="seconds to add to frame times to put them on the log's clock")
+    s.add_argument("--qc-table", default=None, help="write the per-frame QC table here (TSV)")
+    s.set_defaults(func=_cmd_ingest)
+
+    s = sub.add_parser("synth", help="generate a synthetic EC-AFM dataset with its ground truth")
+    s.add_argument("out_dir")
+    s.add_argument("--preset", default="demo")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--params", default=None, help="YAML file of parameter overrides")
+    s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser("verify", help="re-hash artifacts against their provenance records")
+    s.add_argument("artifacts", nargs="+")
+    s.set_defaults(func=_cmd_verify)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(0 if args.quiet else args.verbose)
+    from ecafm.errors import EcafmError
+
+    try:
+        return int(args.func(args) or 0)
+    except EcafmError as exc:
+        print(f"ecafm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
