@@ -221,7 +221,8 @@ def _assemble(
             current_mA = np.zeros(n)
         else:
             raise InputFileError(
-                path, "no current column (<I>/mA, I/mA, control/V/mA, current_mA) and no charge column"
+                path,
+                "no current column (<I>/mA, I/mA, control/V/mA, current_mA) and no charge column",
             )
     if current_mA is None:
         assert charge_C is not None
@@ -381,6 +382,7 @@ def _read_mpt(path: Path) -> EcLog:
             decimal=decimal,
             dtype=np.float64,
             engine="c",
+            float_precision="round_trip",
         )
     except (ValueError, pd.errors.ParserError) as exc:
         raise InputFileError(path, f"cannot parse the data table: {exc}") from exc
@@ -535,7 +537,7 @@ def _read_csv(path: Path) -> EcLog:
     if not body.strip():
         raise InputFileError(path, "empty CSV log (no header row)")
     try:
-        table = pd.read_csv(io.StringIO(body), skipinitialspace=True)
+        table = pd.read_csv(io.StringIO(body), skipinitialspace=True, float_precision="round_trip")
     except (ValueError, pd.errors.ParserError) as exc:
         raise InputFileError(path, f"cannot parse CSV: {exc}") from exc
     table.columns = [str(c).strip() for c in table.columns]
@@ -559,7 +561,9 @@ def _read_csv(path: Path) -> EcLog:
     for c, v in num.items():
         if not np.all(np.isfinite(v)):
             bad = int(np.flatnonzero(~np.isfinite(v))[0])
-            raise InputFileError(path, f"column {c!r} has a missing value at data row {bad} (truncated?)")
+            raise InputFileError(
+                path, f"column {c!r} has a missing value at data row {bad} (truncated?)"
+            )
     rest = None
     if "rest" in table:
         r = table["rest"].astype(str).str.strip().str.lower()
@@ -572,7 +576,9 @@ def _read_csv(path: Path) -> EcLog:
         potential_V=num["potential_V"],
         current_mA=num["current_mA"],
         charge_C=num.get("charge_C"),
-        half_cycle=_as_int(str(path), "half_cycle", table["half_cycle"]) if "half_cycle" in table else None,
+        half_cycle=_as_int(str(path), "half_cycle", table["half_cycle"])
+        if "half_cycle" in table
+        else None,
         cycle=_as_int(str(path), "cycle", table["cycle"]) if "cycle" in table else None,
         rest=rest,
     )

@@ -187,7 +187,9 @@ def read_modules(path: str | Path, raw: bytes) -> list[MprModule]:
         (first,) = struct.unpack_from("<I", raw, pos + 41)
         if first == 0xFFFFFFFF:
             if pos + 65 > len(raw):
-                raise InputFileError(path, f"module header at byte {pos} is cut short (truncated file)")
+                raise InputFileError(
+                    path, f"module header at byte {pos} is cut short (truncated file)"
+                )
             length, _, version = struct.unpack_from("<III", raw, pos + 45)
             head = 65
         else:
@@ -207,7 +209,9 @@ def read_modules(path: str | Path, raw: bytes) -> list[MprModule]:
     return modules
 
 
-def _decode_data(path: str | Path, module: MprModule) -> tuple[tuple[int, ...], dict[str, np.ndarray]]:
+def _decode_data(
+    path: str | Path, module: MprModule
+) -> tuple[tuple[int, ...], dict[str, np.ndarray]]:
     pay = module.payload
     if len(pay) < 6:
         raise InputFileError(path, "VMP data module is too short to hold its header")
@@ -323,7 +327,9 @@ def read_mpr(path: str | Path) -> MprFile:
     modules = read_modules(path, raw)
     data = [m for m in modules if m.short_name == "VMP data"]
     if not data:
-        raise InputFileError(path, f"no 'VMP data' module (modules: {[m.short_name for m in modules]})")
+        raise InputFileError(
+            path, f"no 'VMP data' module (modules: {[m.short_name for m in modules]})"
+        )
     ids, cols = _decode_data(path, data[0])
     logs = [m for m in modules if m.short_name == "VMP LOG"]
     start = _log_start_time(path, logs[0]) if logs else None

@@ -1,0 +1,476 @@
+"""Tests of ecafm.io.echem and ecafm.io.mpr: real EC-Lab files, round trips, frame timing."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ecafm.errors import InputFileError
+from ecafm.io.echem import EcLog, frame_electrochemistry, read_ec_log, sniff_format, write_mpt
+from ecafm.io.mpr import read_mpr
+
+REAL_EC = Path(__file__).parents[1].parent / "shared/data/real_ec"
+
+PAIRS = [
+    "yadg_gcpl.issue_149",
+    "yadg_mb.issue_95",
+    "yadg_cv",
+    "yadg_ocv",
+    "yadg_gcpl.pr_182.1",
+]
+
+MPR_ROWS = {
+    "bdf_GCPL-0.mpr": 4,
+    "chemotion_FK155_JLGU_GE_50-2_15_m1p233mg_Li_LP30_RT_rate_stability_20230906_02_GCPL_C07.mpr": 16154,
+    "navani_jdb11-1_c3_gcpl_5cycles_2V-3p8V_C-24_data_C09.mpr": 46102,
+    "yadg_cv.mpr": 5103,
+    "yadg_gcpl.issue_149.mpr": 132,
+    "yadg_gcpl.pr_182.1.mpr": 2533,
+    "yadg_mb.issue_95.mpr": 33,
+    "yadg_ocv.mpr": 602,
+}
+
+CHEMOTION = (
+    "chemotion_FK155_JLGU_GE_50-2_15_m1p233mg_Li_LP30_RT_rate_stability_20230906_02_GCPL_C07"
+)
+
+F32 = 2.0**-23  # float32 relative precision
+
+
+def real_ec(*parts: str) -> Path:
+    """Path inside the real-file folder; skip (or fail on CI) when the folder is absent."""
+    if not REAL_EC.is_dir():
+        reason = f"real electrochemistry files not found at {REAL_EC}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return REAL_EC.joinpath(*parts)
+
+
+def plain_mpt(path: Path) -> tuple[dict[str, np.ndarray], str | None]:
+    """Read an .mpt with plain Python (independent of ecafm): columns and start-time text."""
+    lines = path.read_bytes().decode("latin-1").splitlines()
+    n_header = int(lines[1].split(":")[1])
+    start = None
+    for line in lines[:n_header]:
+        if line.startswith("Acquisition started on"):
+            start = line.split(" : ", 1)[1].strip()
+    names = lines[n_header - 1].rstrip("\t").split("\t")
+    rows = [
+        [float(v.replace(",", ".")) for v in line.rstrip("\t").split("\t")]
+        for line in lines[n_header:]
+        if line.strip()
+    ]
+    table = np.array(rows)
+    return {name: table[:, i] for i, name in enumerate(names)}, start
+
+
+def mpt_charge_C(cols: dict[str, np.ndarray]) -> np.ndarray | None:
+    if "(Q-Qo)/C" in cols:
+        return cols["(Q-Qo)/C"]
+    if "(Q-Qo)/mA.h" in cols:
+        return cols["(Q-Qo)/mA.h"] * 3.6
+    return None
+
+
+def assert_close_f32(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
+    """Agreement within float32 precision (and the 8 significant digits of .mpt floats)."""
+    tol = 2 * F32 * np.maximum(np.abs(expected), np.max(np.abs(expected)) * 1e-6) + 1e-12
+    bad = np.abs(actual - expected) > tol
+    assert not bad.any(), (
+        f"{what}: {bad.sum()} values differ, max {np.max(np.abs(actual - expected))}"
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# real files
+
+
+@pytest.mark.parametrize("stem", PAIRS)
+def test_mpr_matches_mpt_export(stem: str) -> None:
+    cols, start_text = plain_mpt(real_ec("biologic_mpt", f"{stem}.mpt"))
+    log = read_ec_log(real_ec("biologic_mpr", f"{stem}.mpr"))
+    d = log.data
+    assert log.format == "biologic-mpr"
+    assert len(d) == len(cols["time/s"])
+    np.testing.assert_allclose(d["time_s"], cols["time/s"], rtol=1e-15, atol=1e-9)
+    assert_close_f32(d["potential_V"].to_numpy(), cols["Ewe/V"], "Ewe/V")
+    expected_q = mpt_charge_C(cols)
+    if expected_q is not None:
+        assert_close_f32(d["charge_C"].to_numpy(), expected_q, "charge")
+    if "half cycle" in cols:
+        np.testing.assert_array_equal(d["half_cycle"], cols["half cycle"].astype(np.int64))
+    np.testing.assert_array_equal(d["rest"], cols["mode"] == 3)
+    if start_text is None:
+        assert log.start_time is None
+    else:
+        assert log.start_time == read_ec_log(real_ec("biologic_mpt", f"{stem}.mpt")).start_time
+        assert log.start_time.strftime("%m/%d/%Y %H:%M:%S") == start_text[:19]
+
+
+@pytest.mark.parametrize("stem", PAIRS)
+def test_mpt_reader_matches_plain_parse(stem: str) -> None:
+    path = real_ec("biologic_mpt", f"{stem}.mpt")
+    cols, start_text = plain_mpt(path)
+    log = read_ec_log(path)
+    assert log.format == "biologic-mpt"
+    np.testing.assert_array_equal(log.data["time_s"], cols["time/s"])
+    np.testing.assert_array_equal(log.data["potential_V"], cols["Ewe/V"])
+    if "cycle number" in cols:
+        np.testing.assert_array_equal(log.data["cycle"], cols["cycle number"].astype(np.int64))
+    if start_text is None:
+        assert log.start_time is None
+    else:
+        fmt = "%m/%d/%Y %H:%M:%S.%f" if "." in start_text else "%m/%d/%Y %H:%M:%S"
+        assert log.start_time == datetime.datetime.strptime(start_text, fmt)
+
+
+@pytest.mark.parametrize("name", sorted(MPR_ROWS), ids=lambda n: n[:30])
+def test_every_real_mpr_decodes(name: str) -> None:
+    log = read_ec_log(real_ec("biologic_mpr", name))
+    d = log.data
+    assert len(d) == MPR_ROWS[name]
+    assert list(d.columns) == [
+        "time_s", "potential_V", "current_mA", "charge_C", "half_cycle", "cycle", "rest",
+    ]  # fmt: skip
+    assert d.dtypes["half_cycle"] == np.int64 and d.dtypes["cycle"] == np.int64
+    assert d["rest"].dtype == np.dtype(bool)
+    assert np.all(np.diff(d["time_s"]) >= 0)
+    assert np.isfinite(d[["time_s", "potential_V", "current_mA", "charge_C"]].to_numpy()).all()
+
+
+def test_gcpl_mpr_cycle_from_half_cycle_and_current_from_control() -> None:
+    """issue_149: no cycle number, no measured current in the .mpr; mpt has both."""
+    cols, _ = plain_mpt(real_ec("biologic_mpt", "yadg_gcpl.issue_149.mpt"))
+    mpr = read_mpr(real_ec("biologic_mpr", "yadg_gcpl.issue_149.mpr"))
+    assert "cycle number" not in mpr.columns and "<I>/mA" not in mpr.columns
+    d = read_ec_log(mpr.path).data
+    np.testing.assert_array_equal(d["cycle"], cols["cycle number"].astype(np.int64))
+    np.testing.assert_array_equal(d["cycle"], d["half_cycle"] // 2)
+    active = ~d["rest"].to_numpy()
+    np.testing.assert_allclose(np.abs(d["current_mA"][active]), 0.030, rtol=1e-6)
+    assert (d["current_mA"][d["rest"]] == 0).all()
+    # the set current agrees with the measured average current except at step edges
+    assert np.median(np.abs(d["current_mA"] - cols["<I>/mA"])) < 1e-4
+
+
+def test_gcpl_half_cycle_numbers_skip() -> None:
+    d = read_ec_log(real_ec("biologic_mpr", "yadg_gcpl.pr_182.1.mpr")).data
+    assert sorted(set(d["half_cycle"])) == [0, 2, 3, 4, 5, 6, 7, 8]
+    assert sorted(set(d["cycle"])) == [0, 1, 2, 3, 4]
+    # CV hold rows (mode 2): current from charge increments, not the control voltage
+    mode = read_mpr(real_ec("biologic_mpr", "yadg_gcpl.pr_182.1.mpr")).columns["mode"]
+    assert (mode == 2).any()
+    assert np.abs(d["current_mA"][mode == 2]).max() < 0.3
+
+
+def test_decimal_comma_files() -> None:
+    log = read_ec_log(real_ec("biologic_mpt", "yadg_gcpl.issue_149.mpt"))
+    assert log.data["time_s"].iloc[0] == pytest.approx(30.15299923827115, rel=1e-15)
+    assert log.data["potential_V"].iloc[0] == pytest.approx(3.4228721, rel=1e-12)
+    assert log.start_time == datetime.datetime(2024, 1, 10, 11, 2, 29, 886000)
+    cv = read_ec_log(real_ec("biologic_mpt", "ixdat_Pt_poly_cv_CUT.mpt"))
+    cols, _ = plain_mpt(real_ec("biologic_mpt", "ixdat_Pt_poly_cv_CUT.mpt"))
+    assert len(cv.data) == 223
+    np.testing.assert_array_equal(cv.data["potential_V"], cols["Ewe/V"])
+    np.testing.assert_array_equal(cv.data["current_mA"], cols["<I>/mA"])
+    assert cv.start_time == datetime.datetime(2020, 7, 29, 10, 31, 1)
+    assert cv.data["cycle"].max() == 5
+
+
+def test_crlf_copy_reads_the_same(tmp_path: Path) -> None:
+    src = real_ec("biologic_mpt", "yadg_gcpl.issue_149.mpt")
+    raw = src.read_bytes()
+    assert b"\r\n" not in raw
+    crlf = tmp_path / "crlf.mpt"
+    crlf.write_bytes(raw.replace(b"\n", b"\r\n"))
+    a, b = read_ec_log(src), read_ec_log(crlf)
+    pd.testing.assert_frame_equal(a.data, b.data)
+    assert a.start_time == b.start_time
+
+
+def test_three_line_header_has_no_start_time() -> None:
+    log = read_ec_log(real_ec("biologic_mpt", "yadg_gcpl.pr_182.1.mpt"))
+    assert log.start_time is None
+    assert len(log.data) == 2533
+
+
+def test_mpl_sibling_gives_start_time(tmp_path: Path) -> None:
+    log = read_ec_log(real_ec("biologic_mpr", f"{CHEMOTION}.mpr"))
+    assert log.start_time == datetime.datetime(2023, 9, 6, 15, 18, 20, 995000)
+    assert log.data["time_s"].iloc[0] > 17999  # 2nd technique of the sequence
+    # the .mpl wins over the LOG module
+    shutil.copy(real_ec("biologic_mpr", "yadg_ocv.mpr"), tmp_path / "run.mpr")
+    (tmp_path / "run.mpl").write_bytes(
+        b"EC-Lab LOG FILE\r\n\r\nAcquisition started on : 02/03/2021 04:05:06.789\r\n"
+    )
+    assert read_ec_log(tmp_path / "run.mpr").start_time == datetime.datetime(
+        2021, 2, 3, 4, 5, 6, 789000
+    )
+    # without .mpl: the LOG module date
+    assert read_ec_log(real_ec("biologic_mpr", "yadg_ocv.mpr")).start_time == datetime.datetime(
+        2020, 1, 16, 14, 13, 34
+    )
+
+
+def test_format_is_sniffed_from_content(tmp_path: Path) -> None:
+    mpt_as_txt = tmp_path / "export.txt"
+    shutil.copy(real_ec("biologic_mpt", "yadg_ocv.mpt"), mpt_as_txt)
+    mpr_as_bin = tmp_path / "data.bin"
+    shutil.copy(real_ec("biologic_mpr", "yadg_ocv.mpr"), mpr_as_bin)
+    assert sniff_format(mpt_as_txt) == "biologic-mpt"
+    assert sniff_format(mpr_as_bin) == "biologic-mpr"
+    assert read_ec_log(mpr_as_bin).format == "biologic-mpr"
+    csv = tmp_path / "log.mpt"
+    csv.write_text("time_s,potential_V,current_mA\n0,1,0\n1,1,0\n")
+    assert read_ec_log(csv).format == "csv"
+    assert read_ec_log(mpt_as_txt, fmt="biologic-mpt").format == "biologic-mpt"
+    with pytest.raises(ValueError, match="fmt must be"):
+        read_ec_log(csv, fmt="gamry")
+
+
+# ------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_truncated_mpr(tmp_path: Path) -> None:
+    raw = real_ec("biologic_mpr", "yadg_gcpl.issue_149.mpr").read_bytes()
+    cut = tmp_path / "cut.mpr"
+    cut.write_bytes(raw[:10000])  # inside the VMP data module
+    with pytest.raises(InputFileError, match=r"cut\.mpr.*'VMP data'.*truncated"):
+        read_ec_log(cut)
+    cut.write_bytes(raw[:40])
+    with pytest.raises(InputFileError, match=r"cut\.mpr.*no MODULE"):
+        read_ec_log(cut)
+
+
+def test_unknown_mpr_column_id(tmp_path: Path) -> None:
+    raw = bytearray(real_ec("biologic_mpr", "yadg_ocv.mpr").read_bytes())
+    data_at = raw.find(b"MODULEVMP data")
+    ids_at = data_at + 57 + 5  # old-layout header, uint32 points, uint8 column count
+    assert struct.unpack_from("<4H", raw, ids_at) == (1, 3, 4, 6)
+    struct.pack_into("<H", raw, ids_at + 6, 9999)
+    bad = tmp_path / "bad.mpr"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(InputFileError, match=r"bad\.mpr.*unknown column id 9999"):
+        read_ec_log(bad)
+
+
+def test_truncated_mpt(tmp_path: Path) -> None:
+    raw = real_ec("biologic_mpt", "yadg_ocv.mpt").read_bytes()
+    cut = tmp_path / "cut.mpt"
+    cut.write_bytes(raw[: len(raw) - 15])  # mid row
+    with pytest.raises(InputFileError, match=r"cut\.mpt.*truncated"):
+        read_ec_log(cut)
+    cut.write_bytes(raw[:300])  # inside the header
+    with pytest.raises(InputFileError, match=r"cut\.mpt.*header announces 53 lines"):
+        read_ec_log(cut)
+
+
+def test_mpt_without_data_rows(tmp_path: Path) -> None:
+    lines = real_ec("biologic_mpt", "yadg_ocv.mpt").read_bytes().split(b"\n")
+    empty = tmp_path / "empty.mpt"
+    empty.write_bytes(b"\n".join(lines[:53]) + b"\n")
+    with pytest.raises(InputFileError, match=r"empty\.mpt.*no data rows"):
+        read_ec_log(empty)
+
+
+def test_mpt_missing_required_column(tmp_path: Path) -> None:
+    text = real_ec("biologic_mpt", "yadg_ocv.mpt").read_bytes().replace(b"Ewe/V", b"Ece/V")
+    p = tmp_path / "noewe.mpt"
+    p.write_bytes(text)
+    with pytest.raises(InputFileError, match=r"noewe\.mpt.*missing required column 'Ewe/V'"):
+        read_ec_log(p)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("time_s,potential_V\n0,1\n", r"missing required column\(s\) \['current_mA'\]"),
+        ("time_s,potential_V,current_mA\n", "no data rows"),
+        ("", "empty CSV"),
+        ("time_s,potential_V,current_mA\n0,1,0\n1,1\n", "missing value"),
+    ],
+    ids=["no-current", "no-rows", "empty", "truncated-row"],
+)
+def test_bad_csv(tmp_path: Path, content: str, match: str) -> None:
+    p = tmp_path / "log.csv"
+    p.write_text(content)
+    with pytest.raises(InputFileError, match=rf"log\.csv.*{match}"):
+        read_ec_log(p)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="file not found"):
+        read_ec_log(tmp_path / "nope.mpr")
+
+
+# ------------------------------------------------------------------------------------------
+# CSV, write_mpt
+
+
+def make_cycling_log(rng: np.random.Generator | None = None) -> pd.DataFrame:
+    """Rest 0-100 s, plate +0.1 mA 100-1100 s, rest to 1200 s, strip -0.1 mA to 2200 s,
+    plate again to 3200 s; 1 s steps."""
+    t = np.arange(0.0, 3201.0)
+    current = np.zeros_like(t)
+    current[(t > 100) & (t <= 1100)] = 0.1
+    current[(t > 1200) & (t <= 2200)] = -0.1
+    current[(t > 2200) & (t <= 3200)] = 0.1
+    noise = 0.0 if rng is None else rng.normal(0, 1e-4, t.size)
+    potential = np.where(current > 0, -0.02, np.where(current < 0, 0.03, 0.1)) + noise
+    return pd.DataFrame({"time_s": t, "potential_V": potential, "current_mA": current})
+
+
+def test_csv_minimal_derives_charge_half_cycle_rest(tmp_path: Path) -> None:
+    df = make_cycling_log()
+    p = tmp_path / "log.csv"
+    p.write_text("# start_time = 2024-05-06T07:08:09.250\n" + df.to_csv(index=False))
+    log = read_ec_log(p)
+    d = log.data
+    assert log.format == "csv"
+    assert log.start_time == datetime.datetime(2024, 5, 6, 7, 8, 9, 250000)
+    at = d.set_index("time_s")
+    # trapezoid integral: 0.1 mA over 1000 s = 0.1 C (plus half-steps at the edges)
+    assert at.loc[1100.0, "charge_C"] == pytest.approx(0.1 * 1000 / 1000, abs=1e-4)
+    assert at.loc[2200.0, "charge_C"] == pytest.approx(0.0, abs=1e-4)
+    assert at.loc[50.0, "rest"] and not at.loc[500.0, "rest"]
+    half = [at.loc[t, "half_cycle"] for t in (50.0, 500.0, 1150.0, 1500.0, 2500.0)]
+    assert half == [0, 0, 0, 1, 2]
+    assert [at.loc[t, "cycle"] for t in (500.0, 1500.0, 2500.0)] == [0, 0, 1]
+
+
+def test_csv_full_columns_kept(tmp_path: Path) -> None:
+    df = pd.DataFrame(
+        {
+            "time_s": [0.0, 1.0, 2.0],
+            "potential_V": [0.1, 0.0, -0.01],
+            "current_mA": [0.0, 1.0, 1.0],
+            "charge_C": [5.0, 5.001, 5.002],
+            "half_cycle": [4, 4, 5],
+            "cycle": [7, 7, 7],
+        }
+    )
+    p = tmp_path / "full.csv"
+    df.to_csv(p, index=False)
+    d = read_ec_log(p).data
+    np.testing.assert_array_equal(d["charge_C"], df["charge_C"])
+    np.testing.assert_array_equal(d["half_cycle"], [4, 4, 5])
+    np.testing.assert_array_equal(d["cycle"], [7, 7, 7])
+
+
+@pytest.mark.parametrize("decimal", [".", ","], ids=["dot", "comma"])
+@pytest.mark.parametrize("newline", ["\r\n", "\n"], ids=["crlf", "lf"])
+def test_write_mpt_round_trip(tmp_path: Path, decimal: str, newline: str) -> None:
+    rng = np.random.default_rng(42)
+    df = make_cycling_log(rng)
+    df["charge_C"] = np.cumsum(df["current_mA"]) / 1000 + 1e-3
+    df["half_cycle"] = np.where(df["time_s"] > 1200, 3, 0) + (df["time_s"] > 2200)
+    df["cycle"] = df["half_cycle"] // 2
+    df["rest"] = df["current_mA"] == 0
+    start = datetime.datetime(2024, 1, 10, 11, 2, 29, 886000)
+    p = tmp_path / "synthetic.mpt"
+    write_mpt(df, p, start_time=start, decimal=decimal, newline=newline)
+    raw = p.read_bytes()
+    assert raw.startswith(b"EC-Lab ASCII FILE" + newline.encode())
+    assert b"Acquisition started on : 01/10/2024 11:02:29.886" in raw
+    assert (b"," in raw.split(newline.encode())[-2]) == (decimal == ",")
+    log = read_ec_log(p)
+    assert log.format == "biologic-mpt" and log.start_time == start
+    for col in ("time_s", "potential_V", "current_mA", "charge_C"):
+        np.testing.assert_allclose(log.data[col], df[col], rtol=1e-15, atol=1e-18, err_msg=col)
+    for col in ("half_cycle", "cycle", "rest"):
+        np.testing.assert_array_equal(log.data[col], df[col], err_msg=col)
+    # the plain .mpt parser of the tests reads it too (EC-Lab layout)
+    cols, start_text = plain_mpt(p)
+    assert start_text == "01/10/2024 11:02:29.886"
+    np.testing.assert_array_equal(cols["mode"], np.where(df["rest"], 3, 1))
+
+
+def test_write_mpt_minimal_columns_and_errors(tmp_path: Path) -> None:
+    df = make_cycling_log()
+    p = tmp_path / "min.mpt"
+    write_mpt(df, p, start_time=datetime.datetime(2020, 1, 1))
+    d = read_ec_log(p).data
+    assert d["half_cycle"].max() == 2
+    with pytest.raises(ValueError, match=r"lacks required column\(s\) \['current_mA'\]"):
+        write_mpt(df.drop(columns="current_mA"), p, start_time=datetime.datetime(2020, 1, 1))
+    with pytest.raises(ValueError, match="decimal must be"):
+        write_mpt(df, p, start_time=datetime.datetime(2020, 1, 1), decimal=";")
+
+
+# ------------------------------------------------------------------------------------------
+# frames
+
+
+@pytest.fixture
+def cycling_log(tmp_path: Path) -> EcLog:
+    p = tmp_path / "cycling.csv"
+    make_cycling_log().to_csv(p, index=False)
+    return read_ec_log(p)
+
+
+def test_frame_electrochemistry_known_segments(cycling_log: EcLog) -> None:
+    times = [0.0, 50.0, 600.5, 1150.0, 1700.0, 2700.0, 3200.0]
+    out = frame_electrochemistry(cycling_log, times)
+    assert list(out.columns) == [
+        "cycle", "half_cycle", "phase", "charge_C", "potential_V", "current_mA",
+    ]  # fmt: skip
+    assert list(out["phase"]) == ["rest", "rest", "plate", "rest", "strip", "plate", "plate"]
+    assert list(out["half_cycle"]) == [0, 0, 0, 0, 1, 2, 2]
+    assert list(out["cycle"]) == [0, 0, 0, 0, 0, 1, 1]
+    # charge (trapezoid of 0.1 mA from 100 s): 0.1 mA * (t - 100 s) minus the half first step
+    expected = np.array([0.0, 0.0, 0.1e-3 * 500.0, 0.1, 0.1 - 0.1e-3 * 500.0, 0.05, 0.1])
+    np.testing.assert_allclose(out["charge_C"], expected, atol=1e-4)
+    assert out["charge_C"].iloc[2] == pytest.approx(
+        np.interp(600.5, cycling_log.data["time_s"], cycling_log.data["charge_C"])
+    )
+    np.testing.assert_allclose(out["current_mA"], [0, 0, 0.1, 0, -0.1, 0.1, 0.1])
+    assert out.dtypes["cycle"] == np.int64 and out.index.name == "frame"
+
+    flipped = frame_electrochemistry(cycling_log, times, positive_current_plates=False)
+    assert list(flipped["phase"]) == ["rest", "rest", "strip", "rest", "plate", "strip", "strip"]
+
+
+def test_frame_outside_log_raises(cycling_log: EcLog) -> None:
+    with pytest.raises(
+        InputFileError,
+        match=r"frame 2 at t=3300\.000 s lies outside the log \(covers 0\.000\.\.3200\.000 s\).*clock offset",
+    ) as err:
+        frame_electrochemistry(cycling_log, [10.0, 20.0, 3300.0])
+    assert err.value.frame == 2
+    with pytest.raises(InputFileError, match=r"frame 0 at t=-5\.000 s lies outside"):
+        frame_electrochemistry(cycling_log, [-5.0])
+    # within the tolerance
+    out = frame_electrochemistry(cycling_log, [-1e-4, 3200.0 + 1e-4])
+    assert list(out["phase"]) == ["rest", "plate"]
+
+
+def test_frame_in_log_gap_raises(tmp_path: Path) -> None:
+    df = make_cycling_log()
+    df = df[(df["time_s"] < 500) | (df["time_s"] > 800)]
+    p = tmp_path / "gappy.csv"
+    df.to_csv(p, index=False)
+    log = read_ec_log(p)
+    with pytest.raises(
+        InputFileError, match=r"frame 1 at t=600\.000 s lies in a gap of 302\.000 s"
+    ):
+        frame_electrochemistry(log, [100.0, 600.0], max_gap_s=10.0)
+    assert len(frame_electrochemistry(log, [100.0, 600.0])) == 2
+
+
+def test_frames_on_real_mpr_log() -> None:
+    log = read_ec_log(real_ec("biologic_mpr", "yadg_gcpl.issue_149.mpr"))
+    d = log.data
+    t = d["time_s"].to_numpy()
+    mid = 0.5 * (t[:-1] + t[1:])
+    out = frame_electrochemistry(log, mid)
+    np.testing.assert_array_equal(out["half_cycle"], d["half_cycle"].to_numpy()[1:])
+    assert set(out["phase"]) == {"rest", "plate", "strip"}
