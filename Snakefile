@@ -1,0 +1,31 @@
+# ecafm: in situ EC-AFM of metal anodes, from raw instrument dumps to per-site lifetimes.
+#
+# Output paths (grammar):
+#   resources/synth/{dataset}/...                 synthetic raw data + truth (sheet column `synth`)
+#   results/cubes/{dataset}.zarr                  ingested cube (+ .prov.json provenance record)
+#   results/cubes/{dataset}.qc.tsv                per-frame ingest QC
+#   results/level/{dataset}/cycle_{cycle}.zarr    leveled frames of one cycle
+#   results/register/{dataset}/...                transforms, registered cubes per cycle
+#   results/figures/{dataset}/{stage}.png         one QC figure per stage
+#   logs/{rule}/{dataset}[/...].log               one log per job
+
+
+from snakemake.utils import min_version, validate
+
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/synth.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/plots.smk"
+
+
+rule all:
+    input:
+        get_final_outputs(),
+    default_target: True
