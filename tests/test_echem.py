@@ -307,6 +307,25 @@ def test_bad_csv(tmp_path: Path, content: str, match: str) -> None:
         read_ec_log(p)
 
 
+@pytest.mark.parametrize(
+    ("parts", "match"),
+    [
+        (("biologic_mpr", f"{CHEMOTION[:-12]}.mps"), "settings file"),
+        (("biologic_mpr", f"{CHEMOTION}.mpl"), "LOG file"),
+        (("gamry_dta", "gamryparser_chronoa_data.dta"), "Gamry"),
+        (("neware", "newarenda_TestFile.nda"), "Neware"),
+        (("neware", "cellpy_nw_regular_export_ife_example.csv"), "cannot parse CSV"),
+        (("generic_csv", "cellpy_batmo_bdf.csv"), r"missing required column\(s\)"),
+    ],
+    ids=["mps", "mpl", "gamry", "nda", "neware-csv", "bdf-csv"],
+)
+def test_unsupported_real_files_give_clear_errors(parts: tuple[str, str], match: str) -> None:
+    path = real_ec(*parts)
+    with pytest.raises(InputFileError, match=match) as err:
+        read_ec_log(path)
+    assert err.value.path == str(path)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="file not found"):
         read_ec_log(tmp_path / "nope.mpr")

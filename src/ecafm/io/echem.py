@@ -516,8 +516,21 @@ def write_mpt(
 # CSV
 
 
+#: Leading bytes of files that are not logs ecafm reads, with what to do instead.
+_UNSUPPORTED_MAGIC: dict[bytes, str] = {
+    b"EC-LAB SETTING FILE": "an EC-Lab settings file (.mps) holds no data; give the .mpr or .mpt",
+    b"EC-Lab LOG FILE": "an EC-Lab LOG file (.mpl) holds no data; give the .mpr or .mpt",
+    b"EXPLAIN": "a Gamry .DTA file is not supported; export time_s,potential_V,current_mA as CSV",
+    b"NEWARE": "a Neware .nda file is not supported; export time_s,potential_V,current_mA as CSV",
+}
+
+
 def _read_csv(path: Path) -> EcLog:
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    raw = path.read_bytes()
+    for magic, cause in _UNSUPPORTED_MAGIC.items():
+        if raw.startswith(magic):
+            raise InputFileError(path, cause)
+    text = raw.decode("utf-8", errors="replace")
     start_time = None
     lines = text.splitlines()
     body_start = 0
