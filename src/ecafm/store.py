@@ -62,13 +62,13 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return _jsonable(obj.tolist())
     if isinstance(obj, np.generic):
-        return obj.item()
+        return _jsonable(obj.item())
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, (_dt.datetime, _dt.date)):
         return obj.isoformat()
-    if isinstance(obj, float) and obj != obj:  # NaN
-        return "NaN"
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return repr(obj)  # 'nan', 'inf', '-inf': JSON has no such numbers
     return obj
 
 
