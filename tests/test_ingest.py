@@ -1,0 +1,113 @@
+"""Ingest of a multi-frame dataset with a log: cube contents, QC flags, and every bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ecafm.errors import InputFileError
+from ecafm.ingest import PHASE_CODES, ingest
+from ecafm.store import open_cube, read_record
+from tests.helpers import make_dataset, write_gwy
+
+
+def _ingest(d, out, **kw):
+    return ingest([d["raw"]], out, ec_log=d["log"], frame_sheet=d["frames"], **kw)
+
+
+def test_cube_from_frames_and_log(tmp_path):
+    d = make_dataset(tmp_path / "ds", n_frames=8, n_cycles=2, half_s=100.0, zero_frames=(5,))
+    rec = _ingest(d, tmp_path / "c.zarr", qc_table=tmp_path / "qc.tsv")
+    ds = open_cube(tmp_path / "c.zarr")
+    assert dict(ds.sizes) == {"frame": 8, "y": 32, "x": 32}
+    assert ds["height"].dtype == np.float32 and ds["height"].attrs["units"] == "nm"
+    assert ds["height"].encoding["chunks"] == (1, 32, 32)
+    assert ds["x"].attrs["units"] == "nm" and ds["time"].attrs["units"] == "s"
+    np.testing.assert_allclose(ds["x"].values, (np.arange(32) + 0.5) * 10.0)
+    np.testing.assert_allclose(ds["height"].values, d["heights"], atol=1e-4)
+    # Cycle assignment: the log plates for 100 s then strips for 100 s, 2 cycles; frames are
+    # assigned at mid-frame (start + 32 lines * 0.1 s / 2).
+    mid = d["times"] + 1.6
+    np.testing.assert_allclose(ds["time"].values, d["times"])
+    expect_half = (mid // 100).astype(int)
+    np.testing.assert_array_equal(ds["half_cycle"].values, expect_half)
+    np.testing.assert_array_equal(ds["cycle"].values, expect_half // 2)
+    expect_phase = np.where(expect_half % 2 == 0, PHASE_CODES["plate"], PHASE_CODES["strip"])
+    np.testing.assert_array_equal(ds["phase"].values, expect_phase)
+    # Charge: +10 uA while plating, -10 uA while stripping (cumulative, C).
+    q = np.where(expect_half % 2 == 0, (mid % 100) * 1e-5, (100 - mid % 100) * 1e-5)
+    np.testing.assert_allclose(ds["charge"].values, q, atol=2e-7)
+    # QC: the all-zero frame is flagged, not fatal.
+    assert ds["frame_ok"].values.tolist() == [i != 5 for i in range(8)]
+    qc = pd.read_csv(tmp_path / "qc.tsv", sep="\t")
+    assert bool(qc.loc[5, "all_zero"]) and qc["ok"].sum() == 7
+    # Provenance: inputs hashed, params recorded.
+    assert rec["artifact"]["kind"] == "zarr"
+    paths = [i["path"] for i in rec["inputs"]]
+    assert str(d["log"]) in paths and len(paths) == 8 + 2
+    assert read_record(tmp_path / "c.zarr")["step"]["params"]["metal"] == "Li"
+
+
+def test_negative_current_plates_swaps_phases(tmp_path):
+    d = make_dataset(tmp_path / "ds", n_frames=4)
+    _ingest(d, tmp_path / "c.zarr", positive_current_plates=False)
+    ds = open_cube(tmp_path / "c.zarr")
+    half = ds["half_cycle"].values
+    assert np.all(ds["phase"].values == np.where(half % 2 == 0, PHASE_CODES["strip"], PHASE_CODES["plate"]))
+
+
+def test_frames_of_different_size(tmp_path):
+    d = make_dataset(tmp_path / "ds", n_frames=4)
+    write_gwy(d["raw"] / "frame_002.gwy", np.zeros((16, 16)) + 1.0)
+    with pytest.raises(InputFileError, match=r"frame_002\.gwy.*frame size 16x16 px differs"):
+        _ingest(d, tmp_path / "c.zarr")
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_frames_of_different_pixel_size(tmp_path):
+    d = make_dataset(tmp_path / "ds", n_frames=4)
+    write_gwy(d["raw"] / "frame_003.gwy", np.ones((32, 32)), pixel_nm=12.0)
+    with pytest.raises(InputFileError, match=r"frame_003\.gwy.*pixel size"):
+        _ingest(d, tmp_path / "c.zarr")
+
+
+def test_log_does_not_cover_frames(tmp_path):
+    d = make_dataset(tmp_path / "ds", n_frames=4)
+    sheet = pd.read_csv(d["frames"], sep="\t")
+    sheet.loc[3, "time_s"] = 5000.0
+    sheet.to_csv(d["frames"], sep="\t", index=False)
+    with pytest.raises(InputFileError, match=r"log\.mpt.*outside the log") as info:
+        _ingest(d, tmp_path / "c.zarr")
+    assert "frame 3" in str(info.value)
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_sheet_row_pointing_at_nothing(tmp_path):
+    d = make_dataset(tmp_path / "ds", n_frames=4)
+    sheet = pd.read_csv(d["frames"], sep="\t")
+    sheet.loc[1, "file"] = "raw/missing.gwy"
+    sheet.to_csv(d["frames"], sep="\t", index=False)
+    with pytest.raises(InputFileError, match=r"frames\.tsv.*row 2 points at 'raw/missing\.gwy'"):
+        _ingest(d, tmp_path / "c.zarr")
+
+
+def test_unsupported_file_in_folder(tmp_path):
+    d = make_dataset(tmp_path / "ds", n_frames=3)
+    (d["raw"] / "notes.txt").write_text("lab notes\n" * 5)
+    with pytest.raises(InputFileError, match=r"notes\.txt: not a supported AFM format"):
+        ingest([d["raw"]], tmp_path / "c.zarr")
+
+
+def test_asd_movie_flags_near_empty_frames(real, tmp_path):
+    """Frames 23-24 of the real .asd movie are almost all zeros: flagged, not fatal."""
+    path = real("asd/asd_sample_0.asd")
+    ingest([path], tmp_path / "m.zarr", qc_table=tmp_path / "qc.tsv")
+    ds = open_cube(tmp_path / "m.zarr")
+    assert ds.sizes["frame"] == 32
+    ok = ds["frame_ok"].values
+    assert not ok[23] and not ok[24]
+    assert ok[:22].all()
+    qc = pd.read_csv(tmp_path / "qc.tsv", sep="\t")
+    assert qc.loc[23, "zero_fraction"] > 0.9 and qc.loc[24, "zero_fraction"] > 0.9
+    np.testing.assert_allclose(np.diff(ds["time"].values), 1.0)  # 1000 ms per frame (header)
