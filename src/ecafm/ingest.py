@@ -211,7 +211,17 @@ def ingest(
     if eclog is not None:
         from ecafm.io.echem import frame_electrochemistry
 
-        ec = frame_electrochemistry(eclog, mid, positive_current_plates=positive_current_plates)
+        try:
+            ec = frame_electrochemistry(eclog, mid, positive_current_plates=positive_current_plates)
+        except InputFileError as exc:
+            if exc.frame is None or not 0 <= exc.frame < len(frames):
+                raise
+            f = frames[exc.frame]
+            raise InputFileError(
+                eclog.path, f"{exc.cause} (that is {Path(f.path).name}, frame {f.index} of its file)",
+                frame=exc.frame,
+                hint="check the frame times (frame sheet or file timestamps) and clock_offset_s "
+                "in config/datasets.tsv") from exc
         cycle[:] = ec["cycle"].to_numpy()
         half[:] = ec["half_cycle"].to_numpy()
         phase[:] = [PHASE_CODES[p] for p in ec["phase"]]

@@ -49,6 +49,9 @@ KEY_LIBRARIES = (
     "surfacetopography",
 )
 _CHUNK = 1 << 20
+#: Files other tools put into a store that are not part of the artifact (Snakemake's marker of
+#: directory outputs).
+IGNORED_FILES = frozenset({".snakemake_timestamp"})
 
 
 # --------------------------------------------------------------------------- canonical JSON
@@ -97,7 +100,7 @@ def store_files(path: str | Path) -> dict[str, str]:
         return {path.name: sha256_file(path)}
     out: dict[str, str] = {}
     for p in sorted(path.rglob("*")):
-        if p.is_file():
+        if p.is_file() and p.name not in IGNORED_FILES:
             out[p.relative_to(path).as_posix()] = sha256_file(p)
     return out
 
@@ -434,8 +437,13 @@ def open_cube(path: str | Path, *, chunks: Any = None) -> xr.Dataset:
     path = Path(path)
     if not (path / "zarr.json").exists():
         raise FileNotFoundError(f"{path}: not a zarr v3 store (no zarr.json); was the step run?")
-    return xr.open_zarr(path, zarr_format=3, consolidated=False,
-                        chunks=chunks if chunks is not None else {})
+    import warnings
+
+    with warnings.catch_warnings():
+        # Snakemake marks directory outputs with a .snakemake_timestamp file that zarr warns about.
+        warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp")
+        return xr.open_zarr(path, zarr_format=3, consolidated=False,
+                            chunks=chunks if chunks is not None else {})
 
 
 def verify(path: str | Path) -> list[str]:

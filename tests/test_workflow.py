@@ -1,0 +1,111 @@
+"""The workflow end to end through `python -m snakemake` in a temp directory, plus lint and dry run."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ecafm.ingest import PHASE_CODES
+from ecafm.store import open_cube, read_record, verify
+from tests.conftest import REPO
+from tests.helpers import make_dataset
+
+pytestmark = pytest.mark.workflow
+
+COLUMNS = ["id", "raw", "format", "ec_log", "frames", "metal", "positive_current_plates",
+           "clock_offset_s", "channel", "synth", "notes"]
+
+
+def _workdir(tmp_path: Path, rows: list[dict], config_extra: str = "") -> Path:
+    wd = tmp_path / "wd"
+    (wd / "config").mkdir(parents=True)
+    shutil.copy(REPO / "config" / "config.yaml", wd / "config" / "config.yaml")
+    if config_extra:
+        with open(wd / "config" / "config.yaml", "a") as fh:
+            fh.write(config_extra)
+    sheet = pd.DataFrame([{c: r.get(c, "") for c in COLUMNS} for r in rows])
+    sheet.to_csv(wd / "config" / "datasets.tsv", sep="\t", index=False)
+    return wd
+
+
+def _snakemake(wd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd), *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if check and res.returncode != 0:
+        raise AssertionError(f"snakemake failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")
+    return res
+
+
+@pytest.fixture
+def logged_dataset(tmp_path):
+    d = make_dataset(tmp_path / "data", n_frames=6, n_cycles=2, half_s=100.0, zero_frames=(2,))
+    wd = _workdir(tmp_path, [{"id": "cell1", "raw": str(d["raw"]), "format": "gwy",
+                              "ec_log": str(d["log"]), "frames": str(d["frames"]), "metal": "Li",
+                              "positive_current_plates": "true"}])
+    return wd, d
+
+
+def test_workflow_ingests_dataset_with_log(logged_dataset):
+    wd, d = logged_dataset
+    _snakemake(wd, "--cores", "2")
+    cube = wd / "results" / "cubes" / "cell1.zarr"
+    ds = open_cube(cube)
+    assert ds["height"].dims == ("frame", "y", "x") and ds.sizes["frame"] == 6
+    assert ds["height"].encoding["chunks"] == (1, 32, 32)
+    assert ds["height"].attrs["units"] == "nm" and ds["charge"].attrs["units"] == "C"
+    half = (d["times"] + 1.6) // 100
+    np.testing.assert_array_equal(ds["cycle"].values, half // 2)
+    np.testing.assert_array_equal(ds["phase"].values,
+                                  np.where(half % 2 == 0, PHASE_CODES["plate"], PHASE_CODES["strip"]))
+    assert ds["frame_ok"].values.tolist() == [True, True, False, True, True, True]
+    rec = read_record(cube)
+    assert rec["step"]["rule"] == "ingest_dataset"
+    assert rec["step"]["wildcards"] == {"dataset": "cell1"}
+    assert rec["step"]["params"]["positive_current_plates"] is True
+    assert verify(cube) == []
+    log = (wd / "logs" / "ingest_dataset" / "cell1.log").read_text()
+    assert "frame 2" in log and "QC flags all_zero" in log
+    png = wd / "results" / "figures" / "cell1" / "ingest.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and verify(png) == []
+
+
+def test_dry_run_counts_jobs(logged_dataset):
+    wd, _ = logged_dataset
+    res = _snakemake(wd, "-n", "--quiet", "rules")
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", res.stdout, re.M))
+    assert counts.get("ingest_dataset") == "1" and counts.get("plot_ingest") == "1"
+
+
+def test_config_typo_stops_the_run(logged_dataset):
+    wd, _ = logged_dataset
+    cfg = wd / "config" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("frame_chunk:", "frame_chunks:"))
+    res = _snakemake(wd, "-n", check=False)
+    assert res.returncode != 0
+    assert "frame_chunks" in (res.stdout + res.stderr)
+    assert not (wd / "results").exists()
+
+
+def test_failed_ingest_leaves_no_cube(logged_dataset):
+    wd, d = logged_dataset
+    sheet = pd.read_csv(d["frames"], sep="\t")
+    sheet.loc[4, "time_s"] = 9999.0  # outside the log
+    sheet.to_csv(d["frames"], sep="\t", index=False)
+    res = _snakemake(wd, "--cores", "1", check=False)
+    assert res.returncode != 0
+    assert not (wd / "results" / "cubes" / "cell1.zarr").exists()
+    log = (wd / "logs" / "ingest_dataset" / "cell1.log").read_text()
+    assert "outside the log" in log and "frame_004.gwy" in log
+
+
+def test_lint_is_clean(logged_dataset):
+    wd, _ = logged_dataset
+    res = _snakemake(wd, "--lint", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
