@@ -1,0 +1,1022 @@
+"""Registration kernels: subpixel phase correlation, QC, intra-frame (row) drift, resampling.
+
+Sign convention (used by every function here)
+----------------------------------------------
+A shift ``(dy, dx)`` is the displacement of the CONTENT of ``moving`` relative to
+``reference``, in pixels::
+
+    moving(y, x) ~= reference(y - dy, x - dx)        i.e. moving ~= ndi.shift(reference, (dy, dx))
+
+A feature at ``(y, x)`` in the reference appears at ``(y + dy, x + dx)`` in the moving frame.
+This is the NEGATIVE of what ``skimage.registration.phase_cross_correlation(reference, moving)``
+returns (skimage returns the shift that registers ``moving`` onto ``reference``). To register
+``moving`` onto ``reference`` use ``apply_shift(moving, -dy, -dx)``. Displacements of a chain add:
+``compose_shifts`` is a cumulative sum. For drift within a frame, ``dy[y], dx[y]`` is the
+displacement of row ``y`` of ``moving`` (rows are the slow scan axis, i.e. time).
+
+Frames should be leveled first (tilt and line offsets dominate the correlation otherwise).
+Frames are apodized (Tukey window) before the FFT so that the non-periodic frame border does not
+make its own correlation peak at zero shift.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+import scipy.fft as sfft
+from scipy import ndimage as ndi
+from scipy.signal.windows import tukey
+
+__all__ = [
+    "RowDrift",
+    "Shift",
+    "apply_row_drift",
+    "apply_shift",
+    "compose_shifts",
+    "estimate_row_drift",
+    "estimate_shift",
+    "estimate_shift_qc",
+    "gradient_magnitude",
+    "loop_closure_error",
+]
+
+logger = logging.getLogger(__name__)
+
+_PEAK_EXCLUSION_PX = 3  # half-size of the neighbourhood of the peak ignored for peak_ratio
+_TUKEY_ALPHA = 0.25
+_ERROR_FACTOR = 2.0  # phase correlation vs the Cramer-Rao bound, calibrated on synthetic texture
+
+
+@dataclass(frozen=True)
+class Shift:
+    """A translation estimate of ``moving`` relative to ``reference``.
+
+    Attributes
+    ----------
+    dy, dx : float
+        Displacement (px) of the content of ``moving`` relative to ``reference``:
+        ``moving(y, x) ~= reference(y - dy, x - dx)``.
+    peak_ratio : float
+        Correlation peak height over the highest value outside a (7 x 7) neighbourhood of the
+        peak. About 1 for unrelated frames.
+    peak : float
+        Phase-correlation peak height (1 for identical frames, 0 for unrelated ones).
+    error : float
+        Uncertainty estimate (px, 1 sigma, worse axis): from the covariance of the robust
+        least-squares refinement (its residual variance includes unmodelled change), or, when
+        ``n_refine=0``, twice ``crlb`` combined with the subpixel step.
+    crlb : float
+        Achievable bound (px, 1 sigma, worse axis) from the frame noise and texture gradients
+        on the weighted region: ``sqrt((s_ref**2 + s_mov**2) / sum((w * grad)**2))``.
+    ok : bool
+        False when any QC flag is set.
+    flags : tuple of str
+        QC flags: ``"weak_peak"``, ``"disagreement"``, ``"jump"``, ``"not_finite"``.
+    """
+
+    dy: float
+    dx: float
+    peak_ratio: float
+    peak: float
+    error: float
+    crlb: float
+    ok: bool
+    flags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def vector(self) -> np.ndarray:
+        """``np.array([dy, dx])``."""
+        return np.array([self.dy, self.dx])
+
+
+@dataclass(frozen=True)
+class RowDrift:
+    """Intra-frame drift of ``moving`` relative to ``reference``, per row.
+
+    Attributes
+    ----------
+    dy, dx : ndarray of float64, shape (n_rows,)
+        Displacement of every row of ``moving`` (same sign convention as :class:`Shift`).
+    strip_rows : ndarray of float64, shape (n_strips,)
+        Centre row (in ``moving``) of every strip.
+    strips : tuple of Shift, length n_strips
+        Per-strip estimates (``dy``, ``dx`` include the global integer pre-shift).
+    strip_ok : ndarray of bool, shape (n_strips,)
+        Strips used for the interpolation.
+    """
+
+    dy: np.ndarray
+    dx: np.ndarray
+    strip_rows: np.ndarray
+    strips: tuple[Shift, ...]
+    strip_ok: np.ndarray
+
+    @property
+    def ok(self) -> bool:
+        """True when at least two strips passed QC."""
+        return int(self.strip_ok.sum()) >= 2
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_image(a: np.ndarray, name: str, *, min_size: int = 8) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (y, x), got shape {a.shape}")
+    if a.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must have a real numeric dtype, got {a.dtype}")
+    if min(a.shape) < min_size:
+        raise ValueError(f"{name} must be at least {min_size} x {min_size} px, got {a.shape}")
+    return a
+
+
+def _check_pair(reference: np.ndarray, moving: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    reference = _check_image(reference, "reference")
+    moving = _check_image(moving, "moving")
+    if reference.shape != moving.shape:
+        raise ValueError(
+            f"reference and moving must have the same shape, got {reference.shape} "
+            f"and {moving.shape}"
+        )
+    return reference, moving
+
+
+def _check_weights(weights: np.ndarray | None, shape: tuple[int, ...], name: str):
+    if weights is None:
+        return None
+    w = np.asarray(weights)
+    if w.shape != shape:
+        raise ValueError(f"{name} shape {w.shape} does not match the frame shape {shape}")
+    if w.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be boolean or real, got dtype {w.dtype}")
+    w = w.astype(np.float64)
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"{name} must be finite and >= 0")
+    if not (w > 0).any():
+        raise ValueError(f"{name} is zero everywhere: no stable region to register on")
+    return w
+
+
+# --------------------------------------------------------------------------- core
+
+
+@lru_cache(maxsize=16)
+def _window(shape: tuple[int, int], apodize: bool) -> np.ndarray:
+    if not apodize:
+        return np.ones(shape)
+    return np.outer(tukey(shape[0], _TUKEY_ALPHA), tukey(shape[1], _TUKEY_ALPHA))
+
+
+def _tukey_at(t: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Tukey window over the continuous interval [lo, hi], evaluated at positions t."""
+    length = max(hi - lo, 1e-9)
+    u = (t - lo) / length
+    a = _TUKEY_ALPHA
+    w = np.ones_like(u)
+    left = u < a / 2
+    right = u > 1 - a / 2
+    w[left] = 0.5 * (1 - np.cos(2 * np.pi * u[left] / a))
+    w[right] = 0.5 * (1 - np.cos(2 * np.pi * (1 - u[right]) / a))
+    w[(u < 0) | (u > 1)] = 0.0
+    return w
+
+
+def _overlap_windows(shape: tuple[int, int], dy: float, dx: float):
+    """Windows on the common field for a shift (dy, dx): (reference window, moving window).
+
+    The moving window is the reference window displaced with the content, so that the windowed
+    moving frame is exactly the displaced windowed reference (no window mismatch).
+    """
+    out = []
+    for n, d in zip(shape, (dy, dx), strict=True):
+        lo, hi = max(0.0, -d), min(n - 1.0, n - 1.0 - d)
+        t = np.arange(n, dtype=np.float64)
+        out.append((_tukey_at(t, lo, hi), _tukey_at(t - d, lo, hi)))
+    (ry, my), (rx, mx) = out
+    return np.outer(ry, rx), np.outer(my, mx)
+
+
+def _soft_mask(w: np.ndarray, sigma: float) -> np.ndarray:
+    """Taper stable-region weights to 0 at (and inside) the edges of the excluded regions."""
+    if sigma <= 0:
+        return w
+    s = ndi.gaussian_filter(w, sigma, mode="nearest")
+    return np.clip(2.0 * s - 1.0, 0.0, None) * w
+
+
+def _prepare(img: np.ndarray, weight: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted image with its weighted plane removed (NaN -> weight 0); (image, weight)."""
+    finite = np.isfinite(img)
+    if not finite.all():
+        weight = np.where(finite, weight, 0.0)
+        img = np.where(finite, img, 0.0)
+    sw = weight.sum()
+    if sw <= 0:
+        raise ValueError("no finite pixel with a positive weight")
+    # weighted plane (offset and tilt) removal from moments
+    n, m = img.shape
+    u = np.linspace(-1.0, 1.0, m)[None, :]
+    v = np.linspace(-1.0, 1.0, n)[:, None]
+    wu, wv = weight * u, weight * v
+    amat = np.array(
+        [
+            [sw, wu.sum(), wv.sum()],
+            [wu.sum(), (wu * u).sum(), (wu * v).sum()],
+            [wv.sum(), (wu * v).sum(), (wv * v).sum()],
+        ]
+    )
+    rhs = np.array([(weight * img).sum(), (wu * img).sum(), (wv * img).sum()])
+    try:
+        c = np.linalg.solve(amat, rhs)
+    except np.linalg.LinAlgError:
+        c = np.array([rhs[0] / sw, 0.0, 0.0])
+    return ((img - c[0] - c[1] * u - c[2] * v) * weight).astype(dtype, copy=False), weight
+
+
+def _hermitian_weights(m: int, dtype) -> np.ndarray:
+    """Weights of the rfft half spectrum columns so that sums cover the full spectrum."""
+    mh = m // 2 + 1
+    wk = np.full(mh, 2.0, dtype=dtype)
+    wk[0] = 1.0
+    if m % 2 == 0:
+        wk[-1] = 1.0
+    return wk
+
+
+def _upsampled_corr(rw: np.ndarray, ys: np.ndarray, xs: np.ndarray, n: int, m: int) -> np.ndarray:
+    """Real inverse DFT of the half spectrum ``rw`` (Hermitian weights applied) at points."""
+    ky = sfft.fftfreq(n, 1.0 / n)
+    kx = np.arange(rw.shape[1])
+    cdt = rw.dtype
+    ex = np.exp((2j * np.pi / m) * np.outer(kx, xs)).astype(cdt)
+    ey = np.exp((2j * np.pi / n) * np.outer(ys, ky)).astype(cdt)
+    return (ey @ (rw @ ex)).real / (n * m)
+
+
+def _stages(upsample_factor: int) -> list[int]:
+    if upsample_factor <= 1:
+        return []
+    out = []
+    f = 10
+    while f < upsample_factor:
+        out.append(f)
+        f *= 10
+    out.append(int(upsample_factor))
+    return out
+
+
+def _phase_correlate(
+    a: np.ndarray,
+    b: np.ndarray,
+    wa: np.ndarray,
+    wb: np.ndarray,
+    *,
+    upsample_factor: int,
+    max_shift: float | None,
+    center: tuple[float, float] = (0.0, 0.0),
+) -> Shift:
+    n, m = a.shape
+    fa = sfft.rfft2(a, workers=1)
+    fb = sfft.rfft2(b, workers=1)
+    x = fb * fa.conj()
+    mag = np.abs(x)
+    eps = mag.max() * 1e-12 + np.finfo(mag.dtype).tiny
+    r = x / (mag + eps)
+    # Whitened cross-power, with the bins where either frame is below its noise floor
+    # suppressed: pure phase correlation gives the (many) noise-only bins of smooth AFM
+    # texture the same weight as the textured ones.
+    pa = _noise_power(fa, n, m)
+    pb = _noise_power(fb, n, m)
+    wspec = _snr_weight(fa, pa) * _snr_weight(fb, pb)
+    r *= wspec
+    norm = float((wspec * _hermitian_weights(m, wspec.dtype)[None, :]).sum()) / (n * m)
+    r /= max(norm, np.finfo(np.float32).tiny)
+    c = sfft.irfft2(r, s=(n, m), workers=1)
+    if max_shift is not None:
+        iy = (np.arange(n) - center[0] + n / 2) % n - n / 2
+        ix = (np.arange(m) - center[1] + m / 2) % m - m / 2
+        allowed = (np.abs(iy)[:, None] <= max_shift) & (np.abs(ix)[None, :] <= max_shift)
+        c = np.where(allowed, c, -np.inf)
+    flat = int(np.argmax(c))
+    py, px = divmod(flat, m)
+    c_int = float(c[py, px])
+    # next-highest peak outside the neighbourhood of the main one (wrapped indices)
+    k = _PEAK_EXCLUSION_PX
+    rows = (py + np.arange(-k, k + 1)) % n
+    cols = (px + np.arange(-k, k + 1)) % m
+    c[np.ix_(rows, cols)] = -np.inf
+    second = float(c.max())
+    py = py - n if py > n // 2 else py
+    px = px - m if px > m // 2 else px
+    dy, dx, peak = float(py), float(px), c_int
+    stages = _stages(upsample_factor)
+    if stages:
+        rw = r * _hermitian_weights(m, r.real.dtype)[None, :]
+        step_prev = 1.0
+        for f in stages:
+            step = 1.0 / f
+            half = math.ceil(0.75 * step_prev / step)
+            offs = np.arange(-half, half + 1) * step
+            cu = _upsampled_corr(rw, dy + offs, dx + offs, n, m)
+            iy, ix = np.unravel_index(int(np.argmax(cu)), cu.shape)
+            dy, dx, peak = dy + offs[iy], dx + offs[ix], float(cu[iy, ix])
+            step_prev = step
+    peak_ratio = peak / second if second > 0 else math.inf
+    crlb = _crlb(fa, fb, wa, wb, n, m, pa, pb)
+    quant = (1.0 / max(upsample_factor, 1)) / math.sqrt(12.0)
+    error = math.hypot(_ERROR_FACTOR * crlb, quant)
+    return Shift(
+        dy=float(dy),
+        dx=float(dx),
+        peak_ratio=float(peak_ratio),
+        peak=float(peak),
+        error=float(error),
+        crlb=float(crlb),
+        ok=True,
+    )
+
+
+def _noise_power(f: np.ndarray, n: int, m: int) -> float:
+    """White-noise power per bin, from the median of the highest-frequency corner."""
+    ky = np.abs(sfft.fftfreq(n))
+    sel_y = ky >= 0.375  # |k| >= 0.75 Nyquist
+    sel_x = np.arange(f.shape[1]) >= 0.375 * m
+    if not sel_y.any() or not sel_x.any():
+        return 0.0
+    p = np.abs(f[np.ix_(sel_y, sel_x)]) ** 2
+    return float(np.median(p) / math.log(2.0))
+
+
+def _snr_weight(f: np.ndarray, noise: float) -> np.ndarray:
+    """Per-bin weight s / (1 + s), s = local (5 x 5 bins) signal-to-noise power ratio."""
+    p = ndi.uniform_filter(
+        (f.real**2 + f.imag**2).astype(f.real.dtype), size=5, mode=("wrap", "mirror")
+    )
+    noise = max(noise, float(p.max()) * 1e-12, np.finfo(np.float32).tiny)
+    snr = np.maximum(p / noise - 1.0, 0.0)
+    return snr / (1.0 + snr)
+
+
+def _crlb(fa, fb, wa, wb, n: int, m: int, pa: float, pb: float) -> float:
+    """Cramer-Rao-type bound (px, worse axis) from noise floors and signal gradient energy."""
+    s2a = pa / max(float((wa**2).sum()), 1e-300)  # per-pixel noise variance
+    s2b = pb / max(float((wb**2).sum()), 1e-300)
+    sig = np.maximum(np.abs(fa) ** 2 - pa, 0.0) * _hermitian_weights(m, np.float64)[None, :]
+    ky = 2 * np.pi * sfft.fftfreq(n)
+    kx = 2 * np.pi * np.arange(fa.shape[1]) / m
+    gy = float((sig * (ky**2)[:, None]).sum()) / (n * m)
+    gx = float((sig * (kx**2)[None, :]).sum()) / (n * m)
+    # least squares on w * (b - shifted a): var(d) = (s_a**2 + s_b**2) / sum((w * grad a)**2)
+    g = min(gy, gx)
+    if g <= 0:
+        return math.inf
+    return math.sqrt((s2a + s2b) / g)
+
+
+def _keys(t: float) -> np.ndarray:
+    """Cubic-convolution (Keys, a = -0.5) weights of the samples at floor - 1 .. floor + 2."""
+    a = -0.5
+    out = []
+    for x in (t + 1.0, t, t - 1.0, t - 2.0):
+        x = abs(x)
+        if x <= 1:
+            out.append((a + 2) * x**3 - (a + 3) * x**2 + 1)
+        elif x < 2:
+            out.append(a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a)
+        else:
+            out.append(0.0)
+    return np.array(out)
+
+
+def _shift_axis(img: np.ndarray, d: float, axis: int) -> tuple[np.ndarray, int, int]:
+    """``out[i] = img(i - d)`` along ``axis`` for the valid range i in [i0, i1)."""
+    n = img.shape[axis]
+    s = -d
+    fs = math.floor(s)
+    w = _keys(s - fs)
+    i0, i1 = max(0, 1 - fs), min(n, n - 2 - fs)
+    if i1 - i0 < 4:
+        return np.empty((0, 0)), 0, 0
+    out = None
+    for j in range(4):
+        lo = i0 + fs + j - 1
+        sl = [slice(None), slice(None)]
+        sl[axis] = slice(lo, lo + (i1 - i0))
+        term = w[j] * img[tuple(sl)]
+        out = term if out is None else out + term
+    return out, i0, i1
+
+
+def _refine_ls(ref, mov, wr, wm, dy, dx, *, n_iter: int):
+    """Robust Gauss-Newton refinement of (dy, dx) on the common field.
+
+    Minimizes ``sum w * (mov(y, x) - ref(y - dy, x - dx) - plane(y, x))**2`` over dy, dx and
+    a plane (offset and tilt), with Tukey-biweight weights. Returns (dy, dx, 1-sigma error) or None.
+    """
+    finite_w = None
+    if wr is not None:
+        ref = np.where(wr > 0, ref, np.nan)
+    if wm is not None:
+        finite_w = wm
+    err = math.inf
+    plane = np.zeros(3)
+    for it in range(n_iter):
+        t, y0, y1 = _shift_axis(ref, dy, 0)
+        if t.size == 0:
+            return None
+        t, x0, x1 = _shift_axis(t, dx, 1)
+        if t.size == 0:
+            return None
+        m = mov[y0:y1, x0:x1]
+        gy, gx = np.gradient(t)
+        e = m - t
+        w = np.isfinite(e) & np.isfinite(gy) & np.isfinite(gx)
+        w = w.astype(np.float64)
+        if finite_w is not None:
+            w *= finite_w[y0:y1, x0:x1]
+        e = np.where(w > 0, e, 0.0)
+        gy = np.where(w > 0, gy, 0.0)
+        gx = np.where(w > 0, gx, 0.0)
+        sw = w.sum()
+        if sw < 16:
+            return None
+        sel = w > 0
+        ny, nx = e.shape
+        u = np.broadcast_to(np.linspace(-1, 1, nx)[None, :], e.shape)
+        v = np.broadcast_to(np.linspace(-1, 1, ny)[:, None], e.shape)
+        r = e - (plane[0] + plane[1] * u + plane[2] * v)  # residual of the previous fit
+        center = float(np.median(r[sel]))
+        sigma = 1.4826 * float(np.median(np.abs(r[sel] - center)))
+        if sigma > 0:
+            t = (r - center) / (4.685 * sigma)
+            w = w * np.clip(1 - t**2, 0, None) ** 2
+        # normal equations for (ddy, ddx, plane): e + gy ddy + gx ddx - (b0 + b1 u + b2 v) = 0
+        jac = np.stack([gy, gx, -np.ones_like(e), -u, -v], axis=-1).reshape(-1, 5)
+        wf = w.reshape(-1)
+        jw = jac * wf[:, None]
+        amat = jw.T @ jac
+        rhs = -(jw.T @ e.reshape(-1))
+        try:
+            step = np.linalg.solve(amat, rhs)
+            cov = np.linalg.inv(amat)
+        except np.linalg.LinAlgError:
+            return None
+        res = e.reshape(-1) + jac @ step
+        s2 = float((wf * res**2).sum() / max(wf.sum() - 5.0, 1.0))
+        err = math.sqrt(max(cov[0, 0], cov[1, 1]) * s2)
+        plane = step[2:]
+        ddy, ddx = float(np.clip(step[0], -0.5, 0.5)), float(np.clip(step[1], -0.5, 0.5))
+        dy, dx = dy + ddy, dx + ddx
+        if it > 0 and abs(ddy) < 1e-4 and abs(ddx) < 1e-4:
+            break
+    return dy, dx, err
+
+
+def estimate_shift(
+    reference: np.ndarray,
+    moving: np.ndarray,
+    *,
+    weights: np.ndarray | None = None,
+    moving_weights: np.ndarray | None = None,
+    upsample_factor: int = 100,
+    apodize: bool = True,
+    max_shift: float | None = None,
+    min_peak_ratio: float = 2.0,
+    taper_sigma: float = 2.0,
+    n_refine: int = 10,
+) -> Shift:
+    """Subpixel translation of ``moving`` relative to ``reference`` by phase correlation.
+
+    Both frames are mean-freed and multiplied by a Tukey window (and by the stable-region
+    weights, smoothed by a Gaussian of ``taper_sigma`` px so that the mask edges are soft), the
+    normalized cross-power spectrum is inverted with real FFTs, and the integer peak is refined
+    by matrix-multiply DFT upsampling in two stages (1/10 px, then 1/``upsample_factor`` px).
+
+    Parameters
+    ----------
+    reference, moving : ndarray, shape (y, x)
+        Leveled heights, same shape, real dtype. float32 input is processed in float32. NaN
+        pixels get zero weight.
+    weights : ndarray, shape (y, x), optional
+        Stable-region weights (bool or >= 0) for ``reference``; pixels with weight 0 (changed
+        area) are ignored. Default: all pixels.
+    moving_weights : ndarray, shape (y, x), optional
+        Weights for ``moving``; default: ``weights``.
+    upsample_factor : int
+        Subpixel resolution is ``1 / upsample_factor`` px; 1 gives integer shifts.
+    apodize : bool
+        Apply the Tukey window (recommended: without it the frame border correlates at zero
+        shift).
+    max_shift : float, optional
+        Only consider shifts with ``|dy|, |dx| <= max_shift`` px.
+    min_peak_ratio : float
+        ``ok`` is False (flag ``"weak_peak"``) when ``peak_ratio`` is below this.
+    taper_sigma : float
+        Scale (px) over which the weights are tapered to 0 at the edges of excluded regions
+        (so that mask edges and the steps of changed areas do not correlate); 0 disables it.
+    n_refine : int
+        Maximum Gauss-Newton iterations of the final robust least-squares refinement
+        (frames compared on their common field, reference resampled with cubic convolution,
+        offset fitted, Tukey-biweight weights against changed areas); 0 keeps the
+        phase-correlation estimate.
+
+    Returns
+    -------
+    Shift
+        ``dy, dx`` with ``moving(y, x) ~= reference(y - dy, x - dx)`` (the negative of
+        skimage's ``phase_cross_correlation`` output), plus ``peak_ratio``, ``peak``,
+        ``error``, ``crlb``, ``ok`` and ``flags``.
+
+    Raises
+    ------
+    ValueError
+        Bad shape, dtype, weights or options.
+    """
+    reference, moving = _check_pair(reference, moving)
+    if int(upsample_factor) != upsample_factor or upsample_factor < 1:
+        raise ValueError(f"upsample_factor must be an integer >= 1, got {upsample_factor!r}")
+    if max_shift is not None and not max_shift >= 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift!r}")
+    shape = reference.shape
+    wr = _check_weights(weights, shape, "weights")
+    wm = _check_weights(moving_weights, shape, "moving_weights")
+    if wm is None:
+        wm = wr
+    dtype = (
+        np.float32
+        if (reference.dtype == np.float32 and moving.dtype == np.float32)
+        else (np.float64)
+    )
+    win = _window(shape, bool(apodize))
+    wr = None if wr is None else _soft_mask(wr, taper_sigma)
+    wm = wr if moving_weights is None else _soft_mask(wm, taper_sigma)
+
+    def weighted(w, window):
+        return window if w is None else window * w
+
+    a, wa = _prepare(reference, weighted(wr, win), dtype)
+    b, wb = _prepare(moving, weighted(wm, win), dtype)
+    s = _phase_correlate(a, b, wa, wb, upsample_factor=int(upsample_factor), max_shift=max_shift)
+    if n_refine > 0 and math.isfinite(s.dy) and math.isfinite(s.dx):
+        ls = _refine_ls(
+            reference.astype(np.float64),
+            moving.astype(np.float64),
+            None if wr is None else wr,
+            None if wm is None else wm,
+            s.dy,
+            s.dx,
+            n_iter=n_refine,
+        )
+        if ls is not None:
+            dy, dx, err = ls
+            if abs(dy - s.dy) <= 1.5 and abs(dx - s.dx) <= 1.5:
+                quant = 0.0 if upsample_factor > 1 else 1.0 / math.sqrt(12.0)
+                s = replace(s, dy=dy, dx=dx, error=math.hypot(err, quant))
+            else:
+                logger.debug("LS refinement wandered off (%.2f, %.2f); kept %s", dy, dx, s)
+    flags: list[str] = []
+    if not (math.isfinite(s.dy) and math.isfinite(s.dx)):
+        flags.append("not_finite")
+    if not s.peak_ratio >= min_peak_ratio:
+        flags.append("weak_peak")
+    return _with_flags(s, flags)
+
+
+def _with_flags(s: Shift, flags: Sequence[str]) -> Shift:
+    allf = tuple(dict.fromkeys([*s.flags, *flags]))
+    return Shift(
+        dy=s.dy,
+        dx=s.dx,
+        peak_ratio=s.peak_ratio,
+        peak=s.peak,
+        error=s.error,
+        crlb=s.crlb,
+        ok=not allf,
+        flags=allf,
+    )
+
+
+def gradient_magnitude(h: np.ndarray, *, sigma: float = 1.0) -> np.ndarray:
+    """Gaussian gradient magnitude of a height frame (nm/px), NaN-safe.
+
+    Parameters
+    ----------
+    h : ndarray, shape (y, x)
+        Heights (nm). NaN pixels are filled with the median for filtering and stay NaN.
+    sigma : float
+        Gaussian scale (px) of the derivative filters.
+
+    Returns
+    -------
+    ndarray of float64, shape (y, x)
+    """
+    h = _check_image(h, "h", min_size=2)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    z = h.astype(np.float64)
+    finite = np.isfinite(z)
+    if not finite.all():
+        fill = np.median(z[finite]) if finite.any() else 0.0
+        z = np.where(finite, z, fill)
+    g = ndi.gaussian_gradient_magnitude(z, sigma, mode="nearest")
+    g[~finite] = np.nan
+    return g
+
+
+def estimate_shift_qc(
+    reference: np.ndarray,
+    moving: np.ndarray,
+    *,
+    weights: np.ndarray | None = None,
+    moving_weights: np.ndarray | None = None,
+    prev: Shift | Sequence[float] | None = None,
+    max_jump_px: float = 10.0,
+    min_peak_ratio: float = 2.0,
+    max_disagreement_px: float = 1.0,
+    upsample_factor: int = 100,
+) -> Shift:
+    """Phase-correlation shift with quality flags.
+
+    The shift of the heights is compared with a second, independent estimate on the gradient
+    magnitude images. Flags: ``"weak_peak"`` (``peak_ratio < min_peak_ratio``, either
+    estimate), ``"disagreement"`` (the two estimates differ by more than
+    ``max_disagreement_px``), ``"jump"`` (further than ``max_jump_px`` from ``prev``, the
+    expected shift, e.g. the previous pair's). ``ok`` is False when any flag is set.
+
+    Parameters
+    ----------
+    reference, moving : ndarray, shape (y, x)
+        Leveled heights.
+    weights, moving_weights : ndarray, shape (y, x), optional
+        Stable-region weights, as in :func:`estimate_shift`.
+    prev : Shift or (dy, dx), optional
+        Expected shift for the continuity check.
+    max_jump_px, min_peak_ratio, max_disagreement_px : float
+        QC thresholds.
+    upsample_factor : int
+        As in :func:`estimate_shift`.
+
+    Returns
+    -------
+    Shift
+        The estimate on the heights, with the combined flags.
+    """
+    kw = dict(
+        weights=weights,
+        moving_weights=moving_weights,
+        upsample_factor=upsample_factor,
+        min_peak_ratio=min_peak_ratio,
+    )
+    s1 = estimate_shift(reference, moving, **kw)
+    s2 = estimate_shift(gradient_magnitude(reference), gradient_magnitude(moving), **kw)
+    flags = list(s1.flags)
+    if "weak_peak" in s2.flags:
+        flags.append("weak_peak")
+    if math.hypot(s1.dy - s2.dy, s1.dx - s2.dx) > max_disagreement_px:
+        flags.append("disagreement")
+    if prev is not None:
+        p = prev.vector if isinstance(prev, Shift) else np.asarray(prev, dtype=float)
+        if p.shape != (2,):
+            raise ValueError(f"prev must be a Shift or (dy, dx), got shape {p.shape}")
+        if math.hypot(s1.dy - p[0], s1.dx - p[1]) > max_jump_px:
+            flags.append("jump")
+    if flags:
+        logger.debug("shift QC flags %s: %s vs gradient %s", flags, s1, s2)
+    return _with_flags(s1, flags)
+
+
+# --------------------------------------------------------------------------- row drift
+
+
+def estimate_row_drift(
+    reference: np.ndarray,
+    moving: np.ndarray,
+    *,
+    strip_height: int = 32,
+    overlap: float = 0.5,
+    weights: np.ndarray | None = None,
+    upsample_factor: int = 100,
+    min_peak_ratio: float = 2.0,
+    interpolation: Literal["linear", "spline"] = "linear",
+) -> RowDrift:
+    """Drift within a raster frame by strip-wise registration.
+
+    ``moving`` is cut into horizontal strips (``strip_height`` rows, overlapping by
+    ``overlap``); after a global integer pre-shift from :func:`estimate_shift` on the whole
+    frames, each strip is registered against the matching rows of ``reference``. Strip
+    estimates that pass QC are assigned to the strip's centre row and interpolated to every
+    row (linear with linear extrapolation, or a smoothing spline weighted by the strip errors).
+
+    Parameters
+    ----------
+    reference, moving : ndarray, shape (y, x)
+        Leveled heights, same shape.
+    strip_height : int
+        Rows per strip (>= 8).
+    overlap : float
+        Fractional overlap of consecutive strips, in [0, 1).
+    weights : ndarray, shape (y, x), optional
+        Stable-region weights (in ``moving`` coordinates), as in :func:`estimate_shift`.
+    upsample_factor, min_peak_ratio : optional
+        As in :func:`estimate_shift`.
+    interpolation : {"linear", "spline"}
+        How strip estimates are carried to every row.
+
+    Returns
+    -------
+    RowDrift
+        ``dy, dx`` per row of ``moving`` (shape (y,)), with
+        ``moving(y, x) ~= reference(y - dy[y], x - dx[y])``; NaN when fewer than one strip
+        passed QC.
+    """
+    reference, moving = _check_pair(reference, moving)
+    n, m = reference.shape
+    if not 8 <= strip_height <= n:
+        raise ValueError(f"strip_height must be in 8..{n} (frame rows), got {strip_height!r}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
+    if interpolation not in ("linear", "spline"):
+        raise ValueError(f"interpolation must be 'linear' or 'spline', got {interpolation!r}")
+    w = _check_weights(weights, reference.shape, "weights")
+    g = estimate_shift(reference, moving, weights=w, upsample_factor=1)
+    iy, ix = round(g.dy), round(g.dx)
+    step = max(1, round(strip_height * (1 - overlap)))
+    starts = list(range(0, n - strip_height + 1, step))
+    if starts[-1] != n - strip_height:
+        starts.append(n - strip_height)
+    c0, c1 = max(0, ix), min(m, m + ix)
+    strips: list[Shift] = []
+    centers: list[float] = []
+    nan_shift = Shift(math.nan, math.nan, 0.0, 0.0, math.inf, math.inf, False, ("no_overlap",))
+    for r0 in starts:
+        lo, hi = max(r0, iy), min(r0 + strip_height, n + iy)
+        centers.append((r0 + r0 + strip_height - 1) / 2.0)
+        if hi - lo < max(8, strip_height // 2) or c1 - c0 < 8:
+            strips.append(nan_shift)
+            continue
+        mov = moving[lo:hi, c0:c1]
+        ref = reference[lo - iy : hi - iy, c0 - ix : c1 - ix]
+        ws = None if w is None else w[lo:hi, c0:c1]
+        if ws is not None and not (ws > 0).any():
+            strips.append(nan_shift)
+            continue
+        s = estimate_shift(
+            ref,
+            mov,
+            weights=ws,
+            upsample_factor=upsample_factor,
+            max_shift=strip_height / 3.0,
+            min_peak_ratio=min_peak_ratio,
+        )
+        centers[-1] = (lo + hi - 1) / 2.0
+        strips.append(
+            Shift(
+                dy=s.dy + iy,
+                dx=s.dx + ix,
+                peak_ratio=s.peak_ratio,
+                peak=s.peak,
+                error=s.error,
+                crlb=s.crlb,
+                ok=s.ok,
+                flags=s.flags,
+            )
+        )
+    rows_c = np.asarray(centers)
+    ok = np.array([s.ok for s in strips], dtype=bool)
+    sdy = np.array([s.dy for s in strips])
+    sdx = np.array([s.dx for s in strips])
+    serr = np.array([s.error for s in strips])
+    rows = np.arange(n, dtype=np.float64)
+    if ok.sum() == 0:
+        dy = np.full(n, np.nan)
+        dx = np.full(n, np.nan)
+    elif ok.sum() == 1:
+        dy = np.full(n, sdy[ok][0])
+        dx = np.full(n, sdx[ok][0])
+    else:
+        dy = _interp_rows(rows, rows_c[ok], sdy[ok], serr[ok], interpolation)
+        dx = _interp_rows(rows, rows_c[ok], sdx[ok], serr[ok], interpolation)
+    return RowDrift(dy=dy, dx=dx, strip_rows=rows_c, strips=tuple(strips), strip_ok=ok)
+
+
+def _interp_rows(rows, xc, yc, err, method: str) -> np.ndarray:
+    if method == "spline" and xc.size >= 5:
+        from scipy.interpolate import make_smoothing_spline
+
+        w = 1.0 / np.maximum(err, 1e-3) ** 2
+        spl = make_smoothing_spline(xc, yc, w=w / w.mean())
+        return spl(rows)
+    out = np.interp(rows, xc, yc)
+    lo = rows < xc[0]
+    hi = rows > xc[-1]
+    out[lo] = yc[0] + (rows[lo] - xc[0]) * (yc[1] - yc[0]) / (xc[1] - xc[0])
+    out[hi] = yc[-1] + (rows[hi] - xc[-1]) * (yc[-1] - yc[-2]) / (xc[-1] - xc[-2])
+    return out
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def _resample(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, order: int, fill: float):
+    n, m = image.shape
+    z = image.astype(np.float64)
+    finite = np.isfinite(z)
+    if not finite.all():
+        z = np.where(finite, z, np.median(z[finite]) if finite.any() else 0.0)
+    out = ndi.map_coordinates(z, [ys, xs], order=order, mode="nearest")
+    tol = 1e-6
+    valid = (ys >= -tol) & (ys <= n - 1 + tol) & (xs >= -tol) & (xs <= m - 1 + tol)
+    if not finite.all():
+        bad = ndi.map_coordinates((~finite).astype(np.float64), [ys, xs], order=1, mode="nearest")
+        bad = bad > 1e-9
+        if order > 1:
+            bad = ndi.binary_dilation(bad, iterations=1)
+        valid &= ~bad
+    out[~valid] = fill
+    return out, valid
+
+
+def _check_order(order) -> None:
+    if order == "fourier":
+        return
+    if not isinstance(order, (int, np.integer)) or not 0 <= order <= 5:
+        raise ValueError(f"order must be an int in 0..5 or 'fourier', got {order!r}")
+
+
+def apply_shift(
+    image: np.ndarray,
+    dy: float,
+    dx: float,
+    *,
+    order: int | Literal["fourier"] = 1,
+    fill: float = np.nan,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Translate the content of ``image`` by ``(dy, dx)`` px: ``out(y, x) = image(y - dy, x - dx)``.
+
+    To register ``moving`` onto ``reference`` with ``s = estimate_shift(reference, moving)``,
+    call ``apply_shift(moving, -s.dy, -s.dx)``.
+
+    Parameters
+    ----------
+    image : ndarray, shape (y, x)
+        Real image; NaN pixels propagate to the pixels that depend on them.
+    dy, dx : float
+        Displacement (px).
+    order : int in 0..5 or "fourier"
+        Spline order of ``scipy.ndimage.map_coordinates``, or a Fourier (sinc) shift (exact
+        for band-limited periodic images; rings near the border of non-periodic ones).
+    fill : float
+        Value outside the valid field.
+
+    Returns
+    -------
+    out : ndarray of float64, shape (y, x)
+        Shifted image, ``fill`` outside the valid field.
+    valid : ndarray of bool, shape (y, x)
+        True where ``out`` comes from inside the input field.
+    """
+    image = _check_image(image, "image", min_size=1)
+    _check_order(order)
+    if not (math.isfinite(dy) and math.isfinite(dx)):
+        raise ValueError(f"dy and dx must be finite, got ({dy!r}, {dx!r})")
+    n, m = image.shape
+    yy, xx = np.meshgrid(np.arange(n) - dy, np.arange(m) - dx, indexing="ij")
+    if order != "fourier":
+        return _resample(image, yy, xx, int(order), fill)
+    _, valid = _resample(np.isfinite(image).astype(np.float64), yy, xx, 1, np.nan)
+    z = image.astype(np.float64)
+    finite = np.isfinite(z)
+    z = np.where(finite, z, np.mean(z[finite]) if finite.any() else 0.0)
+    out = sfft.ifft2(ndi.fourier_shift(sfft.fft2(z), (dy, dx))).real
+    if not finite.all():
+        bad = ndi.shift((~finite).astype(np.float64), (dy, dx), order=1, mode="constant")
+        valid &= ~ndi.binary_dilation(bad > 1e-9, iterations=1)
+    out[~valid] = fill
+    return out, valid
+
+
+def apply_row_drift(
+    image: np.ndarray,
+    dy_rows: np.ndarray,
+    dx_rows: np.ndarray,
+    *,
+    inverse: bool = False,
+    order: int = 1,
+    fill: float = np.nan,
+    n_iter: int = 5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply (or undo) a per-row displacement.
+
+    Forward (``inverse=False``): ``out(y, x) = image(y - dy_rows[y], x - dx_rows[y])``, i.e. the
+    drift model of :func:`estimate_row_drift` applied to a reference. With ``inverse=True`` the
+    drift is removed: given ``moving`` and the drift measured against ``reference``, the output
+    is ``moving`` resampled on the reference grid (the row of ``moving`` that saw reference row
+    ``Y`` is found by fixed-point iteration of ``y = Y + dy(y)``).
+
+    Parameters
+    ----------
+    image : ndarray, shape (y, x)
+        Real image.
+    dy_rows, dx_rows : ndarray, shape (y,)
+        Per-row displacement (px), finite.
+    inverse : bool
+        Undo instead of apply.
+    order : int
+        Spline order (0..5) of ``scipy.ndimage.map_coordinates``.
+    fill : float
+        Value outside the valid field.
+    n_iter : int
+        Fixed-point iterations for ``inverse=True``.
+
+    Returns
+    -------
+    out : ndarray of float64, shape (y, x)
+    valid : ndarray of bool, shape (y, x)
+    """
+    image = _check_image(image, "image", min_size=1)
+    _check_order(order)
+    if order == "fourier":
+        raise ValueError("order='fourier' is not supported for row drift; use 0..5")
+    n, m = image.shape
+    dyr = np.asarray(dy_rows, dtype=np.float64)
+    dxr = np.asarray(dx_rows, dtype=np.float64)
+    if dyr.shape != (n,) or dxr.shape != (n,):
+        raise ValueError(
+            f"dy_rows and dx_rows must have shape ({n},), got {dyr.shape} and {dxr.shape}"
+        )
+    if not (np.isfinite(dyr).all() and np.isfinite(dxr).all()):
+        raise ValueError("dy_rows and dx_rows must be finite")
+    rows = np.arange(n, dtype=np.float64)
+    cols = np.arange(m, dtype=np.float64)
+    if not inverse:
+        ys = (rows - dyr)[:, None] + 0 * cols[None, :]
+        xs = cols[None, :] - dxr[:, None]
+    else:
+        y = rows + dyr
+        for _ in range(n_iter):
+            y = rows + np.interp(y, rows, dyr)
+        ys = y[:, None] + 0 * cols[None, :]
+        xs = cols[None, :] + np.interp(y, rows, dxr)[:, None]
+    return _resample(image, ys, xs, order, fill)
+
+
+# --------------------------------------------------------------------------- chains
+
+
+def _as_vectors(pairwise) -> np.ndarray:
+    if len(pairwise) and isinstance(pairwise[0], Shift):
+        arr = np.array([[s.dy, s.dx] for s in pairwise], dtype=np.float64)
+    else:
+        arr = np.asarray(pairwise, dtype=np.float64)
+    if arr.size == 0:
+        arr = arr.reshape(0, 2)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"pairwise must have shape (n, 2) or be Shifts, got shape {arr.shape}")
+    return arr
+
+
+def compose_shifts(pairwise: Sequence[Shift] | np.ndarray) -> np.ndarray:
+    """Cumulative displacement of every frame of a chain relative to the first.
+
+    Parameters
+    ----------
+    pairwise : sequence of Shift or ndarray, shape (n, 2)
+        ``pairwise[i]`` = shift of frame ``i + 1`` relative to frame ``i`` as ``(dy, dx)``.
+
+    Returns
+    -------
+    ndarray of float64, shape (n + 1, 2)
+        Row ``k`` is the displacement of frame ``k`` relative to frame 0 (row 0 is zero).
+    """
+    arr = _as_vectors(pairwise)
+    return np.vstack([np.zeros((1, 2)), np.cumsum(arr, axis=0)])
+
+
+def loop_closure_error(
+    pairwise: Sequence[Shift] | np.ndarray, closing: Shift | Sequence[float]
+) -> np.ndarray:
+    """Misclosure of a chain: composed pairwise shifts minus a direct shift first -> last.
+
+    Parameters
+    ----------
+    pairwise : sequence of Shift or ndarray, shape (n, 2)
+        Chain of shifts from frame 0 to frame n.
+    closing : Shift or (dy, dx)
+        Direct estimate of frame n relative to frame 0.
+
+    Returns
+    -------
+    ndarray of float64, shape (2,)
+        ``compose_shifts(pairwise)[-1] - closing`` (px); ~0 for a consistent loop.
+    """
+    c = closing.vector if isinstance(closing, Shift) else np.asarray(closing, dtype=np.float64)
+    if c.shape != (2,):
+        raise ValueError(f"closing must be a Shift or (dy, dx), got shape {c.shape}")
+    return compose_shifts(pairwise)[-1] - c

@@ -1,0 +1,283 @@
+"""Known-answer tests of ecafm.kernels.register (shifts, QC, row drift, resampling, chains)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage as ndi
+
+from ecafm.kernels.register import (
+    RowDrift,
+    Shift,
+    apply_row_drift,
+    apply_shift,
+    compose_shifts,
+    estimate_row_drift,
+    estimate_shift,
+    estimate_shift_qc,
+    gradient_magnitude,
+    loop_closure_error,
+)
+
+MARGIN = 32
+
+
+def _field(rng, n: int, *, rms: float = 3.0, corr: float = 2.5) -> np.ndarray:
+    f = ndi.gaussian_filter(rng.standard_normal((n, n)), corr)
+    return f * (rms / f.std())
+
+
+def _pair(seed, *, n=160, shift=(7.3, -4.6), changed=0.0, noise=0.7, rms=3.0, tilt=0.0):
+    """Reference and moving windows of a larger field; moving = reference displaced by shift.
+
+    ``changed``: fraction of the moving frame overwritten by new texture on deposits
+    (blobs, +20 nm). Returns reference, moving (float32) and the stable mask.
+    """
+    rng = np.random.default_rng(seed)
+    big = _field(rng, n + 2 * MARGIN, rms=rms)
+    shifted = np.fft.ifft2(ndi.fourier_shift(np.fft.fft2(big), shift)).real
+    ref = big[MARGIN : MARGIN + n, MARGIN : MARGIN + n].copy()
+    mov = shifted[MARGIN : MARGIN + n, MARGIN : MARGIN + n].copy()
+    stable = np.ones((n, n), dtype=bool)
+    if changed > 0:
+        blobs = ndi.gaussian_filter(rng.standard_normal((n, n)), 10.0)
+        ch = blobs > np.quantile(blobs, 1 - changed)
+        new = _field(rng, n, rms=rms) + 20.0
+        mov[ch] = new[ch]
+        stable = ~ch
+    u = np.linspace(-1, 1, n)
+    ref += rng.normal(0, noise, (n, n)) + tilt * (u[None, :] + 0.5 * u[:, None])
+    mov += rng.normal(0, noise, (n, n)) + tilt * (0.7 * u[None, :] - u[:, None])
+    return ref.astype(np.float32), mov.astype(np.float32), stable
+
+
+def _rms_error(noise, changed, use_weights, seeds=range(6)):
+    errs = []
+    for seed in seeds:
+        truth = tuple(np.random.default_rng(1000 + seed).uniform(-9, 9, 2))
+        ref, mov, stable = _pair(seed, shift=truth, changed=changed, noise=noise)
+        s = estimate_shift(ref, mov, weights=stable if use_weights else None)
+        errs.append((s.dy - truth[0]) ** 2 + (s.dx - truth[1]) ** 2)
+    return float(np.sqrt(np.mean(errs)))
+
+
+@pytest.mark.parametrize(
+    ("noise", "changed", "use_weights"),
+    [
+        (0.5, 0.0, False),
+        (1.0, 0.0, False),
+        (0.7, 0.3, False),
+        (0.7, 0.3, True),
+        (1.0, 0.6, True),
+    ],
+    ids=["noise0.5", "noise1.0", "changed30-noweights", "changed30-weights", "changed60-weights"],
+)
+def test_inter_frame_shift_rms_error(noise, changed, use_weights):
+    assert _rms_error(noise, changed, use_weights) <= 0.1
+
+
+def test_unweighted_60_percent_changed_is_not_trusted():
+    """Without the stable mask, 60 % changed area is beyond the robust fit: the peak is weak."""
+    ref, mov, _ = _pair(3, changed=0.6)
+    assert estimate_shift(ref, mov).peak_ratio < 4.0
+
+
+def test_sign_convention_matches_ndi_shift_and_is_negative_of_skimage():
+    from skimage.registration import phase_cross_correlation
+
+    rng = np.random.default_rng(1)
+    ref = _field(rng, 128)
+    mov = ndi.shift(ref, (3.0, -5.0), order=1, mode="wrap")  # content moves by (+3, -5)
+    s = estimate_shift(ref, mov)
+    assert (s.dy, s.dx) == pytest.approx((3.0, -5.0), abs=0.02)
+    sk, _, _ = phase_cross_correlation(ref, mov, upsample_factor=100)
+    np.testing.assert_allclose(sk, [-s.dy, -s.dx], atol=0.05)
+    back, valid = apply_shift(mov, -s.dy, -s.dx)
+    assert np.abs(back[valid][:] - ref[valid]).mean() < 0.05
+
+
+@pytest.mark.parametrize(
+    "shift", [(7.3, -4.6), (-3.4, 11.8), (0.6, 0.3)], ids=["7.3,-4.6", "-3.4,11.8", "0.6,0.3"]
+)
+def test_border_peak_pitfall_tilted_frames(shift):
+    """Tilted, non-periodic frames with deposits: the border must not win at (0, 0)."""
+    ref, mov, stable = _pair(5, shift=shift, changed=0.3, tilt=6.0, rms=1.5)
+    s = estimate_shift(ref, mov)
+    assert np.hypot(s.dy - shift[0], s.dx - shift[1]) < 0.1
+    if np.hypot(*shift) > 1:
+        assert np.hypot(s.dy, s.dx) > 1  # did not snap to the border peak
+
+
+def test_estimate_shift_does_not_modify_inputs_and_returns_shift():
+    ref, mov, stable = _pair(2, changed=0.3)
+    copies = ref.copy(), mov.copy(), stable.copy()
+    s = estimate_shift(ref, mov, weights=stable)
+    for a, b in zip((ref, mov, stable), copies, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert isinstance(s, Shift) and s.ok and s.flags == ()
+    assert 0 < s.crlb < s.error < 0.1
+    assert s.peak_ratio > 2.0
+
+
+def test_nan_pixels_are_ignored():
+    ref, mov, _ = _pair(4, shift=(2.2, -3.7))
+    mov = mov.copy()
+    mov[50:70, 20:90] = np.nan
+    s = estimate_shift(ref, mov)
+    assert np.hypot(s.dy - 2.2, s.dx + 3.7) < 0.1
+
+
+@pytest.mark.parametrize("replaced", [1.0, 0.97], ids=["replaced100", "replaced97"])
+def test_qc_flags_replaced_frame(replaced):
+    ref, mov, _ = _pair(6, shift=(4.0, 2.0), changed=replaced, noise=0.7)
+    s = estimate_shift_qc(ref, mov)
+    assert not s.ok
+    assert s.flags
+
+
+def test_qc_passes_good_pair_and_flags_jump():
+    ref, mov, stable = _pair(7, shift=(4.4, -2.1), changed=0.3)
+    s = estimate_shift_qc(ref, mov, weights=stable)
+    assert s.ok, s.flags
+    s2 = estimate_shift_qc(ref, mov, weights=stable, prev=(30.0, 0.0), max_jump_px=10.0)
+    assert not s2.ok and "jump" in s2.flags
+
+
+def test_gradient_magnitude_nan_safe():
+    z = np.outer(np.ones(32), np.arange(32.0)) * 2.0  # slope 2 nm/px along x
+    z[5, 5] = np.nan
+    g = gradient_magnitude(z)
+    assert np.isnan(g[5, 5])
+    assert g[16, 16] == pytest.approx(2.0, rel=1e-3)
+
+
+def _drift_pair(seed, n=192, noise=0.5):
+    rng = np.random.default_rng(seed)
+    big = _field(rng, n + 2 * MARGIN)
+    y = np.arange(n)
+    dy = 1.0 + 4.0 * y / n  # 4 px of slow-axis drift within the frame
+    dx = -2.0 + 2.0 * np.sin(np.pi * y / n)
+    yy, xx = np.mgrid[:n, :n]
+    ref = big[MARGIN : MARGIN + n, MARGIN : MARGIN + n] + rng.normal(0, noise, (n, n))
+    coords = [MARGIN + yy - dy[:, None], MARGIN + xx - dx[:, None]]
+    mov = ndi.map_coordinates(big, coords, order=3) + rng.normal(0, noise, (n, n))
+    return ref, mov, dy, dx
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "spline"])
+def test_row_drift_rms_error(interpolation):
+    ref, mov, dy, dx = _drift_pair(0)
+    rd = estimate_row_drift(ref, mov, strip_height=32, overlap=0.5, interpolation=interpolation)
+    assert isinstance(rd, RowDrift) and rd.ok
+    assert rd.dy.shape == rd.dx.shape == (ref.shape[0],)
+    err = np.sqrt(np.mean((rd.dy - dy) ** 2 + (rd.dx - dx) ** 2))
+    assert err <= 0.3
+    # a rigid shift cannot fit drift within the frame: the bound is not trivially met
+    s = estimate_shift(ref, mov)
+    assert np.sqrt(np.mean((s.dy - dy) ** 2 + (s.dx - dx) ** 2)) > 0.3
+
+
+def test_apply_row_drift_round_trip():
+    ref, mov, dy, dx = _drift_pair(1, noise=0.0)
+    fwd, valid = apply_row_drift(ref, dy, dx, order=3)
+    inner = valid & (np.arange(ref.shape[0])[:, None] > 8)
+    assert np.abs(fwd - mov)[inner].mean() < 0.05 * mov.std()
+    back, valid_b = apply_row_drift(mov, dy, dx, inverse=True, order=3)
+    assert np.abs(back - ref)[valid_b].mean() < 0.05 * ref.std()
+    assert not valid_b[-3:].any()  # the last reference rows were never seen by the scan
+
+
+@pytest.mark.parametrize("order", [1, 3, "fourier"], ids=["linear", "cubic", "fourier"])
+def test_apply_shift_valid_field_and_accuracy(order):
+    rng = np.random.default_rng(3)
+    big = _field(rng, 128 + 2 * MARGIN)
+    ref = big[MARGIN:-MARGIN, MARGIN:-MARGIN]
+    truth = np.fft.ifft2(ndi.fourier_shift(np.fft.fft2(big), (2.5, -3.25))).real
+    truth = truth[MARGIN:-MARGIN, MARGIN:-MARGIN]
+    out, valid = apply_shift(ref, 2.5, -3.25, order=order)
+    assert np.isnan(out[~valid]).all() and not valid[:2].any() and not valid[:, -3:].any()
+    tol = {1: 0.1, 3: 0.02, "fourier": 0.1}[order] * ref.std()
+    inner = valid.copy()
+    inner[:, :] &= np.pad(np.ones((96, 96), bool), 16)
+    assert np.abs(out - truth)[inner].mean() < tol
+
+
+def test_apply_shift_propagates_nan():
+    img = np.ones((32, 32))
+    img[10, 10] = np.nan
+    out, valid = apply_shift(img, 1.0, 0.0)
+    assert not valid[11, 10] and np.isnan(out[11, 10])
+    assert valid[20, 20] and out[20, 20] == 1.0
+
+
+vec = st.tuples(
+    st.floats(-50, 50, allow_nan=False, allow_infinity=False),
+    st.floats(-50, 50, allow_nan=False, allow_infinity=False),
+)
+
+
+@given(st.lists(vec, min_size=1, max_size=20))
+@settings(max_examples=50, deadline=None)
+def test_compose_shifts_properties(pairwise):
+    arr = np.array(pairwise)
+    cum = compose_shifts(arr)
+    assert cum.shape == (len(arr) + 1, 2)
+    np.testing.assert_array_equal(cum[0], 0.0)
+    np.testing.assert_allclose(np.diff(cum, axis=0), arr, atol=1e-9)
+    # a consistent loop closes
+    np.testing.assert_allclose(loop_closure_error(arr, cum[-1]), 0.0, atol=1e-9)
+
+
+def test_compose_accepts_shift_objects():
+    s = Shift(1.0, 2.0, 10.0, 0.5, 0.01, 0.005, True)
+    np.testing.assert_allclose(compose_shifts([s, s]), [[0, 0], [1, 2], [2, 4]])
+    np.testing.assert_allclose(loop_closure_error([s, s], s), [1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: estimate_shift(np.zeros(10), np.zeros(10)), "2-D"),
+        (lambda: estimate_shift(np.zeros((16, 16)), np.zeros((16, 18))), "same shape"),
+        (lambda: estimate_shift(np.zeros((4, 4)), np.zeros((4, 4))), "at least 8"),
+        (lambda: estimate_shift(np.zeros((16, 16), complex), np.zeros((16, 16))), "dtype"),
+        (
+            lambda: estimate_shift(np.ones((16, 16)), np.ones((16, 16)), weights=np.ones((8, 8))),
+            "weights shape",
+        ),
+        (
+            lambda: estimate_shift(
+                np.ones((16, 16)), np.ones((16, 16)), weights=np.zeros((16, 16))
+            ),
+            "zero everywhere",
+        ),
+        (
+            lambda: estimate_shift(np.ones((16, 16)), np.ones((16, 16)), upsample_factor=0),
+            "upsample_factor",
+        ),
+        (lambda: estimate_row_drift(np.ones((64, 64)), np.ones((64, 64)), strip_height=4), "strip"),
+        (lambda: estimate_row_drift(np.ones((64, 64)), np.ones((64, 64)), overlap=1.0), "overlap"),
+        (lambda: apply_shift(np.ones((8, 8)), 1.0, 0.0, order=7), "order"),
+        (lambda: apply_row_drift(np.ones((8, 8)), np.zeros(7), np.zeros(8)), "dy_rows"),
+        (lambda: compose_shifts(np.zeros((3, 3))), r"\(n, 2\)"),
+    ],
+    ids=[
+        "1d",
+        "shape-mismatch",
+        "too-small",
+        "complex",
+        "weights-shape",
+        "weights-zero",
+        "upsample",
+        "strip-height",
+        "overlap",
+        "order",
+        "row-drift-shape",
+        "pairwise-shape",
+    ],
+)
+def test_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
