@@ -281,6 +281,7 @@ def _phase_correlate(
     upsample_factor: int,
     max_shift: float | None,
     center: tuple[float, float] = (0.0, 0.0),
+    parabolic: bool = False,
 ) -> Shift:
     n, m = a.shape
     fa = sfft.rfft2(a, workers=1)
@@ -307,6 +308,8 @@ def _phase_correlate(
     flat = int(np.argmax(c))
     py, px = divmod(flat, m)
     c_int = float(c[py, px])
+    c_rows = (float(c[(py - 1) % n, px]), float(c[(py + 1) % n, px]))
+    c_cols = (float(c[py, (px - 1) % m]), float(c[py, (px + 1) % m]))
     # next-highest peak outside the neighbourhood of the main one (wrapped indices)
     k = _PEAK_EXCLUSION_PX
     rows = (py + np.arange(-k, k + 1)) % n
@@ -316,7 +319,16 @@ def _phase_correlate(
     py = py - n if py > n // 2 else py
     px = px - m if px > m // 2 else px
     dy, dx, peak = float(py), float(px), c_int
-    stages = _stages(upsample_factor)
+    if parabolic:
+        # 3-point parabola per axis (enough to seed the least-squares refinement)
+        ym, yp = c_rows
+        xm, xp = c_cols
+        den_y, den_x = ym - 2 * c_int + yp, xm - 2 * c_int + xp
+        if np.isfinite(den_y) and den_y < 0:
+            dy += float(np.clip(0.5 * (ym - yp) / den_y, -0.5, 0.5))
+        if np.isfinite(den_x) and den_x < 0:
+            dx += float(np.clip(0.5 * (xm - xp) / den_x, -0.5, 0.5))
+    stages = [] if parabolic else _stages(upsample_factor)
     if stages:
         rw = r * _hermitian_weights(m, r.real.dtype)[None, :]
         step_prev = 1.0
@@ -409,22 +421,26 @@ def _shift_axis(img: np.ndarray, d: float, axis: int) -> tuple[np.ndarray, int, 
         lo = i0 + fs + j - 1
         sl = [slice(None), slice(None)]
         sl[axis] = slice(lo, lo + (i1 - i0))
-        term = w[j] * img[tuple(sl)]
+        term = float(w[j]) * img[tuple(sl)]
         out = term if out is None else out + term
     return out, i0, i1
 
 
-def _refine_ls(ref, mov, wr, wm, dy, dx, *, n_iter: int):
+def _moments(a: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[float, float, float]:
+    """``sum(a)``, ``sum(a * u)``, ``sum(a * v)`` for u along x and v along y."""
+    cs, rs = a.sum(axis=0), a.sum(axis=1)
+    return float(cs.sum()), float(cs @ u), float(rs @ v)
+
+
+def _refine_ls(ref, mov, wr, wm, dy, dx, *, n_iter: int, tol: float = 1e-3):
     """Robust Gauss-Newton refinement of (dy, dx) on the common field.
 
     Minimizes ``sum w * (mov(y, x) - ref(y - dy, x - dx) - plane(y, x))**2`` over dy, dx and
-    a plane (offset and tilt), with Tukey-biweight weights. Returns (dy, dx, 1-sigma error) or None.
+    a plane (offset and tilt), with Tukey-biweight weights. Returns (dy, dx, 1-sigma error)
+    or None.
     """
-    finite_w = None
     if wr is not None:
-        ref = np.where(wr > 0, ref, np.nan)
-    if wm is not None:
-        finite_w = wm
+        ref = np.where(wr > 0, ref, np.nan).astype(ref.dtype, copy=False)
     err = math.inf
     plane = np.zeros(3)
     for it in range(n_iter):
@@ -434,47 +450,67 @@ def _refine_ls(ref, mov, wr, wm, dy, dx, *, n_iter: int):
         t, x0, x1 = _shift_axis(t, dx, 1)
         if t.size == 0:
             return None
-        m = mov[y0:y1, x0:x1]
         gy, gx = np.gradient(t)
-        e = m - t
-        w = np.isfinite(e) & np.isfinite(gy) & np.isfinite(gx)
-        w = w.astype(np.float64)
-        if finite_w is not None:
-            w *= finite_w[y0:y1, x0:x1]
-        e = np.where(w > 0, e, 0.0)
-        gy = np.where(w > 0, gy, 0.0)
-        gx = np.where(w > 0, gx, 0.0)
+        e = mov[y0:y1, x0:x1] - t
+        good = np.isfinite(e) & np.isfinite(gy) & np.isfinite(gx)
+        w = good.astype(e.dtype)
+        if wm is not None:
+            w *= wm[y0:y1, x0:x1].astype(e.dtype, copy=False)
+        if not good.all():
+            e = np.where(good, e, 0.0)
+            gy = np.where(good, gy, 0.0)
+            gx = np.where(good, gx, 0.0)
+        ny, nx = e.shape
+        u = np.linspace(-1, 1, nx, dtype=e.dtype)
+        v = np.linspace(-1, 1, ny, dtype=e.dtype)
+        # robust weights from the residual of the previous fit (subsampled median / MAD)
+        r = e - (plane[0] + plane[1] * u[None, :] + plane[2] * v[:, None])
+        sub = r[::3, ::3][w[::3, ::3] > 0]
+        if sub.size < 16:
+            return None
+        center = float(np.median(sub))
+        sigma = 1.4826 * float(np.median(np.abs(sub - center)))
+        if sigma > 0:
+            q = (r - center) * (1.0 / (4.685 * sigma))
+            np.multiply(q, q, out=q)
+            np.subtract(1.0, q, out=q)
+            np.clip(q, 0.0, None, out=q)
+            w *= q * q
         sw = w.sum()
         if sw < 16:
             return None
-        sel = w > 0
-        ny, nx = e.shape
-        u = np.broadcast_to(np.linspace(-1, 1, nx)[None, :], e.shape)
-        v = np.broadcast_to(np.linspace(-1, 1, ny)[:, None], e.shape)
-        r = e - (plane[0] + plane[1] * u + plane[2] * v)  # residual of the previous fit
-        center = float(np.median(r[sel]))
-        sigma = 1.4826 * float(np.median(np.abs(r[sel] - center)))
-        if sigma > 0:
-            t = (r - center) / (4.685 * sigma)
-            w = w * np.clip(1 - t**2, 0, None) ** 2
-        # normal equations for (ddy, ddx, plane): e + gy ddy + gx ddx - (b0 + b1 u + b2 v) = 0
-        jac = np.stack([gy, gx, -np.ones_like(e), -u, -v], axis=-1).reshape(-1, 5)
-        wf = w.reshape(-1)
-        jw = jac * wf[:, None]
-        amat = jw.T @ jac
-        rhs = -(jw.T @ e.reshape(-1))
+        # normal equations of e + gy ddy + gx ddx - (b0 + b1 u + b2 v) = 0, from sums
+        wgy, wgx, we = w * gy, w * gx, w * e
+
+        sgy, sgyu, sgyv = _moments(wgy, u, v)
+        sgx, sgxu, sgxv = _moments(wgx, u, v)
+        cw, rw_ = w.sum(axis=0), w.sum(axis=1)
+        s0, su, sv = sw, cw @ u, rw_ @ v
+        suu, svv, suv = cw @ (u * u), rw_ @ (v * v), v @ w @ u
+        amat = np.array(
+            [
+                [(wgy * gy).sum(), (wgy * gx).sum(), -sgy, -sgyu, -sgyv],
+                [0.0, (wgx * gx).sum(), -sgx, -sgxu, -sgxv],
+                [0.0, 0.0, s0, su, sv],
+                [0.0, 0.0, 0.0, suu, suv],
+                [0.0, 0.0, 0.0, 0.0, svv],
+            ]
+        )
+        amat = np.triu(amat) + np.triu(amat, 1).T
+        se, seu, sev = _moments(we, u, v)
+        jte = np.array([(wgy * e).sum(), (wgx * e).sum(), -se, -seu, -sev])
         try:
-            step = np.linalg.solve(amat, rhs)
+            step = np.linalg.solve(amat, -jte)
             cov = np.linalg.inv(amat)
         except np.linalg.LinAlgError:
             return None
-        res = e.reshape(-1) + jac @ step
-        s2 = float((wf * res**2).sum() / max(wf.sum() - 5.0, 1.0))
+        ssr = float((we * e).sum() + 2 * step @ jte + step @ amat @ step)
+        s2 = max(ssr, 0.0) / max(sw - 5.0, 1.0)
         err = math.sqrt(max(cov[0, 0], cov[1, 1]) * s2)
         plane = step[2:]
         ddy, ddx = float(np.clip(step[0], -0.5, 0.5)), float(np.clip(step[1], -0.5, 0.5))
         dy, dx = dy + ddy, dx + ddx
-        if it > 0 and abs(ddy) < 1e-4 and abs(ddx) < 1e-4:
+        if it > 0 and abs(ddy) < tol and abs(ddx) < tol:
             break
     return dy, dx, err
 
@@ -494,10 +530,16 @@ def estimate_shift(
 ) -> Shift:
     """Subpixel translation of ``moving`` relative to ``reference`` by phase correlation.
 
-    Both frames are mean-freed and multiplied by a Tukey window (and by the stable-region
-    weights, smoothed by a Gaussian of ``taper_sigma`` px so that the mask edges are soft), the
-    normalized cross-power spectrum is inverted with real FFTs, and the integer peak is refined
-    by matrix-multiply DFT upsampling in two stages (1/10 px, then 1/``upsample_factor`` px).
+    Stage 1 (global search, QC): both frames have their weighted plane removed and are
+    multiplied by a Tukey window (and by the stable-region weights, tapered to 0 at the edges
+    of excluded regions); the cross-power spectrum is whitened, bins below either frame's
+    noise floor are down-weighted, and the result is inverted with real FFTs. ``peak_ratio``
+    comes from this surface. Stage 2 (accuracy): robust Gauss-Newton least squares on the
+    common field of the two frames (reference resampled by cubic convolution, a plane fitted
+    for offset and residual tilt, Tukey-biweight weights so that changed areas drop out),
+    which reaches the noise-limited precision and gives ``error``. With ``n_refine=0`` the
+    stage-1 peak is refined instead by matrix-multiply DFT upsampling in two stages
+    (1/10 px, then 1/``upsample_factor`` px).
 
     Parameters
     ----------
@@ -510,7 +552,9 @@ def estimate_shift(
     moving_weights : ndarray, shape (y, x), optional
         Weights for ``moving``; default: ``weights``.
     upsample_factor : int
-        Subpixel resolution is ``1 / upsample_factor`` px; 1 gives integer shifts.
+        1 gives integer shifts (no refinement). Otherwise, with ``n_refine=0`` the subpixel
+        resolution of the DFT upsampling is ``1 / upsample_factor`` px; with ``n_refine > 0``
+        a 3-point parabola seeds the least-squares refinement, whose output is continuous.
     apodize : bool
         Apply the Tukey window (recommended: without it the frame border correlates at zero
         shift).
@@ -563,11 +607,19 @@ def estimate_shift(
 
     a, wa = _prepare(reference, weighted(wr, win), dtype)
     b, wb = _prepare(moving, weighted(wm, win), dtype)
-    s = _phase_correlate(a, b, wa, wb, upsample_factor=int(upsample_factor), max_shift=max_shift)
-    if n_refine > 0 and math.isfinite(s.dy) and math.isfinite(s.dx):
+    s = _phase_correlate(
+        a,
+        b,
+        wa,
+        wb,
+        upsample_factor=int(upsample_factor),
+        max_shift=max_shift,
+        parabolic=n_refine > 0 and upsample_factor > 1,
+    )
+    if n_refine > 0 and upsample_factor > 1 and math.isfinite(s.dy) and math.isfinite(s.dx):
         ls = _refine_ls(
-            reference.astype(np.float64),
-            moving.astype(np.float64),
+            reference.astype(np.float32),
+            moving.astype(np.float32),
             None if wr is None else wr,
             None if wm is None else wm,
             s.dy,
