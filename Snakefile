@@ -12,7 +12,6 @@
 
 from snakemake.utils import min_version, validate
 
-
 min_version("9.0")
 
 
@@ -22,10 +21,12 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/synth.smk"
 include: "workflow/rules/ingest.smk"
+include: "workflow/rules/level.smk"
+include: "workflow/rules/register.smk"
 include: "workflow/rules/plots.smk"
 
 
 rule all:
-    input:
-        get_final_outputs(),
     default_target: True
+    input:
+        get_final_outputs,

@@ -97,3 +97,69 @@ def _display_plane(img):
     a = np.c_[np.ones(ok.sum()), xx[ok], yy[ok]]
     coef, *_ = np.linalg.lstsq(a, img[ok].astype(float), rcond=None)
     return img - (coef[0] + coef[1] * xx + coef[2] * yy)
+
+
+def plot_registration(transforms: str | Path, table: str | Path, registered: list[str], out: str | Path,
+                      *, step: Step) -> dict[str, Any]:
+    """Drift per frame (nm) with errors, intra-frame drift span, peak ratio QC, registered frames."""
+    import numpy as np
+    import pandas as pd
+
+    from ecafm.store import open_cube
+
+    plt = _mpl()
+    tf = open_cube(transforms).load()
+    df = pd.read_csv(table, sep="\t")
+    ok = df["ok"].to_numpy(bool)
+    f = df["frame"].to_numpy()
+    fig = plt.figure(figsize=(12, 7), constrained_layout=True)
+    gs = fig.add_gridspec(2, 3)
+    ax = fig.add_subplot(gs[0, :2])
+    err_nm = df["error_px"] * abs(float(df["dx_nm"].abs().max() / max(df["dx_px"].abs().max(), 1e-12)) or 1.0)
+    for col, lab, c in (("dy_nm", "slow axis (y)", "C0"), ("dx_nm", "fast axis (x)", "C1")):
+        ax.errorbar(f[ok], df[col][ok], yerr=err_nm[ok], fmt=".-", color=c, label=lab, capsize=2)
+    if (~ok).any():
+        ax.plot(f[~ok], np.zeros((~ok).sum()), "rx", ms=9, label="registration failed (excluded)")
+    for b in np.flatnonzero(np.diff(df["cycle_index"].to_numpy()) != 0):
+        ax.axvline(f[b] + 0.5, color="grey", ls=":", lw=1)
+    ax.set_xlabel("frame")
+    ax.set_ylabel("drift relative to the first frame (nm)")
+    ax.legend(fontsize=8)
+    lc = tf["loop_closure_px"].values
+    lc_txt = f", max loop closure {np.nanmax(lc):.3f} px" if np.isfinite(lc).any() else ""
+    ax.set_title(f"drift: {int(ok.sum())} of {len(ok)} frames registered{lc_txt}")
+
+    ax = fig.add_subplot(gs[0, 2])
+    ax.plot(f[ok], df["row_shift_span_px"][ok], ".-")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("intra-frame drift span, fast axis (px)")
+    ax.set_title("drift within each frame")
+
+    ax = fig.add_subplot(gs[1, 0])
+    pr = df["pair_peak_ratio"].to_numpy(float)
+    ax.semilogy(f, pr, ".", color="C2")
+    ax.axhline(2.0, color="k", ls="--", lw=1, label="QC threshold")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("correlation peak ratio")
+    ax.set_title("pairwise QC")
+    ax.legend(fontsize=8)
+
+    first = open_cube(registered[0])
+    last = open_cube(registered[-1])
+    for k, (ds, which) in enumerate(((first, 0), (last, -1))):
+        h = ds["height"].isel(frame=which).values
+        axk = fig.add_subplot(gs[1, 1 + k])
+        ext = (float(ds["x"][0]) / 1e3, float(ds["x"][-1]) / 1e3, float(ds["y"][-1]) / 1e3, float(ds["y"][0]) / 1e3)
+        lo, hi = np.nanpercentile(h, [1, 99]) if np.isfinite(h).any() else (0, 1)
+        im = axk.imshow(h, cmap="afmhot", vmin=lo, vmax=hi, extent=ext)
+        axk.set_title(f"registered frame {int(ds['frame'][which])} (common field)", fontsize=10)
+        axk.set_xlabel("x (µm)")
+        axk.set_ylabel("y (µm)")
+        fig.colorbar(im, ax=axk, label="height (nm)", shrink=0.8)
+
+    def _save(tmp: Path) -> None:
+        fig.savefig(tmp, dpi=90, format="png", metadata={"Software": None})
+
+    rec = write_file(out, _save, step=step, kind="figure")
+    plt.close(fig)
+    return rec

@@ -5,7 +5,6 @@ from pathlib import Path
 import pandas as pd
 from snakemake.utils import validate
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 
 DATASETS = pd.read_csv(
@@ -17,6 +16,7 @@ DATASETS = DATASETS[DATASETS["id"].isin(config["run"])] if config["run"] else DA
 
 wildcard_constraints:
     dataset="|".join(map(re.escape, DATASETS["id"])) or "NO_DATASET",
+    cycle=r"\d+",
 
 
 def get_dataset(wildcards):
@@ -72,9 +72,50 @@ def get_ingest_params(wildcards):
     }
 
 
-def get_final_outputs():
+def get_cycles(dataset):
+    """Cycles of an ingested cube (known once the ingest checkpoint has run)."""
+    from ecafm.level import cycle_segments
+    from ecafm.store import open_cube
+
+    cube = checkpoints.ingest_dataset.get(dataset=dataset).output.cube
+    return cycle_segments(open_cube(cube))
+
+
+def get_level_params(wildcards):
+    return config["level"]
+
+
+def get_register_params(wildcards):
+    return config["register"]
+
+
+def get_link_inputs(wildcards):
+    c = int(wildcards.cycle)
+    return {
+        "left": f"results/level/{wildcards.dataset}/cycle_{c}.zarr",
+        "right": f"results/level/{wildcards.dataset}/cycle_{c + 1}.zarr",
+    }
+
+
+def get_compose_inputs(wildcards):
+    cycles = get_cycles(wildcards.dataset)
+    d = wildcards.dataset
+    return {
+        "cube": f"results/cubes/{d}.zarr",
+        "within": [f"results/register/{d}/within/cycle_{c}.zarr" for c in cycles],
+        "links": [f"results/register/{d}/links/cycle_{c}.zarr" for c in cycles[:-1]],
+    }
+
+
+def get_registered(wildcards):
+    d = wildcards.dataset
+    return [f"results/register/{d}/cycle_{c}.zarr" for c in get_cycles(d)]
+
+
+def get_final_outputs(wildcards):
     out = []
     for ds in DATASETS["id"]:
-        out.append(f"results/cubes/{ds}.zarr")
         out.append(f"results/figures/{ds}/ingest.png")
+        out.append(f"results/figures/{ds}/register.png")
+        out.append(f"results/register/{ds}/registered.done")
     return out

@@ -15,3 +15,23 @@ rule plot_ingest:
         "../../envs/ecafm.yaml"
     script:
         "../../scripts/plot_ingest.py"
+
+
+rule plot_registration:
+    input:
+        transforms="results/register/{dataset}/transforms.zarr",
+        table="results/register/{dataset}/transforms.tsv",
+        registered=get_registered,
+    output:
+        report(
+            "results/figures/{dataset}/register.png",
+            caption="../report/register.rst",
+            category="2. Registration",
+            subcategory="{dataset}",
+        ),
+    log:
+        "logs/plot_registration/{dataset}.log",
+    conda:
+        "../../envs/ecafm.yaml"
+    script:
+        "../../scripts/plot_registration.py"

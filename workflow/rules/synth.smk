@@ -3,15 +3,15 @@ rule synthesize_dataset:
         frames="resources/synth/{dataset}/frames.tsv",
         ec_log="resources/synth/{dataset}/ec/log.mpt",
         truth=directory("resources/synth/{dataset}/truth.zarr"),
-    params:
-        spec=get_synth_spec,
     log:
         "logs/synthesize_dataset/{dataset}.log",
+    conda:
+        "../../envs/ecafm.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../envs/ecafm.yaml"
+    params:
+        spec=get_synth_spec,
     script:
         "../../scripts/synthesize_dataset.py"

@@ -1,0 +1,11 @@
+"""Rule compose_drift: cumulative per-row drift of every frame and the common field of view."""
+
+from ecafm.register import run_compose
+from ecafm.snakemake_adapter import logged_failure, setup_job, step_of
+
+sm = snakemake  # noqa: F821  (injected by Snakemake)
+setup_job(sm)
+with logged_failure(sm):
+    run_compose(list(sm.input.within), list(sm.input.links), sm.input.cube, sm.output.transforms,
+                sm.output.table,
+                step=step_of(sm, {}, [*sm.input.within, *sm.input.links, sm.input.cube]))

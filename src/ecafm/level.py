@@ -1,0 +1,89 @@
+"""Stage ``level``: per-frame leveling of one cycle of a cube (xarray lifting + I/O).
+
+The numerics are in :mod:`ecafm.kernels.level`; this module lifts them over the frame axis with
+dask (one task per frame chunk) and writes the leveled cycle through :mod:`ecafm.store`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LevelParams:
+    """Config key ``level``."""
+
+    order: int = 1
+    n_iter: int = 3
+    k_sigma: float = 3.0
+    scars: bool = False
+
+
+def segment_of(cycle: np.ndarray) -> np.ndarray:
+    """Processing segment of each frame: its cycle, with pre-plating frames (-1) in segment 0."""
+    return np.maximum(np.asarray(cycle), 0)
+
+
+def cycle_segments(ds: xr.Dataset) -> list[int]:
+    """The cycles of a cube, as processing segments (one Snakemake job each)."""
+    return sorted(int(c) for c in np.unique(segment_of(ds["cycle"].values)))
+
+
+def select_cycle(ds: xr.Dataset, cycle: int) -> xr.Dataset:
+    """Frames of one processing segment (see :func:`segment_of`)."""
+    idx = np.flatnonzero(segment_of(ds["cycle"].values) == cycle)
+    if idx.size == 0:
+        raise ValueError(f"cube has no frame in cycle {cycle} (cycles: {cycle_segments(ds)})")
+    return ds.isel(frame=idx)
+
+
+def _level_one(h: np.ndarray, *, params: LevelParams) -> tuple[np.ndarray, np.ndarray]:
+    from ecafm.kernels.level import level_frame, remove_scars
+
+    if not np.isfinite(h).any() or np.nanmax(h) == np.nanmin(h):
+        return np.full(h.shape, np.nan, np.float32), np.zeros(h.shape, bool)
+    res = level_frame(h, order=params.order, n_iter=params.n_iter, k_sigma=params.k_sigma)
+    out = res.height
+    if params.scars:
+        out = remove_scars(out)
+    return out.astype(np.float32), res.background
+
+
+def level_frames(height: xr.DataArray, *, params: LevelParams = LevelParams()) -> xr.Dataset:
+    """Level every frame of a (frame, y, x) array; lazy when the input is dask-backed."""
+    lev, bg = xr.apply_ufunc(
+        _level_one,
+        height,
+        input_core_dims=[["y", "x"]],
+        output_core_dims=[["y", "x"], ["y", "x"]],
+        vectorize=True,
+        dask="parallelized",
+        output_dtypes=[np.float32, bool],
+        kwargs={"params": params},
+    )
+    lev.attrs = {"units": "nm", "long_name": "leveled height (background median 0)"}
+    bg.attrs = {"long_name": "background pixels used by the leveling fit"}
+    return xr.Dataset({"height": lev, "background": bg})
+
+
+def level_cycle(cube: str | Path, cycle: int, out: str | Path, *, params: LevelParams, step) -> dict[str, Any]:
+    """Level the frames of one cycle of a cube and write them as their own store."""
+    from ecafm.store import open_cube, write_cube
+
+    ds = open_cube(cube)
+    sub = select_cycle(ds, cycle)
+    lev = level_frames(sub["height"], params=params)
+    out_ds = lev.assign_coords({k: v for k, v in sub.coords.items()})
+    out_ds.attrs = {**ds.attrs, "stage": "level", "cycle": int(cycle), "level_params": asdict(params)}
+    bad = int((~sub["frame_ok"].values).sum())
+    log.info("leveling cycle %d: %d frames (%d QC-flagged, leveled but excluded later)",
+             cycle, sub.sizes["frame"], bad)
+    return write_cube(out_ds, out, step=step)

@@ -1,0 +1,432 @@
+"""Stage ``register``: drift correction, parallel across cycles.
+
+Structure (one Snakemake job each, see ``workflow/rules/register.smk``):
+
+1. :func:`estimate_within_cycle` - chain of pairwise estimates inside one cycle (each good frame
+   against the previous good frame), rigid shift plus per-row (intra-frame) drift, with QC;
+2. :func:`estimate_link` - the last good frame of cycle c against the first good frame of c+1,
+   plus a direct estimate first(c) -> first(c+1) for loop closure;
+3. :func:`compose_transforms` - cheap gather: cumulative per-row displacement of every frame
+   relative to the dataset's first good frame, errors added in quadrature, the common field of
+   view;
+4. :func:`apply_cycle` - resample each frame of a cycle onto the reference grid, cropped to the
+   common field of view, with a valid-pixel mask.
+
+Sign convention (from :mod:`ecafm.kernels.register`): a displacement ``D(y) = (dy, dx)`` of a
+frame means ``frame(y, x) ~= reference(y - dy, x - dx)``.
+
+Pair estimates use stable regions: a first estimate aligns the pair, pixels whose difference
+exceeds ``stable_k`` robust sigmas (growing or dissolving deposits) get zero weight, and the
+estimate is repeated on what stayed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+log = logging.getLogger(__name__)
+
+FLAG_BITS = {"weak_peak": 1, "disagreement": 2, "jump": 4, "not_finite": 8, "ingest_qc": 16,
+             "bad_reference": 32, "unlinked": 64, "row_drift_failed": 128}
+
+
+def flags_to_int(flags) -> int:
+    return int(sum(FLAG_BITS[f] for f in set(flags) if f in FLAG_BITS))
+
+
+def int_to_flags(v: int) -> list[str]:
+    return [k for k, b in FLAG_BITS.items() if int(v) & b]
+
+
+@dataclass(frozen=True)
+class RegisterParams:
+    """Config key ``register``."""
+
+    upsample_factor: int = 100
+    row_drift: bool = True
+    strip_height: int = 32
+    stable_k: float = 3.0
+    max_jump_px: float = 10.0
+    min_peak_ratio: float = 2.0
+    max_disagreement_px: float = 1.0
+
+
+@dataclass(frozen=True)
+class PairResult:
+    dy: float
+    dx: float
+    error: float
+    crlb: float
+    peak_ratio: float
+    flags: tuple[str, ...]
+    row_dy: np.ndarray
+    row_dx: np.ndarray
+
+    @property
+    def ok(self) -> bool:
+        return not self.flags
+
+
+def _fill(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    ok = np.isfinite(a)
+    return np.where(ok, a, np.nanmedian(a[ok]) if ok.any() else 0.0)
+
+
+def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: RegisterParams) -> PairResult:
+    """Rigid + per-row displacement of ``moving`` relative to ``reference`` on stable regions."""
+    from ecafm.kernels.register import apply_shift, estimate_row_drift, estimate_shift_qc
+
+    ref = _fill(reference)
+    mov = _fill(moving)
+    kw = dict(max_jump_px=math.inf, min_peak_ratio=params.min_peak_ratio,
+              max_disagreement_px=params.max_disagreement_px, upsample_factor=params.upsample_factor)
+    s0 = estimate_shift_qc(ref, mov, **kw)
+    weights = moving_weights = None
+    if math.isfinite(s0.dy) and math.isfinite(s0.dx):
+        aligned, valid = apply_shift(mov, -s0.dy, -s0.dx)
+        diff = (aligned - ref)[valid]
+        if diff.size > 100:
+            med = np.median(diff)
+            sigma = 1.4826 * np.median(np.abs(diff - med)) + 1e-12
+            stable_ref = np.zeros(ref.shape, np.float64)
+            stable_ref[valid] = np.abs(diff - med) < params.stable_k * sigma
+            frac = stable_ref.mean()
+            if 0.2 < frac < 0.98:
+                weights = stable_ref
+                moving_weights = np.nan_to_num(apply_shift(stable_ref, s0.dy, s0.dx)[0], nan=0.0)
+    s = estimate_shift_qc(ref, mov, weights=weights, moving_weights=moving_weights, **kw) \
+        if weights is not None else s0
+    flags = list(s.flags)
+    ny = ref.shape[0]
+    row_dy = np.full(ny, s.dy)
+    row_dx = np.full(ny, s.dx)
+    if params.row_drift and s.ok and ny >= 2 * params.strip_height:
+        rd = estimate_row_drift(ref, mov, strip_height=params.strip_height, weights=moving_weights,
+                                upsample_factor=params.upsample_factor,
+                                min_peak_ratio=params.min_peak_ratio)
+        if rd.ok and np.isfinite(rd.dy).all() and np.isfinite(rd.dx).all():
+            row_dy, row_dx = rd.dy, rd.dx
+            if math.hypot(np.mean(rd.dy) - s.dy, np.mean(rd.dx) - s.dx) > max(2.0, 5 * s.error):
+                flags.append("disagreement")
+        else:
+            flags.append("row_drift_failed")
+            row_dy, row_dx = np.full(ny, s.dy), np.full(ny, s.dx)
+    return PairResult(float(s.dy), float(s.dx), float(s.error), float(s.crlb), float(s.peak_ratio),
+                      tuple(dict.fromkeys(flags)), np.asarray(row_dy, float), np.asarray(row_dx, float))
+
+
+def _continuity(results: list[PairResult | None], max_jump: float) -> list[PairResult | None]:
+    """Flag a pair whose shift jumps from the median of its neighbours' shifts."""
+    vec = np.array([[r.dy, r.dx] if r is not None and r.ok else [np.nan, np.nan] for r in results])
+    out: list[PairResult | None] = []
+    for i, r in enumerate(results):
+        if r is None or not r.ok:
+            out.append(r)
+            continue
+        nb = np.concatenate([vec[max(0, i - 2):i], vec[i + 1:i + 3]])
+        nb = nb[np.isfinite(nb).all(axis=1)]
+        if len(nb) >= 2 and math.hypot(*(np.array([r.dy, r.dx]) - np.median(nb, axis=0))) > max_jump:
+            r = PairResult(r.dy, r.dx, r.error, r.crlb, r.peak_ratio, (*r.flags, "jump"), r.row_dy, r.row_dx)
+        out.append(r)
+    return out
+
+
+def _good_frames(ds: xr.Dataset) -> np.ndarray:
+    h = ds["height"]
+    finite = np.isfinite(h).any(dim=("y", "x")).values
+    return ds["frame_ok"].values & finite
+
+
+def estimate_within_cycle(leveled: xr.Dataset, *, params: RegisterParams) -> xr.Dataset:
+    """Pairwise chain of one cycle: each good frame against the previous good frame."""
+    import dask
+
+    n, ny = leveled.sizes["frame"], leveled.sizes["y"]
+    good = _good_frames(leveled)
+    idx = np.flatnonzero(good)
+    frames = leveled["height"]
+    tasks = [dask.delayed(estimate_pair)(frames[a].values, frames[b].values, params=params)
+             for a, b in zip(idx[:-1], idx[1:], strict=True)]
+    pairs = list(dask.compute(*tasks)) if tasks else []
+    pairs = _continuity(pairs, params.max_jump_px)
+    # A frame whose pair failed is excluded; the next frame is re-estimated against the last good.
+    ref_of = {int(b): int(a) for a, b in zip(idx[:-1], idx[1:], strict=True)}
+    result: dict[int, PairResult] = {}
+    last_good = int(idx[0]) if idx.size else -1
+    for k, b in enumerate(idx[1:]):
+        b = int(b)
+        r = pairs[k]
+        if ref_of[b] != last_good:
+            r = estimate_pair(frames[last_good].values, frames[b].values, params=params)
+            ref_of[b] = last_good
+        result[b] = r
+        if r.ok:
+            last_good = b
+        else:
+            log.warning("frame %d (source frame %s): registration QC failed %s; excluded",
+                        int(leveled["frame"][b]), int(leveled["source_index"][b]), list(r.flags))
+
+    ref = np.full(n, -1, np.int32)
+    dy = np.zeros(n)
+    dx = np.zeros(n)
+    err = np.zeros(n)
+    crlb = np.zeros(n)
+    peak = np.full(n, np.nan)
+    flags = np.zeros(n, np.int32)
+    row_dy = np.zeros((n, ny))
+    row_dx = np.zeros((n, ny))
+    for i in range(n):
+        if not good[i]:
+            flags[i] = FLAG_BITS["ingest_qc"]
+            continue
+        if i in result:
+            r = result[i]
+            ref[i] = ref_of[i]
+            dy[i], dx[i], err[i], crlb[i], peak[i] = r.dy, r.dx, r.error, r.crlb, r.peak_ratio
+            flags[i] = flags_to_int(r.flags)
+            row_dy[i], row_dx[i] = r.row_dy, r.row_dx
+    coords = {"frame": leveled["frame"].values, "y": leveled["y"].values}
+    return xr.Dataset(
+        {
+            "ref_frame": ("frame", leveled["frame"].values[ref].astype(np.int32) * (ref >= 0) - (ref < 0),
+                          {"long_name": "frame this one was registered against (-1: chain start or excluded)"}),
+            "dy": ("frame", dy, {"units": "px", "long_name": "rigid shift vs ref_frame, slow axis"}),
+            "dx": ("frame", dx, {"units": "px", "long_name": "rigid shift vs ref_frame, fast axis"}),
+            "error": ("frame", err, {"units": "px", "long_name": "1-sigma uncertainty of the shift"}),
+            "crlb": ("frame", crlb, {"units": "px", "long_name": "achievable bound from noise and texture"}),
+            "peak_ratio": ("frame", peak, {"long_name": "correlation peak over next-highest peak"}),
+            "flags": ("frame", flags, {"long_name": "QC flag bits",
+                                       "flag_masks": list(FLAG_BITS.values()),
+                                       "flag_meanings": " ".join(FLAG_BITS)}),
+            "row_dy": (("frame", "y"), row_dy, {"units": "px", "long_name": "per-row shift vs ref_frame"}),
+            "row_dx": (("frame", "y"), row_dx, {"units": "px", "long_name": "per-row shift vs ref_frame"}),
+        },
+        coords=coords,
+        attrs={"stage": "register_within", "register_params": asdict(params)},
+    )
+
+
+def estimate_link(left: xr.Dataset, right: xr.Dataset, *, params: RegisterParams) -> xr.Dataset:
+    """Link two neighbouring cycles: last good of ``left`` -> first good of ``right`` (+ direct)."""
+    gl, gr = np.flatnonzero(_good_frames(left)), np.flatnonzero(_good_frames(right))
+    ny = left.sizes["y"]
+    rows = {}
+    specs = {}
+    if gl.size and gr.size:
+        specs = {"link": (left["height"][gl[-1]].values, right["height"][gr[0]].values,
+                          int(left["frame"][gl[-1]]), int(right["frame"][gr[0]])),
+                 "direct": (left["height"][gl[0]].values, right["height"][gr[0]].values,
+                            int(left["frame"][gl[0]]), int(right["frame"][gr[0]]))}
+    for kind in ("link", "direct"):
+        if kind in specs:
+            a, b, fa, fb = specs[kind]
+            r = estimate_pair(a, b, params=params)
+            rows[kind] = (fa, fb, r.dy, r.dx, r.error, r.peak_ratio, flags_to_int(r.flags), r.row_dy, r.row_dx)
+        else:
+            rows[kind] = (-1, -1, np.nan, np.nan, np.nan, np.nan, FLAG_BITS["unlinked"],
+                          np.full(ny, np.nan), np.full(ny, np.nan))
+    kinds = ["link", "direct"]
+    col = lambda j: np.array([rows[k][j] for k in kinds])  # noqa: E731
+    return xr.Dataset(
+        {
+            "from_frame": ("kind", col(0).astype(np.int32)),
+            "to_frame": ("kind", col(1).astype(np.int32)),
+            "dy": ("kind", col(2).astype(float), {"units": "px"}),
+            "dx": ("kind", col(3).astype(float), {"units": "px"}),
+            "error": ("kind", col(4).astype(float), {"units": "px"}),
+            "peak_ratio": ("kind", col(5).astype(float)),
+            "flags": ("kind", col(6).astype(np.int32), {"flag_masks": list(FLAG_BITS.values()),
+                                                        "flag_meanings": " ".join(FLAG_BITS)}),
+            "row_dy": (("kind", "y"), np.stack(col(7)), {"units": "px"}),
+            "row_dx": (("kind", "y"), np.stack(col(8)), {"units": "px"}),
+        },
+        coords={"kind": np.array([0, 1], np.int8), "y": left["y"].values},
+        attrs={"stage": "register_link", "kind_meanings": "0 link (last good -> first good), "
+               "1 direct (first good -> first good, for loop closure)"},
+    )
+
+
+def compose_transforms(within: list[xr.Dataset], links: list[xr.Dataset], *,
+                       pixel_size_nm: tuple[float, float], nx: int) -> xr.Dataset:
+    """Cumulative per-row displacement of every frame relative to the dataset's reference frame."""
+    frames = np.concatenate([w["frame"].values for w in within])
+    ny = within[0].sizes["y"]
+    n = frames.size
+    D_y = np.full((n, ny), np.nan)
+    D_x = np.full((n, ny), np.nan)
+    var = np.full(n, np.nan)
+    flags = np.concatenate([w["flags"].values for w in within]).astype(np.int32)
+    cyc = np.concatenate([np.full(w.sizes["frame"], c) for c, w in enumerate(within)])
+    pos = {int(f): i for i, f in enumerate(frames)}
+    closure = np.full(len(within), np.nan)
+    offset_y, offset_x, offset_var = np.zeros(ny), np.zeros(ny), 0.0
+    linked = True
+    for c, w in enumerate(within):
+        if c > 0:
+            lk = links[c - 1]
+            lflags = int(lk["flags"].values[0])
+            src = int(lk["from_frame"].values[0])
+            if lflags == 0 and src in pos and np.isfinite(D_y[pos[src]]).all():
+                offset_y = D_y[pos[src]] + lk["row_dy"].values[0]
+                offset_x = D_x[pos[src]] + lk["row_dx"].values[0]
+                offset_var = var[pos[src]] + float(lk["error"].values[0]) ** 2
+                # loop closure: direct first(c-1)->first(c) vs chain first(c-1)->last(c-1)->first(c)
+                d_src = int(lk["from_frame"].values[1])
+                if int(lk["flags"].values[1]) == 0 and d_src in pos:
+                    chain = np.array([offset_y.mean() - D_y[pos[d_src]].mean(),
+                                      offset_x.mean() - D_x[pos[d_src]].mean()])
+                    closure[c] = float(np.hypot(*(chain - [lk["dy"].values[1], lk["dx"].values[1]])))
+            else:
+                linked = False
+                log.warning("cycle link %d -> %d failed (flags %s): later frames excluded",
+                            c - 1, c, int_to_flags(lflags))
+        for k in range(w.sizes["frame"]):
+            i = pos[int(w["frame"].values[k])]
+            if not linked:
+                flags[i] |= FLAG_BITS["unlinked"]
+                continue
+            if flags[i] != 0:
+                continue
+            ref = int(w["ref_frame"].values[k])
+            if ref < 0:  # chain start of this cycle
+                D_y[i], D_x[i], var[i] = offset_y, offset_x, offset_var
+            else:
+                j = pos[ref]
+                D_y[i] = D_y[j] + w["row_dy"].values[k]
+                D_x[i] = D_x[j] + w["row_dx"].values[k]
+                var[i] = var[j] + float(w["error"].values[k]) ** 2
+    ok = (flags == 0) & np.isfinite(D_y).all(axis=1)
+    py, px = pixel_size_nm
+    rect = common_field(D_y[ok], D_x[ok], ny, nx)
+    return xr.Dataset(
+        {
+            "shift_y": (("frame", "y"), D_y, {"units": "px", "long_name": "displacement per row, slow axis"}),
+            "shift_x": (("frame", "y"), D_x, {"units": "px", "long_name": "displacement per row, fast axis"}),
+            "dy_px": ("frame", np.nanmean(D_y, axis=1) if ok.any() else np.full(n, np.nan), {"units": "px"}),
+            "dx_px": ("frame", np.nanmean(D_x, axis=1) if ok.any() else np.full(n, np.nan), {"units": "px"}),
+            "dy_nm": ("frame", np.nanmean(D_y, axis=1) * py if ok.any() else np.full(n, np.nan), {"units": "nm"}),
+            "dx_nm": ("frame", np.nanmean(D_x, axis=1) * px if ok.any() else np.full(n, np.nan), {"units": "nm"}),
+            "error_px": ("frame", np.sqrt(var), {"units": "px", "long_name": "accumulated 1-sigma uncertainty"}),
+            "ok": ("frame", ok, {"long_name": "registered and usable"}),
+            "flags": ("frame", flags, {"flag_masks": list(FLAG_BITS.values()), "flag_meanings": " ".join(FLAG_BITS)}),
+            "cycle_index": ("frame", cyc.astype(np.int32)),
+            "loop_closure_px": ("segment", closure, {"units": "px",
+                                                     "long_name": "direct minus chained shift at each cycle start"}),
+        },
+        coords={"frame": frames.astype(np.int32), "y": within[0]["y"].values,
+                "segment": np.arange(len(within), dtype=np.int32)},
+        attrs={"stage": "register_compose", "common_field_px": list(rect),
+               "common_field_convention": "[y0, y1, x0, x1) in reference-grid pixels"},
+    )
+
+
+def common_field(D_y: np.ndarray, D_x: np.ndarray, ny: int, nx: int) -> tuple[int, int, int, int]:
+    """Largest reference-grid rectangle that every usable frame covers: [y0, y1) x [x0, x1)."""
+    if D_y.size == 0:
+        return (0, ny, 0, nx)
+    # A frame displaced by D is resampled at (Y + D): inside the frame when 0 <= Y + D <= n - 1.
+    y0 = int(math.ceil(max(0.0, -float(np.min(D_y)))))
+    y1 = int(math.floor(min(float(ny - 1), float(ny - 1 - np.max(D_y))))) + 1
+    x0 = int(math.ceil(max(0.0, -float(np.min(D_x)))))
+    x1 = int(math.floor(min(float(nx - 1), float(nx - 1 - np.max(D_x))))) + 1
+    if y1 - y0 < 8 or x1 - x0 < 8:
+        raise ValueError(f"common field of view is empty (rows {y0}..{y1}, cols {x0}..{x1}): "
+                         "drift exceeds the frame; check the registration QC figure")
+    return (y0, y1, x0, x1)
+
+
+def _apply_one(h, sy, sx, *, rect):
+    from ecafm.kernels.register import apply_row_drift
+
+    y0, y1, x0, x1 = rect
+    if not np.isfinite(sy).all():
+        shape = (y1 - y0, x1 - x0)
+        return np.full(shape, np.nan, np.float32), np.zeros(shape, bool)
+    out, valid = apply_row_drift(_fill(h), sy, sx, inverse=True)
+    out = np.where(valid & np.isfinite(h if h.shape == out.shape else out), out, np.nan)
+    return out[y0:y1, x0:x1].astype(np.float32), valid[y0:y1, x0:x1]
+
+
+def apply_cycle(leveled: xr.Dataset, transforms: xr.Dataset) -> xr.Dataset:
+    """Resample the frames of one cycle onto the reference grid, cropped to the common field."""
+    rect = tuple(int(v) for v in transforms.attrs["common_field_px"])
+    t = transforms.sel(frame=leveled["frame"].values)
+    out, valid = xr.apply_ufunc(
+        _apply_one, leveled["height"], t["shift_y"], t["shift_x"],
+        input_core_dims=[["y", "x"], ["y"], ["y"]],
+        output_core_dims=[["yr", "xr"], ["yr", "xr"]],
+        exclude_dims={"y"},
+        vectorize=True, dask="parallelized", output_dtypes=[np.float32, bool],
+        dask_gufunc_kwargs={"output_sizes": {"yr": rect[1] - rect[0], "xr": rect[3] - rect[2]}},
+        kwargs={"rect": rect},
+    )
+    y0, y1, x0, x1 = rect
+    ds = xr.Dataset({"height": out.rename(yr="y", xr="x"), "valid": valid.rename(yr="y", xr="x")})
+    ds = ds.assign_coords(y=leveled["y"].values[y0:y1], x=leveled["x"].values[x0:x1])
+    ds["height"].attrs = {"units": "nm", "long_name": "leveled, registered height"}
+    ds["valid"].attrs = {"long_name": "pixel interpolated from inside the frame"}
+    keep = {k: v for k, v in leveled.coords.items() if k not in ("y", "x")}
+    ds = ds.assign_coords(keep)
+    ds = ds.assign_coords(registration_ok=("frame", t["ok"].values),
+                          shift_dy_px=("frame", t["dy_px"].values),
+                          shift_dx_px=("frame", t["dx_px"].values))
+    ds["y"].attrs = {"units": "nm"}
+    ds["x"].attrs = {"units": "nm"}
+    return ds
+
+
+# --------------------------------------------------------------------------- I/O wrappers
+def run_within(leveled_path, out, *, params: RegisterParams, step) -> dict[str, Any]:
+    from ecafm.store import open_cube, write_cube
+
+    lev = open_cube(leveled_path).load()
+    res = estimate_within_cycle(lev, params=params)
+    res.attrs["cycle"] = int(lev.attrs.get("cycle", -1))
+    n_bad = int((res["flags"].values != 0).sum())
+    log.info("cycle %s: %d frames, %d flagged", res.attrs["cycle"], lev.sizes["frame"], n_bad)
+    return write_cube(res, out, step=step)
+
+
+def run_link(left_path, right_path, out, *, params: RegisterParams, step) -> dict[str, Any]:
+    from ecafm.store import open_cube, write_cube
+
+    res = estimate_link(open_cube(left_path).load(), open_cube(right_path).load(), params=params)
+    return write_cube(res, out, step=step)
+
+
+def run_compose(within_paths, link_paths, cube_path, out, table, *, step) -> dict[str, Any]:
+    from ecafm.store import open_cube, write_cube, write_table
+
+    within = [open_cube(p).load() for p in within_paths]
+    links = [open_cube(p).load() for p in link_paths]
+    cube = open_cube(cube_path)
+    tf = compose_transforms(within, links, pixel_size_nm=tuple(cube.attrs["pixel_size_nm"]),
+                            nx=cube.sizes["x"])
+    wi = xr.concat([w[["ref_frame", "dy", "dx", "error", "crlb", "peak_ratio"]] for w in within], dim="frame")
+    df = tf[["dy_px", "dx_px", "dy_nm", "dx_nm", "error_px", "ok", "flags", "cycle_index"]].to_dataframe()
+    df = df.join(wi.to_dataframe().rename(columns=lambda c: f"pair_{c}")).reset_index()
+    df["flag_names"] = [",".join(int_to_flags(v)) for v in df["flags"]]
+    df["row_shift_span_px"] = np.ptp(tf["shift_x"].values, axis=1)
+    write_table(df, table, step=step)
+    n_ok = int(tf["ok"].sum())
+    log.info("composed %d frames (%d usable); common field %s px; max loop closure %.3f px",
+             tf.sizes["frame"], n_ok, tf.attrs["common_field_px"],
+             float(np.nanmax(tf["loop_closure_px"].values)) if np.isfinite(tf["loop_closure_px"]).any() else float("nan"))
+    return write_cube(tf, out, step=step)
+
+
+def run_apply(leveled_path, transforms_path, out, *, step) -> dict[str, Any]:
+    from ecafm.store import open_cube, write_cube
+
+    lev = open_cube(leveled_path)
+    tf = open_cube(transforms_path).load()
+    ds = apply_cycle(lev, tf)
+    ds.attrs = {**lev.attrs, "stage": "register", "common_field_px": tf.attrs["common_field_px"]}
+    return write_cube(ds, out, step=step)

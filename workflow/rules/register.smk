@@ -1,0 +1,90 @@
+# Registration, parallel across cycles: estimate within each cycle and at each cycle boundary
+# (independent jobs), compose the cumulative drift in one cheap gather, apply per cycle.
+
+
+rule register_cycle:
+    input:
+        "results/level/{dataset}/cycle_{cycle}.zarr",
+    output:
+        directory("results/register/{dataset}/within/cycle_{cycle}.zarr"),
+    log:
+        "logs/register_cycle/{dataset}/cycle_{cycle}.log",
+    benchmark:
+        "benchmarks/register_cycle/{dataset}/cycle_{cycle}.tsv"
+    conda:
+        "../../envs/ecafm.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        register=get_register_params,
+    script:
+        "../../scripts/register_cycle.py"
+
+
+rule link_cycles:
+    input:
+        unpack(get_link_inputs),
+    output:
+        directory("results/register/{dataset}/links/cycle_{cycle}.zarr"),
+    log:
+        "logs/link_cycles/{dataset}/cycle_{cycle}.log",
+    conda:
+        "../../envs/ecafm.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        register=get_register_params,
+    script:
+        "../../scripts/link_cycles.py"
+
+
+rule compose_drift:
+    input:
+        unpack(get_compose_inputs),
+    output:
+        transforms=directory("results/register/{dataset}/transforms.zarr"),
+        table="results/register/{dataset}/transforms.tsv",
+    log:
+        "logs/compose_drift/{dataset}.log",
+    conda:
+        "../../envs/ecafm.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/compose_drift.py"
+
+
+rule apply_registration:
+    input:
+        leveled="results/level/{dataset}/cycle_{cycle}.zarr",
+        transforms="results/register/{dataset}/transforms.zarr",
+    output:
+        directory("results/register/{dataset}/cycle_{cycle}.zarr"),
+    log:
+        "logs/apply_registration/{dataset}/cycle_{cycle}.log",
+    benchmark:
+        "benchmarks/apply_registration/{dataset}/cycle_{cycle}.tsv"
+    conda:
+        "../../envs/ecafm.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    script:
+        "../../scripts/apply_registration.py"
+
+
+rule gather_registered:
+    input:
+        get_registered,
+    output:
+        touch("results/register/{dataset}/registered.done"),
+    log:
+        "logs/gather_registered/{dataset}.log",
+    localrule: True
