@@ -138,7 +138,7 @@ def plot_registration(transforms: str | Path, table: str | Path, registered: lis
     ax = fig.add_subplot(gs[1, 0])
     pr = df["pair_peak_ratio"].to_numpy(float)
     ax.semilogy(f, pr, ".", color="C2")
-    ax.axhline(2.0, color="k", ls="--", lw=1, label="QC threshold")
+    ax.axhline(1.5, color="k", ls="--", lw=1, label="QC threshold")
     ax.set_xlabel("frame")
     ax.set_ylabel("correlation peak ratio")
     ax.set_title("pairwise QC")
