@@ -47,7 +47,11 @@ def make_dataset(root: Path, *, n_frames: int = 8, shape=(32, 32), n_cycles: int
     """Gwy frames + .mpt log + frame sheet: frames evenly spread over the cycling."""
     from ecafm.io.echem import write_mpt
 
+    from scipy import ndimage as ndi
+
     rng = np.random.default_rng(seed)
+    texture = ndi.gaussian_filter(rng.normal(0, 1, (shape[0] + 16, shape[1] + 16)), 2.0)
+    texture *= 3.0 / texture.std()
     raw = root / "raw"
     raw.mkdir(parents=True)
     total = 2 * n_cycles * half_s
@@ -55,7 +59,8 @@ def make_dataset(root: Path, *, n_frames: int = 8, shape=(32, 32), n_cycles: int
     rows = []
     heights = []
     for i, t in enumerate(times):
-        h = rng.normal(0, 2.0, shape) + i
+        o = i % 3  # small known drift, whole pixels
+        h = texture[o:o + shape[0], o:o + shape[1]] + rng.normal(0, 0.2, shape) + i
         if i in zero_frames:
             h[:] = 0.0
         heights.append(h)

@@ -72,15 +72,50 @@ def test_workflow_ingests_dataset_with_log(logged_dataset):
     assert verify(cube) == []
     log = (wd / "logs" / "ingest_dataset" / "cell1.log").read_text()
     assert "frame 2" in log and "QC flags all_zero" in log
-    png = wd / "results" / "figures" / "cell1" / "ingest.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and verify(png) == []
+    for fig in ("ingest", "register"):
+        png = wd / "results" / "figures" / "cell1" / f"{fig}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and verify(png) == []
+    # Registration: 2 cycles -> 2 registered cubes; the helper's frames drift by 0, 1, 2 px.
+    tf = open_cube(wd / "results" / "register" / "cell1" / "transforms.zarr").load()
+    ok = tf["ok"].values
+    assert ok.tolist() == [True, True, False, True, True, True]  # frame 2 is all-zero
+    expect = -(np.arange(6) % 3).astype(float)
+    np.testing.assert_allclose(tf["dy_px"].values[ok], expect[ok], atol=0.1)
+    np.testing.assert_allclose(tf["dx_px"].values[ok], expect[ok], atol=0.1)
+    for c in (0, 1):
+        path = wd / "results" / "register" / "cell1" / f"cycle_{c}.zarr"
+        assert open_cube(path)["height"].dims == ("frame", "y", "x") and verify(path) == []
 
 
-def test_dry_run_counts_jobs(logged_dataset):
-    wd, _ = logged_dataset
-    res = _snakemake(wd, "-n", "--quiet", "rules")
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", res.stdout, re.M))
-    assert counts.get("ingest_dataset") == "1" and counts.get("plot_ingest") == "1"
+def _job_counts(stdout: str) -> dict[str, int]:
+    return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", stdout, re.M)}
+
+
+def test_per_cycle_jobs_in_dry_run(tmp_path):
+    """20 cycles -> 20 level, 20 register, 19 link and 20 apply jobs, independent of each other."""
+    d = make_dataset(tmp_path / "data", n_frames=41, n_cycles=20, half_s=20.0, shape=(64, 64))
+    wd = _workdir(tmp_path, [{"id": "long", "raw": str(d["raw"]), "format": "gwy", "ec_log": str(d["log"]),
+                              "frames": str(d["frames"]), "metal": "Li", "positive_current_plates": "true"}])
+    _snakemake(wd, "--cores", "2", "results/cubes/long.zarr")
+    counts = _job_counts(_snakemake(wd, "-n", "--quiet", "rules").stdout)
+    assert counts["level_cycle"] == 20 and counts["register_cycle"] == 20
+    assert counts["link_cycles"] == 19 and counts["apply_registration"] == 20
+    assert counts["compose_drift"] == 1 and "ingest_dataset" not in counts
+
+
+def test_one_and_two_cores_give_identical_logical_hashes(tmp_path):
+    d = make_dataset(tmp_path / "data", n_frames=8, n_cycles=2, half_s=100.0, shape=(64, 64))
+    row = {"id": "c", "raw": str(d["raw"]), "format": "gwy", "ec_log": str(d["log"]),
+           "frames": str(d["frames"]), "metal": "Li", "positive_current_plates": "true"}
+    hashes = []
+    for cores in ("1", "2"):
+        wd = _workdir(tmp_path / f"cores{cores}", [row])
+        _snakemake(wd, "--cores", cores)
+        recs = sorted((wd / "results").rglob("*.prov.json"))
+        hashes.append({str(r.relative_to(wd)): read_record(r.parent / r.name[: -len(".prov.json")])
+                       ["artifact"]["logical_sha256"] for r in recs if not r.name.endswith(".png.prov.json")})
+    assert len(hashes[0]) >= 10
+    assert hashes[0] == hashes[1]
 
 
 def test_config_typo_stops_the_run(logged_dataset):
