@@ -8,10 +8,17 @@ the store because zarr warns about foreign files inside a hierarchy.
 Writes are atomic: data go to a hidden partial path first and are renamed into place only after
 the hashes and the record are written, so a failed job never leaves an artifact that looks
 complete. Record format: see ``README.md`` ("Provenance record").
+
+Versions: every write also files the artifact and its record under
+``<root>/.versions/<version_id>/<path relative to root>`` (hard links, a copy where the file system
+refuses them), where ``<root>`` is the nearest ancestor folder named ``results`` (else the
+artifact's own folder). Snakemake deletes a job's outputs before re-running it, so the old version
+survives only if it was filed when it was written; see ``README.md`` ("Versions and audit").
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -22,7 +29,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,8 +40,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-RECORD_SCHEMA = "ecafm.provenance/1"
+RECORD_SCHEMA = "ecafm.provenance/2"
+#: Record formats the readers (verify, history, status, audit, export) understand. /2 adds
+#: ``code.imported`` (ecafm modules loaded by the writing process, with their hashes) and
+#: ``code.imported_sha256``; its version id covers wildcards and the imported modules instead of
+#: the whole package source.
+READABLE_SCHEMAS = ("ecafm.provenance/1", RECORD_SCHEMA)
 SIDECAR_SUFFIX = ".prov.json"
+VERSIONS_DIR = ".versions"
+#: Folder name that marks the root of a results tree (the version store lives in it).
+RESULTS_DIR_NAME = "results"
 KEY_LIBRARIES = (
     "numpy",
     "scipy",
@@ -185,11 +200,22 @@ def _git(*args: str) -> str | None:
     return res.stdout.strip() if res.returncode == 0 else None
 
 
+def imported_modules(mods: Mapping[str, str] | None = None) -> dict[str, str]:
+    """sha256 of the ecafm modules this process has imported (``sys.modules``), by name.
+
+    What actually ran: an edit to a module the writer never imported does not touch its artifacts.
+    """
+    mods = module_hashes() if mods is None else mods
+    return {m: h for m, h in sorted(mods.items()) if m in sys.modules}
+
+
 def code_identity() -> dict[str, Any]:
-    """Package version, hash of the whole package source, per-module hashes, git commit/dirty."""
+    """Package version, hash of the whole package source, per-module hashes, git commit/dirty,
+    and the modules imported by this process with the hash over them."""
     from ecafm import __version__
 
     mods = module_hashes()
+    imported = imported_modules(mods)
     commit = _git("rev-parse", "HEAD")
     dirty = None
     if commit is not None:
@@ -200,6 +226,8 @@ def code_identity() -> dict[str, Any]:
         "version": __version__,
         "source_sha256": sha256_bytes(canonical_json(mods).encode()),
         "modules": mods,
+        "imported": imported,
+        "imported_sha256": sha256_bytes(canonical_json(imported).encode()),
         "git_commit": commit,
         "git_dirty": dirty,
     }
@@ -248,12 +276,15 @@ def describe_input(path: str | Path) -> dict[str, Any]:
 
 def version_id(step: Step, inputs: list[dict[str, Any]], code: Mapping[str, Any],
                libs: Mapping[str, Any]) -> str:
-    """Version of an artifact: its inputs' ids (or hashes), params and code identity."""
+    """Version of an artifact: rule, wildcards, params, its inputs' ids (or hashes), the code it
+    ran (hash of the imported ecafm modules; of the whole package for older records) and the key
+    library versions."""
     ident = {
         "rule": step.rule,
+        "wildcards": dict(step.wildcards),
         "params": step.params,
         "inputs": [i.get("version_id", i.get("sha256")) for i in inputs],
-        "code": code["source_sha256"],
+        "code": code.get("imported_sha256", code["source_sha256"]),
         "libraries": libs,
     }
     return sha256_bytes(canonical_json(ident).encode())[:16]
@@ -275,7 +306,11 @@ def read_record(path: str | Path, *, missing_ok: bool = False) -> dict[str, Any]
         if missing_ok:
             return None
         raise FileNotFoundError(f"{path}: no provenance record ({rp.name}) beside it")
-    return json.loads(rp.read_text())
+    rec = json.loads(rp.read_text())
+    if rec.get("schema") not in READABLE_SCHEMAS:
+        raise ValueError(f"{rp}: record format {rec.get('schema')!r} is not one of {READABLE_SCHEMAS}; "
+                         "was it written by a newer ecafm?")
+    return rec
 
 
 def _make_record(path: Path, kind: str, logical: str, files: dict[str, str], step: Step,
@@ -312,6 +347,72 @@ def _make_record(path: Path, kind: str, logical: str, files: dict[str, str], ste
             "end": _dt.datetime.now(_dt.UTC).isoformat(),
         },
     }
+
+
+# --------------------------------------------------------------------------- version store
+_ARCHIVE = {"enabled": True}
+
+
+@contextlib.contextmanager
+def archiving(enabled: bool) -> Iterator[None]:
+    """Turn filing of versions on or off inside a block (the audit's scratch re-runs)."""
+    before = _ARCHIVE["enabled"]
+    _ARCHIVE["enabled"] = enabled
+    try:
+        yield
+    finally:
+        _ARCHIVE["enabled"] = before
+
+
+def versions_root(path: str | Path) -> Path:
+    """Root of the version store of an artifact: nearest ancestor named ``results``, else its folder."""
+    path = Path(os.path.abspath(path))
+    for parent in path.parents:
+        if parent.name == RESULTS_DIR_NAME:
+            return parent
+    return path.parent
+
+
+def archive_path(path: str | Path, version: str) -> Path:
+    """Where version ``version`` of the artifact at ``path`` is filed."""
+    path = Path(os.path.abspath(path))
+    root = versions_root(path)
+    return root / VERSIONS_DIR / version / path.relative_to(root)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed: a real copy
+        shutil.copy2(src, dst)
+
+
+def _file_version(data: Path, path: Path, record: dict[str, Any]) -> None:
+    """File the freshly written ``data`` (still at its partial path) as its version of ``path``."""
+    if not _ARCHIVE["enabled"]:
+        return
+    dest = archive_path(path, record["version_id"])
+    tmp = _partial(dest)
+    _clear(tmp)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if data.is_dir():
+            for src in sorted(data.rglob("*")):
+                target = tmp / src.relative_to(data)
+                if src.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    _link_or_copy(src, target)
+            tmp.mkdir(exist_ok=True)
+        else:
+            _link_or_copy(data, tmp)
+        _clear(dest)
+        os.replace(tmp, dest)
+        _record_path(dest).write_text(json.dumps(record, indent=1, sort_keys=True))
+    except BaseException:
+        _clear(tmp)
+        raise
 
 
 def _partial(path: Path) -> Path:
@@ -373,6 +474,7 @@ def write_cube(ds: xr.Dataset, path: str | Path, *, step: Step, frame_chunk: int
             logical = logical_hash(back)
         files = store_files(tmp)
         record = _make_record(path, "zarr", logical, files, step, started)
+        _file_version(tmp, path, record)
         _clear(path)
         _record_path(path).write_text(json.dumps(record, indent=1, sort_keys=True))
         os.replace(tmp, path)
@@ -399,6 +501,7 @@ def write_table(df: pd.DataFrame, path: str | Path, *, step: Step) -> dict:
             df.to_csv(tmp, index=False)
         files = {path.name: sha256_file(tmp)}
         record = _make_record(path, "table", table_logical_hash(df), files, step, started)
+        _file_version(tmp, path, record)
         _record_path(path).write_text(json.dumps(record, indent=1, sort_keys=True))
         os.replace(tmp, path)
     except BaseException:
@@ -421,6 +524,7 @@ def write_file(path: str | Path, writer, *, step: Step, kind: str = "file") -> d
         writer(tmp)
         digest = sha256_file(tmp)
         record = _make_record(path, kind, digest, {path.name: digest}, step, started)
+        _file_version(tmp, path, record)
         _record_path(path).write_text(json.dumps(record, indent=1, sort_keys=True))
         os.replace(tmp, path)
     except BaseException:
@@ -453,6 +557,9 @@ def verify(path: str | Path) -> list[str]:
     problems: list[str] = []
     recorded = rec["artifact"]["files"]
     on_disk = store_files(path) if path.exists() else {}
+    if sha256_bytes(canonical_json(recorded).encode()) != rec["artifact"]["physical_sha256"]:
+        problems.append(f"{_record_path(path)}: file list does not match its physical_sha256 "
+                        "(record edited)")
     for name in sorted(set(recorded) | set(on_disk)):
         if name not in on_disk:
             problems.append(f"{path}/{name}: missing")
