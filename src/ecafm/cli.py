@@ -82,6 +82,49 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _cmd_history(args: argparse.Namespace) -> int:
+    from ecafm.versions import format_history, history
+
+    hist = history(args.results_dir, dataset=args.dataset)
+    if args.json:
+        json.dump(hist, sys.stdout, indent=1)
+        print()
+    else:
+        print(format_history(hist) or f"{args.results_dir}: no artifact records")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ecafm.versions import status
+
+    stale = 0
+    for key, reasons in status(args.results_dir).items():
+        stale += bool(reasons)
+        print(f"{key}: {'OUT OF DATE' if reasons else 'current'}")
+        for r in reasons:
+            print(f"  {r}")
+    return 1 if stale and args.exit_code else 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from ecafm.audit import audit, format_report, report_frame
+
+    findings = audit(args.results_dir, reexec=not args.hashes_only, scratch=args.scratch,
+                     include_versions=args.versions)
+    print(format_report(findings))
+    if args.report:
+        report_frame(findings).to_csv(args.report, sep="\t", index=False)
+    return 1 if any(f.failed for f in findings) else 0
+
+
+def _cmd_export_crate(args: argparse.Namespace) -> int:
+    from ecafm.crate import export_crate
+
+    out = export_crate(args.results_dir, args.output, with_data=not args.metadata_only)
+    print(f"{out}: Workflow Run RO-Crate of {args.results_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ecafm", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="count", default=1, help="more log output (-vv: debug)")
@@ -118,6 +161,32 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="re-hash artifacts against their provenance records")
     s.add_argument("artifacts", nargs="+")
     s.set_defaults(func=_cmd_verify)
+
+    s = sub.add_parser("history", help="versions of a dataset's artifacts and what differs between them")
+    s.add_argument("results_dir", nargs="?", default="results")
+    s.add_argument("--dataset", default=None, help="only this dataset's artifacts")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=_cmd_history)
+
+    s = sub.add_parser("status", help="artifacts whose imported modules, libraries or inputs changed")
+    s.add_argument("results_dir", nargs="?", default="results")
+    s.add_argument("--exit-code", action="store_true", help="exit 1 when anything is out of date")
+    s.set_defaults(func=_cmd_status)
+
+    s = sub.add_parser("audit", help="re-hash every artifact and re-run every recorded job")
+    s.add_argument("results_dir", nargs="?", default="results")
+    s.add_argument("--hashes-only", action="store_true", help="skip re-execution")
+    s.add_argument("--versions", action="store_true", help="also re-hash filed earlier versions")
+    s.add_argument("--scratch", default=None, help="re-run into this folder (default: a temp folder)")
+    s.add_argument("--report", default=None, help="write the per-artifact report here (TSV)")
+    s.set_defaults(func=_cmd_audit)
+
+    s = sub.add_parser("export-crate", help="write a Workflow Run RO-Crate (Provenance Run Crate)")
+    s.add_argument("results_dir", nargs="?", default="results")
+    s.add_argument("-o", "--output", required=True, help="crate folder, or a .zip file")
+    s.add_argument("--metadata-only", action="store_true",
+                   help="describe the files (with sha256) without copying them into the crate")
+    s.set_defaults(func=_cmd_export_crate)
     return p
 
 
