@@ -24,6 +24,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/level.smk"
 include: "workflow/rules/register.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/audit.smk"
 
 
 rule all:
