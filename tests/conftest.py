@@ -25,3 +25,8 @@ def shared_file(rel: str) -> Path:
 def real():
     """real("spm/x.002") -> ../shared/data/real/spm/x.002 (skip or fail when absent)."""
     return lambda rel: shared_file(f"real/{rel}")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slurm: runs the workflow on a SLURM cluster "
+                            "(tests/hpc/start_slurm.sh starts one on localhost)")

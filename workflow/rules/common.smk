@@ -1,4 +1,5 @@
 # Helpers only: no rules here.
+import math
 import re
 from pathlib import Path
 
@@ -119,3 +120,55 @@ def get_final_outputs(wildcards):
         out.append(f"results/figures/{ds}/register.png")
         out.append(f"results/register/{ds}/registered.done")
     return out
+
+
+# Cluster resources. Every rule asks for threads, mem_mb and runtime (minutes); memory and runtime
+# grow with the size of the job's inputs and double on each retry (`retries:` in the profiles),
+# so a job killed for running out of memory or time is resubmitted with twice as much.
+
+
+def get_input_mb(input):
+    """Size of a job's inputs on disk in MB; a directory (a zarr store) counts all its files.
+
+    Snakemake's own `input.size_mb` counts a directory as its inode (4 kB).
+    """
+    total = 0
+    for f in input:
+        p = Path(f)
+        if p.is_dir():
+            total += sum(q.stat().st_size for q in p.rglob("*") if q.is_file())
+        elif p.exists():
+            total += p.stat().st_size
+    return total / 1e6
+
+
+def get_mem_mb(base_mb, per_input_mb):
+    """mem_mb resource: `base_mb` + `per_input_mb` per MB of input, doubled at each retry.
+
+    `base_mb` covers the interpreter and libraries (about 300 MB resident); `per_input_mb` the
+    decompressed working set of the stage relative to its (compressed) input.
+    """
+
+    def mem_mb(wildcards, input, attempt):
+        return int(
+            math.ceil(
+                (base_mb + per_input_mb * get_input_mb(input)) * 2 ** (attempt - 1)
+            )
+        )
+
+    return mem_mb
+
+
+def get_runtime(base_min, per_input_gb_min):
+    """runtime resource (minutes): `base_min` + `per_input_gb_min` per GB of input, doubled at each retry."""
+
+    def runtime(wildcards, input, attempt):
+        minutes = base_min + per_input_gb_min * get_input_mb(input) / 1000
+        return int(math.ceil(minutes * 2 ** (attempt - 1)))
+
+    return runtime
+
+
+def get_dask_scheduler(wildcards):
+    """Address of an existing dask.distributed scheduler for the heavy rules ("" = threads in the job)."""
+    return config["dask_scheduler"]

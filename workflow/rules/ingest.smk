@@ -12,8 +12,8 @@ checkpoint ingest_dataset:
         "../../envs/ecafm.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=get_mem_mb(base_mb=1000, per_input_mb=2),
+        runtime=get_runtime(base_min=10, per_input_gb_min=10),
     params:
         raw=get_raw_sources,
         ingest=get_ingest_params,

@@ -11,8 +11,9 @@ rule level_cycle:
         "../../envs/ecafm.yaml"
     threads: 2
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=get_mem_mb(base_mb=1000, per_input_mb=1),
+        runtime=get_runtime(base_min=10, per_input_gb_min=10),
+        dask_scheduler=get_dask_scheduler,
     params:
         level=get_level_params,
     script:

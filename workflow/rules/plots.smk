@@ -13,6 +13,10 @@ rule plot_ingest:
         "logs/plot_ingest/{dataset}.log",
     conda:
         "../../envs/ecafm.yaml"
+    threads: 1
+    resources:
+        mem_mb=get_mem_mb(base_mb=1000, per_input_mb=1),
+        runtime=get_runtime(base_min=10, per_input_gb_min=10),
     script:
         "../../scripts/plot_ingest.py"
 
@@ -33,5 +37,9 @@ rule plot_registration:
         "logs/plot_registration/{dataset}.log",
     conda:
         "../../envs/ecafm.yaml"
+    threads: 1
+    resources:
+        mem_mb=get_mem_mb(base_mb=1000, per_input_mb=1),
+        runtime=get_runtime(base_min=10, per_input_gb_min=10),
     script:
         "../../scripts/plot_registration.py"

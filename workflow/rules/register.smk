@@ -15,8 +15,9 @@ rule register_cycle:
         "../../envs/ecafm.yaml"
     threads: 2
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=get_mem_mb(base_mb=1000, per_input_mb=4),
+        runtime=get_runtime(base_min=10, per_input_gb_min=60),
+        dask_scheduler=get_dask_scheduler,
     params:
         register=get_register_params,
     script:
@@ -34,8 +35,8 @@ rule link_cycles:
         "../../envs/ecafm.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=get_mem_mb(base_mb=1000, per_input_mb=2),
+        runtime=get_runtime(base_min=10, per_input_gb_min=10),
     params:
         register=get_register_params,
     script:
@@ -54,8 +55,8 @@ rule compose_drift:
         "../../envs/ecafm.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=get_mem_mb(base_mb=1000, per_input_mb=1),
+        runtime=get_runtime(base_min=10, per_input_gb_min=10),
     script:
         "../../scripts/compose_drift.py"
 
@@ -74,8 +75,9 @@ rule apply_registration:
         "../../envs/ecafm.yaml"
     threads: 2
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=get_mem_mb(base_mb=1000, per_input_mb=3),
+        runtime=get_runtime(base_min=10, per_input_gb_min=30),
+        dask_scheduler=get_dask_scheduler,
     script:
         "../../scripts/apply_registration.py"
 
@@ -88,3 +90,7 @@ rule gather_registered:
     log:
         "logs/gather_registered/{dataset}.log",
     localrule: True
+    threads: 1
+    resources:
+        mem_mb=100,
+        runtime=1,

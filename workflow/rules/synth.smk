@@ -9,8 +9,8 @@ rule synthesize_dataset:
         "../../envs/ecafm.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=get_mem_mb(base_mb=2000, per_input_mb=0),
+        runtime=get_runtime(base_min=30, per_input_gb_min=0),
     params:
         spec=get_synth_spec,
     script:
