@@ -111,7 +111,7 @@ def test_one_and_two_cores_give_identical_logical_hashes(tmp_path):
     for cores in ("1", "2"):
         wd = _workdir(tmp_path / f"cores{cores}", [row])
         _snakemake(wd, "--cores", cores)
-        recs = sorted((wd / "results").rglob("*.prov.json"))
+        recs = sorted(r for r in (wd / "results").rglob("*.prov.json") if ".versions" not in r.parts)
         hashes.append({str(r.relative_to(wd)): read_record(r.parent / r.name[: -len(".prov.json")])
                        ["artifact"]["logical_sha256"] for r in recs if not r.name.endswith(".png.prov.json")})
     assert len(hashes[0]) >= 10
