@@ -1,0 +1,274 @@
+"""Change labels and per-frame state classes (pure numpy / scikit-image kernels).
+
+Conventions (see ``docs/SCIENCE.md``, "Change labels and state classes"):
+
+- change codes: ``SHRINK = -1``, ``STATIC = 0``, ``GROW = 1``;
+- slope-aware threshold ``tau(x) = k * sqrt(sigma_d**2 + (|grad h(x)| * sigma_r)**2)``, heights in
+  nm, gradients in nm/px, the registration uncertainty ``sigma_r`` in px;
+- state classes, mutually exclusive, first match wins (the codes are in that priority order):
+  ``UNCERTAIN, VOID, INACTIVE_RESIDUE, ACTIVE_DEPOSIT, DORMANT_DEPOSIT, SUBSTRATE``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+SHRINK, STATIC, GROW = -1, 0, 1
+UNCERTAIN, VOID, INACTIVE_RESIDUE, ACTIVE_DEPOSIT, DORMANT_DEPOSIT, SUBSTRATE = range(6)
+CLASS_NAMES = ("uncertain", "void", "inactive_residue", "active_deposit", "dormant_deposit",
+               "substrate")
+CLASS_MEANINGS = " ".join(CLASS_NAMES)
+
+
+def _check2d(name: str, a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (y, x), got shape {a.shape}")
+    return a
+
+
+def robust_sigma(d: np.ndarray, mask: np.ndarray | None = None, *, n_iter: int = 3,
+                 clip: float = 3.0) -> float:
+    """Robust noise of differences: 1.4826 * MAD over stable pixels (iteratively clipped).
+
+    Parameters
+    ----------
+    d : ndarray
+        Differences (any shape); NaN ignored.
+    mask : ndarray of bool, optional
+        Pixels allowed in the estimate.
+    n_iter, clip : int, float
+        Re-estimate on pixels within ``clip`` sigmas of the median, ``n_iter`` times (so
+        that changed pixels, up to well over half of the frame, do not inflate the noise).
+    """
+    v = np.asarray(d, np.float64)
+    sel = np.isfinite(v) if mask is None else (np.asarray(mask, bool) & np.isfinite(v))
+    v = v[sel]
+    if v.size == 0:
+        return float("nan")
+    med = float(np.median(v))
+    s = 1.4826 * float(np.median(np.abs(v - med)))
+    for _ in range(n_iter):
+        if s <= 0:
+            break
+        w = v[np.abs(v - med) < clip * s]
+        if w.size < 10:
+            break
+        med = float(np.median(w))
+        # MAD of a normal clipped at +-3 sigma is 0.9986 of the unclipped one: no correction
+        s = 1.4826 * float(np.median(np.abs(w - med)))
+    return s
+
+
+def robust_offset(d: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Median of the stable part of ``d`` (the mode region), NaN-safe."""
+    v = np.asarray(d, np.float64)
+    sel = np.isfinite(v) if mask is None else (np.asarray(mask, bool) & np.isfinite(v))
+    v = v[sel]
+    if v.size == 0:
+        return 0.0
+    med = float(np.median(v))
+    for _ in range(3):
+        s = 1.4826 * float(np.median(np.abs(v - med)))
+        w = v[np.abs(v - med) < 3 * max(s, 1e-6)]
+        if w.size < 10:
+            break
+        med = float(np.median(w))
+    return med
+
+
+def align_to_reference(h: np.ndarray, h_ref: np.ndarray, *, n_iter: int = 4,
+                       clip: float = 3.0, rows: bool = True) -> np.ndarray:
+    """``h`` minus the plane that best fits ``h - h_ref`` on stable pixels (same datum, tilt),
+    then (``rows``) minus the median offset of each line's stable pixels.
+
+    Leveling fits each frame on its own background, so two frames can differ by an offset and
+    a small tilt; deposits and voids are excluded by iterative clipping at ``clip`` robust
+    sigmas of the residual.
+    """
+    h = _check2d("h", h).astype(np.float64)
+    d = h - h_ref
+    ny, nx = d.shape
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    A = np.column_stack([np.ones(d.size), (yy.ravel() - ny / 2) / ny, (xx.ravel() - nx / 2) / nx])
+    v = d.ravel()
+    sel = np.isfinite(v)
+    coef = np.array([robust_offset(v[sel]), 0.0, 0.0]) if sel.any() else np.zeros(3)
+    for _ in range(n_iter):
+        r = v - A @ coef
+        s = robust_sigma(r, sel)
+        if not np.isfinite(s) or s <= 0:
+            break
+        use = sel & (np.abs(r - np.nanmedian(r[sel])) < clip * s)
+        if use.sum() < 10:
+            break
+        coef = np.linalg.lstsq(A[use], v[use], rcond=None)[0]
+    out = h - (A @ coef).reshape(ny, nx)
+    if rows:  # per-line offsets left by line-wise leveling (rows with deposits shift)
+        r = out - h_ref
+        s = robust_sigma(r, np.isfinite(r))
+        if np.isfinite(s) and s > 0:
+            stable = np.isfinite(r) & (np.abs(r) < clip * s)
+            cnt = stable.sum(axis=1)
+            med = np.array([np.median(r[i, stable[i]]) if cnt[i] >= 10 else 0.0
+                            for i in range(ny)])
+            out -= med[:, None]
+    return out
+
+
+def rectify_rows(h: np.ndarray, h_other: np.ndarray, q_rows: np.ndarray, q_other: np.ndarray,
+                 q_target: float, *, changed: np.ndarray | None = None,
+                 max_factor: float = 1.0) -> np.ndarray:
+    """Height of every row at charge ``q_target``, interpolated (or extrapolated) in charge.
+
+    The rows of a frame are scanned one after another while material comes and goes in
+    proportion to the charge passed. Given a second frame of the same half-cycle,
+    ``h(q_target) = h + (h_other - h) * (q_target - q_rows) / (q_other - q_rows)`` per row
+    (factor clipped to [-max_factor, max_factor]); applied only where ``changed``.
+
+    Parameters
+    ----------
+    h, h_other : ndarray, shape (ny, nx)
+    q_rows, q_other : ndarray, shape (ny,)
+        Charge (C) at which each row of ``h`` and ``h_other`` was scanned.
+    q_target : float
+    """
+    h = _check2d("h", h)
+    dq = np.asarray(q_other, np.float64) - np.asarray(q_rows, np.float64)
+    if dq.shape != (h.shape[0],):
+        raise ValueError(f"q_rows/q_other must have shape ({h.shape[0]},), got {dq.shape}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.where(np.abs(dq) > 0, (q_target - np.asarray(q_rows, np.float64)) / dq, 0.0)
+    f = np.clip(np.nan_to_num(f), -max_factor, max_factor)[:, None]
+    step = np.nan_to_num(np.asarray(h_other, np.float64) - h)
+    if changed is not None:
+        step = np.where(changed, step, 0.0)
+    return h + f * step
+
+
+def slope_px(h: np.ndarray) -> np.ndarray:
+    """|grad h| in nm per px (central differences, NaN where h is NaN)."""
+    h = _check2d("h", h).astype(np.float64)
+    gy, gx = np.gradient(np.where(np.isfinite(h), h, np.nanmedian(h)))
+    return np.hypot(gy, gx)
+
+
+def change_threshold(h_prev: np.ndarray, h_cur: np.ndarray, *, sigma_d: float, sigma_r: float,
+                     k: float = 3.0) -> np.ndarray:
+    """tau(x) = k sqrt(sigma_d^2 + (|grad h| sigma_r)^2), |grad h| the larger of both frames."""
+    g = np.maximum(slope_px(h_prev), slope_px(h_cur))
+    return k * np.sqrt(sigma_d**2 + (g * sigma_r) ** 2)
+
+
+def change_labels(h_prev: np.ndarray, h_cur: np.ndarray, *, sigma_r: float, k: float = 3.0,
+                  k_low: float = 2.0, min_area: int = 4, valid: np.ndarray | None = None,
+                  sigma_d: float | None = None) -> tuple[np.ndarray, float]:
+    """GROW / SHRINK / STATIC between two registered frames.
+
+    Parameters
+    ----------
+    h_prev, h_cur : ndarray, shape (ny, nx)
+        Registered, leveled heights (nm) of consecutive frames.
+    sigma_r : float
+        Registration uncertainty of the pair (px).
+    k, k_low : float
+        Hysteresis: a changed region must reach ``tau`` (``k``) somewhere and is grown over
+        pixels above ``k_low / k * tau``.
+    min_area : int
+        Changed regions smaller than this (px, the tip footprint at least) are STATIC.
+    valid : ndarray of bool, optional
+        Pixels usable in both frames; others are STATIC (the caller marks them UNCERTAIN).
+    sigma_d : float, optional
+        Noise of the difference; estimated robustly (1.4826 MAD) when omitted.
+
+    Returns
+    -------
+    labels : ndarray of int8, shape (ny, nx)
+        -1 SHRINK, 0 STATIC, 1 GROW.
+    sigma_d : float
+        The difference noise used.
+    """
+    from skimage.filters import apply_hysteresis_threshold
+    from skimage.morphology import remove_small_objects
+
+    h_prev = _check2d("h_prev", h_prev)
+    h_cur = _check2d("h_cur", h_cur)
+    if h_prev.shape != h_cur.shape:
+        raise ValueError(f"frames differ in shape: {h_prev.shape} vs {h_cur.shape}")
+    if not 0 < k_low <= k:
+        raise ValueError(f"need 0 < k_low <= k, got k_low={k_low}, k={k}")
+    ok = np.isfinite(h_prev) & np.isfinite(h_cur)
+    if valid is not None:
+        ok &= np.asarray(valid, bool)
+    dh = np.where(ok, h_cur.astype(np.float64) - h_prev, 0.0)
+    if sigma_d is None:
+        sigma_d = robust_sigma(dh, ok)
+    if not np.isfinite(sigma_d) or not ok.any():
+        return np.zeros(dh.shape, np.int8), float("nan")
+    unit = change_threshold(h_prev, h_cur, sigma_d=max(sigma_d, 1e-6), sigma_r=sigma_r, k=1.0)
+    z = dh / unit
+    out = np.zeros(dh.shape, np.int8)
+    for sign, code in ((1, GROW), (-1, SHRINK)):
+        m = apply_hysteresis_threshold(sign * z, k_low, k) & ok
+        if min_area > 1:
+            m = remove_small_objects(m, max_size=int(min_area) - 1)
+        out[m] = code
+    return out, float(sigma_d)
+
+
+def pits(h: np.ndarray, footprint: np.ndarray, *, radius_px: int, tau: np.ndarray | float
+         ) -> np.ndarray:
+    """Pits inside a (current or former) deposit footprint: black top-hat deeper than tau."""
+    from skimage.morphology import black_tophat, disk
+
+    h = _check2d("h", h)
+    if radius_px <= 0:
+        return np.zeros(h.shape, bool)
+    filled = np.where(np.isfinite(h), h, np.nanmedian(h))
+    th = black_tophat(filled, disk(int(radius_px)))
+    return (th > tau) & np.asarray(footprint, bool)
+
+
+def state_classes(h: np.ndarray, h_ref: np.ndarray, *, tau_ref: np.ndarray | float,
+                  film_nm: float, uncertain: np.ndarray, active: np.ndarray,
+                  residue: np.ndarray, pit: np.ndarray | None = None) -> np.ndarray:
+    """Per-pixel state class of one frame, first match wins.
+
+    Parameters
+    ----------
+    h, h_ref : ndarray, shape (ny, nx)
+        Height and reference height (nm), on the same grid and height datum.
+    tau_ref : float or ndarray
+        Threshold of ``h - h_ref`` (slope-aware, as :func:`change_threshold`).
+    film_nm : float
+        A surface film (SEI) up to this thickness is not a deposit: "above the reference"
+        means ``h - h_ref > max(tau_ref, film_nm)``; pixels in between are SUBSTRATE.
+    uncertain, active, residue : ndarray of bool
+        UNCERTAIN pixels; pixels that changed (GROW or SHRINK) in this or the previous
+        half-cycle; pixels meeting the residue rule's time condition.
+    pit : ndarray of bool, optional
+        Pits inside a deposit footprint (:func:`pits`), counted as VOID.
+
+    Returns
+    -------
+    ndarray of uint8, shape (ny, nx)
+    """
+    h = _check2d("h", h)
+    d = h.astype(np.float64) - h_ref
+    above = d > np.maximum(tau_ref, film_nm)
+    below = d < -np.asarray(tau_ref)
+    if pit is not None:
+        below = below | np.asarray(pit, bool)
+    out = np.full(h.shape, SUBSTRATE, np.uint8)
+    out[above] = DORMANT_DEPOSIT
+    out[above & np.asarray(active, bool)] = ACTIVE_DEPOSIT
+    out[above & np.asarray(residue, bool)] = INACTIVE_RESIDUE
+    out[below] = VOID
+    out[np.asarray(uncertain, bool) | ~np.isfinite(d)] = UNCERTAIN
+    return out
+
+
+def dilate_mask(m: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """Binary dilation with the 3x3 cross (helper for 'changed or next to a change')."""
+    return ndi.binary_dilation(np.asarray(m, bool), iterations=iterations) if iterations else m

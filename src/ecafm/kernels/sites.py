@@ -1,0 +1,224 @@
+"""Sites: marker watershed of deposit footprints, overlap linking across cycles, tile grid.
+
+Pure kernels (numpy, scipy, scikit-image). Label 0 is background everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+
+
+def segment_sites(height: np.ndarray, mask: np.ndarray, *, marker_h: float = 2.0,
+                  min_distance: int = 2, min_area: int = 4, smooth_px: float = 1.0) -> np.ndarray:
+    """Split a deposit footprint into sites by a marker-controlled watershed.
+
+    Parameters
+    ----------
+    height : ndarray, shape (ny, nx)
+        Height above the reference (nm).
+    mask : ndarray of bool, shape (ny, nx)
+        Footprint to split (deposit pixels).
+    marker_h : float
+        Markers are the regional maxima of the (slightly smoothed) height with a dynamic of at
+        least ``marker_h`` nm (h-maxima), so noise bumps on one deposit make no extra site.
+    min_distance : int
+        Markers closer than this (px) are merged (the taller one wins).
+    min_area : int
+        Sites smaller than this (px) are dropped.
+    smooth_px : float
+        Gaussian sigma (px) of the smoothing applied before finding markers.
+
+    Returns
+    -------
+    ndarray of int32, shape (ny, nx)
+        Site labels 1..n in raster order of their markers, 0 outside the mask.
+    """
+    from skimage.morphology import h_maxima, remove_small_objects
+    from skimage.segmentation import watershed
+
+    h = np.asarray(height, np.float64)
+    m = np.asarray(mask, bool)
+    if h.ndim != 2 or h.shape != m.shape:
+        raise ValueError(f"height and mask must be 2-D of one shape, got {h.shape}, {m.shape}")
+    if min_area > 1:
+        m = remove_small_objects(m, max_size=int(min_area) - 1)
+    if not m.any():
+        return np.zeros(h.shape, np.int32)
+    hf = np.where(np.isfinite(h) & m, h, 0.0)
+    hs = ndi.gaussian_filter(hf, smooth_px) if smooth_px > 0 else hf
+    hs = np.where(m, hs, 0.0)
+    peaks = h_maxima(hs, marker_h).astype(bool) & m
+    mk, n = ndi.label(peaks, structure=np.ones((3, 3)))
+    if n and min_distance > 1:
+        # merge markers closer than min_distance: keep the tallest of each close group
+        cy, cx = np.array(ndi.center_of_mass(peaks, mk, range(1, n + 1))).T.reshape(2, -1)
+        top = np.asarray(ndi.maximum(hs, mk, range(1, n + 1)))
+        order = np.argsort(-top, kind="stable")
+        keep: list[int] = []
+        for i in order:
+            if all(np.hypot(cy[i] - cy[j], cx[i] - cx[j]) >= min_distance for j in keep):
+                keep.append(i)
+        lut = np.zeros(n + 1, np.int32)
+        lut[np.asarray(sorted(keep)) + 1] = np.arange(1, len(keep) + 1)
+        mk = lut[mk]
+    # components of the mask without a marker get one at their highest pixel
+    comp, nc = ndi.label(m)
+    has = np.zeros(nc + 1, bool)
+    has[comp[mk > 0]] = True
+    nxt = int(mk.max())
+    for c in np.flatnonzero(~has[1:]) + 1:
+        idx = np.flatnonzero((comp == c).ravel())
+        nxt += 1
+        mk.ravel()[idx[np.argmax(hs.ravel()[idx])]] = nxt
+    lab = watershed(-hs, markers=mk, mask=m).astype(np.int32)
+    if min_area > 1:
+        lab = remove_small_objects(lab, max_size=int(min_area) - 1)
+    return relabel(lab)
+
+
+def relabel(lab: np.ndarray) -> np.ndarray:
+    """Labels renumbered 1..n (order of first appearance in raster order), 0 kept."""
+    lab = np.asarray(lab)
+    ids, first = np.unique(lab.ravel(), return_index=True)
+    keep = ids != 0
+    ids, first = ids[keep], first[keep]
+    ids = ids[np.argsort(first, kind="stable")]
+    lut = np.zeros(int(lab.max()) + 1 if lab.size else 1, np.int32)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    return lut[lab]
+
+
+def overlaps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Overlap table of two label maps: rows (label_a, label_b, pixels), both labels > 0."""
+    a = np.asarray(a).ravel().astype(np.int64)
+    b = np.asarray(b).ravel().astype(np.int64)
+    if a.shape != b.shape:
+        raise ValueError("label maps differ in shape")
+    sel = (a > 0) & (b > 0)
+    if not sel.any():
+        return np.zeros((0, 3), np.int64)
+    key = a[sel] * (int(b.max()) + 1) + b[sel]
+    u, cnt = np.unique(key, return_counts=True)
+    return np.column_stack([u // (int(b.max()) + 1), u % (int(b.max()) + 1), cnt])
+
+
+@dataclass
+class Tracks:
+    """Persistent site ids across cycles and the lineage events."""
+
+    labels: list[np.ndarray]  #: per cycle, label map with persistent site ids
+    birth_cycle: dict[int, int] = field(default_factory=dict)
+    parent: dict[int, int] = field(default_factory=dict)  #: split child -> parent site
+    family: dict[int, int] = field(default_factory=dict)  #: site -> family root (smallest id)
+    merges: list[tuple[int, int, int]] = field(default_factory=list)  #: (cycle, kept, absorbed)
+    splits: list[tuple[int, int, int]] = field(default_factory=list)  #: (cycle, parent, child)
+
+
+def track_labels(per_cycle: list[np.ndarray], *, min_overlap: float = 0.2) -> Tracks:
+    """Link per-cycle site label maps by overlap; births, merges, splits, families.
+
+    A segment of cycle c continues the previous site it overlaps most (overlap counted when
+    it covers at least ``min_overlap`` of the smaller of the two regions). A segment that
+    overlaps several previous sites merges them (it keeps the id of its largest overlap; the
+    others are absorbed and end). A previous site claimed by several segments splits: the
+    largest overlap keeps the id, the others are new sites with that parent. A segment
+    without overlap is a birth. Merged and split sites share a family (union-find, root =
+    smallest id).
+
+    Parameters
+    ----------
+    per_cycle : list of ndarray of int, each (ny, nx)
+        Labels of every cycle (independent numbering).
+    """
+    parent_uf: dict[int, int] = {}
+
+    def find(i: int) -> int:
+        while parent_uf[i] != i:
+            parent_uf[i] = parent_uf[parent_uf[i]]
+            i = parent_uf[i]
+        return i
+
+    def union(a: int, b: int) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent_uf[max(ra, rb)] = min(ra, rb)
+
+    tr = Tracks(labels=[])
+    next_id = 1
+    prev: np.ndarray | None = None
+    for c, lab in enumerate(per_cycle):
+        lab = np.asarray(lab)
+        ids = [int(i) for i in np.unique(lab) if i > 0]
+        out = np.zeros(lab.shape, np.int32)
+        assign: dict[int, int] = {}
+        if prev is not None and ids:
+            area_p = np.bincount(prev.ravel(), minlength=int(prev.max()) + 1)
+            area_c = np.bincount(lab.ravel(), minlength=int(lab.max()) + 1)
+            ov = overlaps(prev, lab)
+            ok = ov[:, 2] >= min_overlap * np.minimum(area_p[ov[:, 0]], area_c[ov[:, 1]])
+            ov = ov[ok]
+            # each current segment: its previous sites, largest overlap first
+            by_cur: dict[int, list[tuple[int, int]]] = {}
+            for p, q, n in ov:
+                by_cur.setdefault(int(q), []).append((int(n), int(p)))
+            claims: dict[int, list[tuple[int, int]]] = {}
+            for q, lst in by_cur.items():
+                lst.sort(reverse=True)
+                claims.setdefault(lst[0][1], []).append((lst[0][0], q))
+                for _, p in lst[1:]:
+                    tr.merges.append((c, lst[0][1], p))
+                    union(lst[0][1], p)
+            for p, lst in claims.items():
+                lst.sort(reverse=True)
+                assign[lst[0][1]] = p
+                for _, q in lst[1:]:
+                    assign[q] = next_id
+                    parent_uf[next_id] = next_id
+                    tr.birth_cycle[next_id] = c
+                    tr.parent[next_id] = p
+                    tr.splits.append((c, p, next_id))
+                    union(p, next_id)
+                    next_id += 1
+        for q in ids:
+            if q not in assign:
+                assign[q] = next_id
+                parent_uf[next_id] = next_id
+                tr.birth_cycle[next_id] = c
+                next_id += 1
+        if ids:
+            lut = np.zeros(int(lab.max()) + 1, np.int32)
+            for q, s in assign.items():
+                lut[q] = s
+            out = lut[lab]
+        tr.labels.append(out)
+        prev = out
+    tr.family = {s: find(s) for s in parent_uf}
+    return tr
+
+
+def tile_grid(shape: tuple[int, int], tile_px: int) -> np.ndarray:
+    """Segmentation-free tiles: label map of ``tile_px`` squares (1..n, raster order).
+
+    Partial tiles at the right and bottom edges are kept (their area is in the tables).
+    """
+    if tile_px < 1:
+        raise ValueError(f"tile_px must be >= 1, got {tile_px}")
+    ny, nx = shape
+    ty = np.arange(ny) // tile_px
+    tx = np.arange(nx) // tile_px
+    ntx = int(tx.max()) + 1
+    return (ty[:, None] * ntx + tx[None, :] + 1).astype(np.int32)
+
+
+def region_sums(values: np.ndarray, labels: np.ndarray, n: int | None = None,
+                where: np.ndarray | None = None) -> np.ndarray:
+    """Sum of ``values`` per label 0..n (NaN as 0), optionally only where ``where``."""
+    lab = np.asarray(labels).ravel()
+    v = np.nan_to_num(np.asarray(values, np.float64).ravel())
+    if where is not None:
+        v = np.where(np.asarray(where, bool).ravel(), v, 0.0)
+    n = int(lab.max()) if n is None else int(n)
+    return np.bincount(lab, weights=v, minlength=n + 1)[: n + 1]

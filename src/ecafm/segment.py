@@ -1,0 +1,447 @@
+"""Stage ``segment``: change labels and state classes per cycle (one Snakemake job per cycle).
+
+Inputs of the job of cycle c (all registered cubes on the common field of view):
+
+- cycle 0: the reference ``h_ref`` = leveled, registered height of the last usable frame before
+  the first plating;
+- cycle c-1 (c >= 1): change labels across the cycle boundary and of the previous stripping
+  half-cycle ("GROW or SHRINK in this or the previous half-cycle");
+- cycle c;
+- cycle c+1 if it exists: its plating half-cycle decides the residue rule for the stripping
+  frames of cycle c. For the last cycle the rule is undecidable: those pixels stay
+  DORMANT_DEPOSIT and ``residue_decided`` is false for the frames concerned;
+- ``transforms.zarr``: per-frame registration uncertainty ``error_px`` (sigma_r).
+
+The residue rule (``docs/SCIENCE.md``), as implemented: a pixel above the reference (by more
+than ``max(tau_ref, film_nm)``) is INACTIVE_RESIDUE in a frame when it stays STATIC from that
+frame through the rest of the stripping half-cycle and the whole next plating half-cycle (in a
+plating frame of cycle c: STATIC through the whole plating of cycle c, which is the "next
+plating" of the stripping of cycle c-1). Material that shrinks while a stripping is still
+running is therefore not residue in the frames where it still changes; it becomes residue
+from the frame where it stops, once the next plating confirms it.
+
+End states: the rows of a frame are scanned one after another, so the last frame of a
+half-cycle misses part of it. ``h_peak`` (end of plating) and ``h_trough`` (end of stripping)
+are extrapolated from the last two frames of the half-cycle, linearly in the charge at which
+each row was scanned (:func:`ecafm.kernels.change.rectify_rows`); every other frame is
+rectified the same way to the charge at its end, between its neighbours of the same half-cycle. Volumes are sums of
+height differences times the pixel area (nm^3) and, via the metal's charge per nm^3, in C.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ecafm.kernels import change as kc
+
+log = logging.getLogger(__name__)
+
+PRE, PLATE, STRIP = 0, 1, 2
+KIND_MEANINGS = "pre_plating plate strip"
+
+
+@dataclass(frozen=True)
+class SegmentParams:
+    """Config key ``segment`` (see workflow/schemas/config.schema.yaml)."""
+
+    k: float = 3.0
+    k_low: float = 2.0
+    min_area_px: int = 4
+    tip_radius_nm: float = 10.0
+    film_nm: float = 4.0
+    pit_radius_px: int = 0
+    creep_rows: int = 0
+    marker_h_nm: float = 2.0
+    marker_min_distance_px: int = 3
+    min_overlap: float = 0.2
+    tile_px: int = 16
+    detection_k: float = 3.0
+    dead_fraction: float = 0.5
+    void_fraction: float = 0.2
+    residue_vote: float = 1.0
+
+    def min_area(self, pixel_nm: float) -> int:
+        """Minimum changed area (px): config value, at least the tip footprint."""
+        tip = int(np.ceil(np.pi * (self.tip_radius_nm / pixel_nm) ** 2))
+        return max(int(self.min_area_px), tip, 1)
+
+
+@dataclass
+class _Frames:
+    h: np.ndarray  #: (n, ny, nx) float64, aligned to the reference datum
+    valid: np.ndarray  #: (n, ny, nx) bool
+    usable: np.ndarray  #: (n,) bool
+    kind: np.ndarray  #: (n,) int
+    frame: np.ndarray
+    time: np.ndarray
+    line_time: np.ndarray
+    charge: np.ndarray
+    sigma_r: np.ndarray  #: (n,) px
+
+
+def _kinds(ds: xr.Dataset, first_plate_frame: int) -> np.ndarray:
+    hc = ds["half_cycle"].values
+    fr = ds["frame"].values
+    kind = np.where(hc % 2 == 1, STRIP, PLATE)
+    return np.where(fr < first_plate_frame, PRE, kind).astype(np.int8)
+
+
+def first_plating_frame(cycle0: xr.Dataset) -> int:
+    """Frame number of the first plating frame (phase code 1) of the dataset."""
+    ph = cycle0["phase"].values
+    idx = np.flatnonzero(ph == 1)
+    if idx.size == 0:
+        raise ValueError("no plating frame (phase 1) in the first cycle: cannot choose h_ref")
+    return int(cycle0["frame"].values[idx[0]])
+
+
+def reference_height(cycle0: xr.Dataset) -> tuple[np.ndarray, int]:
+    """h_ref: the last usable frame before the first plating (else the first usable frame)."""
+    fp = first_plating_frame(cycle0)
+    usable = cycle0["frame_ok"].values & cycle0["registration_ok"].values
+    fr = cycle0["frame"].values
+    cand = np.flatnonzero(usable & (fr < fp))
+    if cand.size == 0:
+        cand = np.flatnonzero(usable)
+        log.warning("no usable frame before the first plating; h_ref = frame %d", int(fr[cand[0]]))
+        cand = cand[:1]
+    i = int(cand[-1])
+    return cycle0["height"].values[i].astype(np.float64), int(fr[i])
+
+
+def _load(ds: xr.Dataset, tf: xr.Dataset, h_ref: np.ndarray, fp: int) -> _Frames:
+    ds = ds.load()
+    h = ds["height"].values.astype(np.float64)
+    err = tf["error_px"].sel(frame=ds["frame"].values).values.astype(np.float64)
+    for i in range(h.shape[0]):  # common height datum and tilt: stable pixels at the reference
+        h[i] = kc.align_to_reference(h[i], h_ref)
+    return _Frames(h=h, valid=ds["valid"].values.astype(bool),
+                   usable=(ds["frame_ok"].values & ds["registration_ok"].values).astype(bool),
+                   kind=_kinds(ds, fp), frame=ds["frame"].values, time=ds["time"].values,
+                   line_time=ds["line_time"].values, charge=ds["charge"].values,
+                   sigma_r=np.nan_to_num(err, nan=1.0))
+
+
+def _concat(parts: list[_Frames]) -> _Frames:
+    return _Frames(*(np.concatenate([getattr(p, f) for p in parts])
+                     for f in _Frames.__dataclass_fields__))
+
+
+def _change_pass(allf: _Frames, params: SegmentParams, min_area: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    n_all, ny, nx = allf.h.shape
+    chg = np.zeros((n_all, ny, nx), np.int8)
+    sig_d = np.full(n_all, np.nan)
+    last = -1
+    for i in range(n_all):
+        if not allf.usable[i]:
+            continue
+        if last >= 0:
+            sr = float(np.hypot(allf.sigma_r[i], allf.sigma_r[last]))
+            valid = allf.valid[i] & allf.valid[last]
+            chg[i], sig_d[i] = kc.change_labels(allf.h[last], allf.h[i], sigma_r=sr, k=params.k,
+                                                k_low=params.k_low, min_area=min_area,
+                                                valid=valid)
+        last = i
+    return chg, sig_d
+
+
+def _rectify(allf: _Frames, run: np.ndarray, moved: np.ndarray, rows: np.ndarray, n_rows: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Frames at the charge of their end (last frame of a half-cycle: at the half-cycle's end).
+
+    Charge of each row: linear in time from the half-cycle's first two frames (constant
+    current), clipped to the half-cycle's end charge (a stripping may stop mid-frame). End
+    charge of a plating: last frame's mid charge plus half a frame of current; of a stripping:
+    the same, or, when the next plating is known, its first frame's mid charge minus half a
+    frame of plating current (whichever is higher: the stripping may have stopped early).
+    Returns the rectified heights and the end charge of every half-cycle run.
+    """
+    h = allf.h.copy()
+    n_runs = int(run.max()) + 1
+    info = []
+    for r in range(n_runs):
+        idx = np.flatnonzero((run == r) & allf.usable)
+        kind = int(allf.kind[run == r][0])
+        if idx.size == 0:
+            info.append((idx, kind, 0.0, float("nan"), float("nan")))
+            continue
+        lt = allf.line_time[idx]
+        mid = allf.time[idx] + 0.5 * n_rows * lt
+        cur = (float((allf.charge[idx[1]] - allf.charge[idx[0]]) / (mid[1] - mid[0]))
+               if idx.size > 1 and mid[1] > mid[0] else 0.0)
+        end = float(allf.charge[idx[-1]] + cur * 0.5 * n_rows * lt[-1])
+        info.append((idx, kind, cur, end, float(mid[0])))
+    run_end = np.array([i[3] for i in info])
+    for r in range(n_runs - 1):
+        idx, kind, cur, end, _ = info[r]
+        nidx, nkind, ncur, _, _ = info[r + 1]
+        if kind == STRIP and nkind == PLATE and nidx.size and idx.size:
+            ip = ncur or next((i[2] for i in info if i[1] == PLATE and i[2]), 0.0)
+            q_next = float(allf.charge[nidx[0]] - ip * 0.5 * n_rows * allf.line_time[nidx[0]])
+            run_end[r] = max(end, q_next)
+    for r in range(n_runs):
+        idx, kind, cur, _, mid0 = info[r]
+        if kind == PRE or idx.size < 2 or cur == 0:
+            continue
+        end = run_end[r]
+        q0 = float(allf.charge[idx[0]])
+        lim = np.minimum if kind == PLATE else np.maximum
+
+        def q_of(t, q0=q0, cur=cur, mid0=mid0, end=end, lim=lim):
+            return lim(q0 + cur * (t - mid0), end)
+
+        for k, i in enumerate(idx):
+            q_rows = q_of(allf.time[i] + rows * allf.line_time[i])
+            last = k == idx.size - 1
+            target = float(end if last else q_of(allf.time[i] + n_rows * allf.line_time[i]))
+            o = idx[k - 1] if last else idx[k + 1]
+            q_o = q_of(allf.time[o] + rows * allf.line_time[o])
+            ch = kc.dilate_mask(moved[i] | moved[o] if last else moved[o])
+            h[i] = kc.rectify_rows(allf.h[i], allf.h[o], q_rows, q_o, target, changed=ch,
+                                   max_factor=2.0 if last else 1.0)
+    return h, run_end
+
+
+def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: xr.Dataset, *,
+                  prev: xr.Dataset | None = None, nxt: xr.Dataset | None = None,
+                  params: SegmentParams = SegmentParams(), metal: str = "Li") -> xr.Dataset:
+    """Change labels, state classes, end states and site labels of one cycle (in memory).
+
+    Returns a Dataset on the registered grid: ``change`` (frame, y, x) int8, ``state``
+    (frame, y, x) uint8, ``site_label`` (frame, y, x) int32 (this cycle's watershed labels,
+    numbered per cycle; persistent ids come from :mod:`ecafm.sites`), and (y, x) maps
+    ``h_ref``, ``h_start``, ``h_peak``, ``h_trough``, ``label_peak``, ``state_end``.
+    """
+    from ecafm.constants import get_metal
+    from ecafm.kernels.sites import segment_sites
+
+    px = float(np.asarray(cur.attrs["pixel_size_nm"]).ravel()[0])
+    a_px = float(np.prod(np.asarray(cur.attrs["pixel_size_nm"], float).ravel()[:2])) \
+        if np.asarray(cur.attrs["pixel_size_nm"]).size > 1 else px * px
+    cpv = get_metal(metal).charge_per_nm3_C
+    min_area = params.min_area(px)
+    h_ref, ref_frame = reference_height(cycle0.load())
+    fp = first_plating_frame(cycle0)
+    err_ref = float(np.nan_to_num(transforms["error_px"].sel(frame=ref_frame).values))
+    y0 = int(transforms.attrs["common_field_px"][0])
+    n_rows = int(transforms.sizes["y"])
+    ny, nx = h_ref.shape
+    rows = y0 + np.arange(ny, dtype=np.float64)
+
+    c_fr = _load(cur, transforms, h_ref, fp)
+    p_fr = _load(prev, transforms, h_ref, fp) if prev is not None else None
+    n_fr = _load(nxt, transforms, h_ref, fp) if nxt is not None else None
+    n_cur = len(c_fr.frame)
+    n_prev = 0 if p_fr is None else len(p_fr.frame)
+    parts = [p for p in (p_fr, c_fr) if p is not None]
+    if n_fr is not None:
+        keep = np.flatnonzero(n_fr.kind == PLATE)
+        parts.append(_Frames(*(getattr(n_fr, f)[keep] for f in _Frames.__dataclass_fields__)))
+    allf = _concat(parts)
+    n_all = len(allf.frame)
+    sl_cur = slice(n_prev, n_prev + n_cur)
+    # half-cycle id along the sequence: consecutive runs of kind
+    run = np.concatenate([[0], np.cumsum(allf.kind[1:] != allf.kind[:-1])])
+
+    # ---------------------------------------------------------------- change labels
+    chg, sig_d = _change_pass(allf, params, min_area)
+    # rectify every frame to the charge at its end (rows are scanned one after another), then
+    # label changes again on the rectified frames
+    h_rect, run_end = _rectify(allf, run, chg != 0, rows, n_rows)
+    allf.h = h_rect
+    chg, sig_d = _change_pass(allf, params, min_area)
+    moved = chg != 0
+
+    # ---------------------------------------------------------------- residue window
+    n_runs = int(run.max()) + 1
+    run_kind = np.array([allf.kind[run == r][0] for r in range(n_runs)])
+    run_moved = np.stack([moved[run == r].any(axis=0) for r in range(n_runs)])
+    residue = np.zeros((n_all, ny, nx), bool)
+    decided = np.zeros(n_all, bool)
+    for i in range(n_prev, n_prev + n_cur):
+        r = run[i]
+        if allf.kind[i] == PLATE and r > 0 and run_kind[r - 1] == STRIP:
+            residue[i] = ~run_moved[r]
+            decided[i] = True
+        elif allf.kind[i] == STRIP and r + 1 < n_runs and run_kind[r + 1] == PLATE:
+            later = moved[i:][run[i:] == r].any(axis=0)
+            residue[i] = ~(later | run_moved[r + 1])
+            decided[i] = True
+        elif allf.kind[i] in (PRE,) or (allf.kind[i] == PLATE and cycle == 0):
+            decided[i] = True  # no residue can exist before the first stripping
+    # active: GROW or SHRINK in this half-cycle (so far) or in the previous one
+    active = np.zeros((n_all, ny, nx), bool)
+    for i in range(n_all):
+        r = run[i]
+        a = moved[: i + 1][run[: i + 1] == r].any(axis=0)
+        if r > 0:
+            a |= run_moved[r - 1]
+        active[i] = a
+
+    # ---------------------------------------------------------------- classes per frame
+    state = np.full((n_cur, ny, nx), kc.UNCERTAIN, np.uint8)
+    sig_ref = np.full(n_cur, np.nan)
+    ever = np.zeros((ny, nx), bool)
+    creep = np.zeros((ny, nx), bool)
+    creep[: max(0, int(params.creep_rows) - y0)] = True
+    tau_last_plate = None
+    for j in range(n_cur):
+        i = n_prev + j
+        if not allf.usable[i]:
+            continue
+        d = allf.h[i] - h_ref
+        ok = allf.valid[i] & np.isfinite(d)
+        sig_ref[j] = kc.robust_sigma(d, ok)
+        sr = float(np.hypot(allf.sigma_r[i], err_ref))
+        tau = kc.change_threshold(h_ref, allf.h[i], sigma_d=sig_ref[j], sigma_r=sr, k=params.k)
+        ever |= d > np.maximum(tau, params.film_nm)
+        pit = (kc.pits(allf.h[i], ever, radius_px=params.pit_radius_px, tau=tau)
+               if params.pit_radius_px > 0 else None)
+        res = residue[i]
+        if decided[i] and params.residue_vote < 1.0 and res.any():
+            # site-level vote: a deposit whose pixels mostly stayed static is residue as a
+            # whole (neighbours' growth spills over the edges of dead deposits)
+            above = d > np.maximum(tau, params.film_nm)
+            lab = segment_sites(d, above, marker_h=params.marker_h_nm,
+                                min_distance=params.marker_min_distance_px, min_area=min_area)
+            n = int(lab.max())
+            if n:
+                cnt = np.bincount(lab.ravel(), minlength=n + 1)
+                st = np.bincount(lab.ravel(), weights=res.ravel(), minlength=n + 1)
+                vote = st >= params.residue_vote * np.maximum(cnt, 1)
+                vote[0] = False
+                res = vote[lab]
+        state[j] = kc.state_classes(allf.h[i], h_ref, tau_ref=tau, film_nm=params.film_nm,
+                                    uncertain=~ok | creep, active=active[i], residue=res,
+                                    pit=pit)
+        if allf.kind[i] == PLATE:
+            tau_last_plate = tau
+
+    # ---------------------------------------------------------------- end states
+    def _end(kind: int) -> tuple[np.ndarray | None, float]:
+        idx = np.flatnonzero((c_fr.kind == kind) & c_fr.usable)
+        if idx.size == 0:
+            return None, float("nan")
+        gi = int(idx[-1]) + n_prev
+        return allf.h[gi].astype(np.float32), float(run_end[run[gi]])
+
+    h_peak, q_peak = _end(PLATE)
+    h_trough, q_trough = _end(STRIP)
+    if h_peak is None:
+        h_peak = h_ref.astype(np.float32)
+    if h_trough is None:
+        h_trough = h_peak
+    # h_start: state before this cycle's plating (end of the previous stripping, or h_ref)
+    h_start = h_ref.astype(np.float32)
+    if p_fr is not None:
+        pidx = np.flatnonzero(p_fr.usable)
+        h_start = p_fr.h[pidx[-1]].astype(np.float32) if pidx.size else h_start
+
+    # ---------------------------------------------------------------- sites at the plating peak
+    above_peak = h_peak - h_ref
+    thr = np.maximum(tau_last_plate if tau_last_plate is not None else 0.0, params.film_nm)
+    label_peak = segment_sites(above_peak, above_peak > thr, marker_h=params.marker_h_nm,
+                               min_distance=params.marker_min_distance_px, min_area=min_area)
+    site_lab = np.where(np.isin(state, (kc.VOID, kc.INACTIVE_RESIDUE, kc.ACTIVE_DEPOSIT,
+                                        kc.DORMANT_DEPOSIT)), label_peak[None], 0).astype(np.int32)
+    usable_cur = np.flatnonzero(c_fr.usable)
+    state_end = state[usable_cur[-1]] if usable_cur.size else state[-1]
+
+    dims3 = ("frame", "y", "x")
+    out = xr.Dataset(
+        {
+            "change": (dims3, chg[sl_cur], {"long_name": "change since the previous usable frame",
+                                            "flag_values": [-1, 0, 1],
+                                            "flag_meanings": "shrink static grow"}),
+            "state": (dims3, state, {"long_name": "state class", "flag_values": list(range(6)),
+                                     "flag_meanings": kc.CLASS_MEANINGS}),
+            "site_label": (dims3, site_lab, {"long_name": "site of this cycle's plating peak "
+                                             "(per-cycle numbering), 0 none"}),
+            "h_ref": (("y", "x"), h_ref.astype(np.float32), {"units": "nm", "long_name":
+                      f"reference height (frame {ref_frame}, last before the first plating)"}),
+            "h_start": (("y", "x"), h_start, {"units": "nm", "long_name":
+                        "last usable frame before this cycle's plating"}),
+            "h_peak": (("y", "x"), h_peak.astype(np.float32), {"units": "nm", "long_name":
+                       "height at the end of the plating (extrapolated in charge per row)"}),
+            "h_trough": (("y", "x"), h_trough.astype(np.float32), {"units": "nm", "long_name":
+                         "height at the end of the stripping (extrapolated in charge per row)"}),
+            "label_peak": (("y", "x"), label_peak, {"long_name": "marker-watershed sites at the "
+                           "plating peak (per-cycle numbering)"}),
+            "state_end": (("y", "x"), state_end, {"long_name": "state class of the last usable "
+                          "frame", "flag_values": list(range(6)),
+                          "flag_meanings": kc.CLASS_MEANINGS}),
+        },
+        coords={
+            "frame": c_fr.frame, "y": cur["y"].values, "x": cur["x"].values,
+            "kind": ("frame", c_fr.kind, {"flag_values": [0, 1, 2], "flag_meanings": KIND_MEANINGS}),
+            "usable": ("frame", c_fr.usable),
+            "residue_decided": ("frame", decided[sl_cur]),
+            "sigma_d": ("frame", sig_d[sl_cur], {"units": "nm", "long_name":
+                        "robust noise of the difference to the previous usable frame"}),
+            "sigma_ref": ("frame", sig_ref, {"units": "nm", "long_name":
+                          "robust noise of h - h_ref"}),
+            "sigma_r": ("frame", c_fr.sigma_r, {"units": "px"}),
+            **{k: ("frame", cur[k].values) for k in ("time", "cycle", "half_cycle", "phase",
+                                                      "charge")},
+        },
+        attrs={**{k: v for k, v in cur.attrs.items()}, "stage": "segment", "cycle": int(cycle),
+               "reference_frame": ref_frame, "pixel_area_nm2": a_px, "charge_per_nm3_C": cpv,
+               "metal": metal, "q_peak_C": q_peak, "q_trough_C": q_trough,
+               "min_area_px": min_area, "residue_next_cycle": nxt is not None,
+               "segment_params": asdict(params)},
+    )
+    out["y"].attrs = {"units": "nm"}
+    out["x"].attrs = {"units": "nm"}
+    return out
+
+
+def _class_table(seg: xr.Dataset, heights: np.ndarray) -> pd.DataFrame:
+    """Area (px), volume (nm^3) and charge (C) of every class per frame.
+
+    Volumes sum ``|h - h_ref|`` over the class pixels (deposit classes: height above the
+    reference; VOID: depth below it); UNCERTAIN reports its area only.
+    """
+    a = float(seg.attrs["pixel_area_nm2"])
+    cpv = float(seg.attrs["charge_per_nm3_C"])
+    h_ref = seg["h_ref"].values.astype(np.float64)
+    rows = []
+    for j, f in enumerate(seg["frame"].values):
+        st = seg["state"].values[j]
+        d = np.nan_to_num(heights[j] - h_ref)
+        for code, name in enumerate(kc.CLASS_NAMES):
+            m = st == code
+            vol = 0.0 if code == kc.UNCERTAIN else float(np.abs(d[m]).sum() * a)
+            rows.append({"frame": int(f), "cycle": int(seg["cycle"].values[j]),
+                         "half_cycle": int(seg["half_cycle"].values[j]),
+                         "phase": int(seg["phase"].values[j]), "class": name,
+                         "area_px": int(m.sum()), "volume_nm3": vol, "charge_C": vol * cpv})
+    return pd.DataFrame(rows)
+
+
+def run_segment(cycle: int, cur: str | Path, cycle0: str | Path, transforms: str | Path, out: str | Path,
+                table: str | Path, *, prev: str | Path | None = None, nxt: str | Path | None = None,
+                params: SegmentParams = SegmentParams(), metal: str = "Li", step) -> dict[str, Any]:
+    """I/O: read registered cycles, segment cycle ``cycle``, write the cube and the class table."""
+    from ecafm.store import open_cube, write_cube, write_table
+
+    cur_ds = open_cube(cur).load()
+    seg = segment_cycle(int(cycle), cur_ds, open_cube(cycle0), open_cube(transforms).load(),
+                        prev=open_cube(prev) if prev else None,
+                        nxt=open_cube(nxt) if nxt else None, params=params, metal=metal)
+    h = cur_ds["height"].values.astype(np.float64)
+    for i in range(h.shape[0]):
+        h[i] -= kc.robust_offset(h[i] - seg["h_ref"].values)
+    write_table(_class_table(seg, h), table, step=step)
+    counts = np.bincount(seg["state"].values.ravel(), minlength=6)
+    log.info("cycle %d: %d frames; class pixels %s; %d sites at the plating peak", cycle,
+             seg.sizes["frame"], dict(zip(kc.CLASS_NAMES, counts.tolist(), strict=True)),
+             int(seg["label_peak"].max()))
+    return write_cube(seg, out, step=step)
