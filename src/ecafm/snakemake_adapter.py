@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -12,18 +13,61 @@ from ecafm.store import Step
 
 
 def setup_job(sm: Any) -> None:
-    """Log to the rule's log file and give dask exactly ``threads`` workers."""
+    """Log to the rule's log file and give dask exactly ``threads`` workers.
+
+    When the job's ``dask_scheduler`` resource holds an address (rules get it from the workflow
+    setting of the same name), dask computations of the job run on that dask.distributed scheduler
+    instead (see :func:`use_dask_scheduler`).
+    """
     handlers: list[logging.Handler] = []
     if sm.log:
         handlers.append(logging.FileHandler(sm.log[0], mode="w"))
     logging.basicConfig(level=logging.INFO, handlers=handlers or None, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("ecafm")
+    log.info("rule %s, wildcards %s, threads %d", sm.rule, dict(sm.wildcards.items()), sm.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(sm.threads))
+    address = str(sm.resources.get("dask_scheduler", "") or "")
+    try:
+        use_dask_scheduler(address, threads=int(sm.threads))
+    except Exception:
+        log.exception("cannot use the dask scheduler %r", address)
+        raise
+
+
+def use_dask_scheduler(address: str, *, threads: int) -> Any:
+    """Run dask computations on dask's threaded scheduler, or on an existing distributed scheduler.
+
+    Parameters
+    ----------
+    address : str
+        Address of a running dask.distributed scheduler (``tcp://host:8786``, e.g. one started
+        with dask-jobqueue); empty for the threaded scheduler with ``threads`` workers.
+    threads : int
+        Worker threads of the threaded scheduler (the job's Snakemake threads).
+
+    Returns
+    -------
+    distributed.Client or None
+        The client (closed when the process exits), or None for the threaded scheduler. Results
+        do not depend on the scheduler: the task graphs and every reduction are the same.
+    """
     import dask
 
-    dask.config.set(scheduler="threads", num_workers=int(sm.threads))
-    os.environ.setdefault("OMP_NUM_THREADS", str(sm.threads))
-    logging.getLogger("ecafm").info("rule %s, wildcards %s, threads %d", sm.rule,
-                                    dict(sm.wildcards.items()), sm.threads)
+    log = logging.getLogger("ecafm")
+    if not address:
+        dask.config.set(scheduler="threads", num_workers=threads)
+        return None
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise RuntimeError(f"dask_scheduler is set to {address!r} but dask.distributed is not "
+                           "installed: pip install 'ecafm[hpc]'") from exc
+    client = Client(address, set_as_default=True, timeout="60s")
+    atexit.register(client.close)
+    log.info("dask computations run on the distributed scheduler %s (%d workers)", address,
+             len(client.scheduler_info().get("workers", {})))
+    return client
 
 
 def step_of(sm: Any, params: dict[str, Any], inputs: list[str]) -> Step:
