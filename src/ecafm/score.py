@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 
@@ -144,3 +146,156 @@ def class_scores(segs: list[xr.Dataset], truth: xr.Dataset, grid: TruthGrid) -> 
                 inter[k] += int((a & b & ok).sum())
                 union[k] += int(((a | b) & ok).sum())
     return {f"iou_{k}": (inter[k] / union[k] if union[k] else float("nan")) for k in inter}
+
+
+def site_scores(labels: xr.Dataset, segs: list[xr.Dataset], truth: xr.Dataset, grid: TruthGrid, *,
+                iou_min: float = 0.5) -> dict[str, Any]:
+    """Site matching F1 at IoU >= ``iou_min``, per cycle at the plating peak, pooled.
+
+    Truth segments: ``site_label`` of the last plating frame of the cycle where the true class
+    is a deposit (active, dormant or dead Li). IoU >= 0.5 makes matches one-to-one.
+    """
+    tp = n_pred = n_true = 0
+    for seg in segs:
+        c = int(seg.attrs["cycle"])
+        plate = np.flatnonzero(seg["kind"].values == 1)
+        if plate.size == 0:
+            continue
+        f = int(seg["frame"].values[plate[-1]])
+        t = grid(truth["site_label"][f].values)
+        t = np.where(np.isin(grid(truth["class_map"][f].values), (T_ACTIVE, T_DORMANT, T_DEAD)),
+                     t, 0)
+        p = labels["site_label"].sel(cycle=c).values
+        ok = seg["state"].values[plate[-1]] != 0
+        t, p = np.where(ok, t, 0), np.where(ok, p, 0)
+        ids_t, area_t = np.unique(t[t > 0], return_counts=True)
+        ids_p, area_p = np.unique(p[p > 0], return_counts=True)
+        n_true += ids_t.size
+        n_pred += ids_p.size
+        sel = (t > 0) & (p > 0)
+        pairs, inter = np.unique(np.stack([t[sel], p[sel]]), axis=1, return_counts=True)
+        at = dict(zip(ids_t.tolist(), area_t.tolist(), strict=True))
+        ap = dict(zip(ids_p.tolist(), area_p.tolist(), strict=True))
+        for (a, b), n in zip(pairs.T.tolist(), inter.tolist(), strict=True):
+            if n / (at[a] + ap[b] - n) >= iou_min:
+                tp += 1
+    return {"site_f1": _f1(tp, n_pred - tp, n_true - tp), "sites_true": n_true,
+            "sites_pred": n_pred, "sites_matched": tp}
+
+
+def volume_scores(cycles: pd.DataFrame, segs: list[xr.Dataset], truth: xr.Dataset,
+                  grid: TruthGrid) -> dict[str, Any]:
+    """Relative errors of V+, V- and dead volume per cycle, on the field of view.
+
+    Truth from the true height on the registered grid (state at frame ends): V+ = sum of
+    (last plating frame - last frame before the plating), V- = sum of (last plating frame -
+    last stripping frame), dead volume = sum over true dead-Li pixels of the first frame of
+    the next plating of (last stripping frame - reference), times the pixel area. Dead volume
+    only for cycles with a next plating. Reported: relative error of the sum over cycles and
+    the largest per-cycle relative error.
+    """
+    a = float(segs[0].attrs["pixel_area_nm2"])
+    ht = truth["height_true"]
+    ref = int(segs[0].attrs["reference_frame"])
+    h0 = grid(ht[ref].values, order=1)
+    rows = []
+    prev_end = ref
+    for k, seg in enumerate(segs):
+        c = int(seg.attrs["cycle"])
+        fr, kind = seg["frame"].values, seg["kind"].values
+        pl, stp = fr[kind == 1], fr[kind == 2]
+        if pl.size == 0 or stp.size == 0:
+            continue
+        hp = grid(ht[int(pl[-1])].values, order=1)
+        hs = grid(ht[int(prev_end)].values, order=1)
+        htr = grid(ht[int(stp[-1])].values, order=1)
+        row = {"cycle": c, "plated_true": a * float((hp - hs).sum()),
+               "stripped_true": a * float((hp - htr).sum()), "dead_true": np.nan}
+        if k + 1 < len(segs):
+            nxt = segs[k + 1]
+            npl = nxt["frame"].values[nxt["kind"].values == 1]
+            if npl.size:
+                dead = grid(truth["class_map"][int(npl[0])].values) == T_DEAD
+                row["dead_true"] = a * float((htr - h0)[dead].sum())
+        prev_end = int(stp[-1])
+        rows.append(row)
+    t = pd.DataFrame(rows).merge(cycles, on="cycle")
+    out: dict[str, Any] = {}
+    for key, est, tru in (("plated", "plated_nm3", "plated_true"),
+                          ("stripped", "stripped_nm3", "stripped_true"),
+                          ("dead", "residue_nm3", "dead_true")):
+        d = t[np.isfinite(t[tru])]
+        if not len(d):
+            out[f"rel_err_{key}"] = out[f"max_rel_err_{key}"] = float("nan")
+            continue
+        out[f"rel_err_{key}"] = float(abs(d[est].sum() - d[tru].sum()) / abs(d[tru].sum()))
+        out[f"max_rel_err_{key}"] = float((abs(d[est] - d[tru]) / abs(d[tru])).max())
+    return out
+
+
+TARGETS = {"interframe_rms_px": ("<=", 0.1), "row_rms_px": ("<=", 0.3), "change_f1": (">=", 0.9),
+           "iou_deposit": (">=", 0.9), "iou_void": (">=", 0.7), "iou_residue": (">=", 0.7),
+           "site_f1": (">=", 0.9), "rel_err_plated": ("<=", 0.05),
+           "rel_err_stripped": ("<=", 0.05), "rel_err_dead": ("<=", 0.15)}
+
+
+def score_run(results: str | Path, truth_path: str | Path) -> dict[str, Any]:
+    """Accuracy of one dataset's results folder set against a generator's truth.
+
+    ``results`` is either the workflow's ``results`` directory holding exactly one dataset, a
+    ``results/.../{dataset}`` layout, or the in-process layout of
+    :func:`ecafm.pipeline.run_segment_sites` (``transforms.zarr``, ``segment/``, ``sites/``).
+    """
+    from ecafm.store import open_cube
+
+    paths = _result_paths(Path(results))
+    truth = open_cube(truth_path).load()
+    tf = open_cube(paths["transforms"]).load()
+    out: dict[str, Any] = dict(registration_errors(tf, truth))
+    segs = [open_cube(p).load() for p in paths["segments"]]
+    ref = int(np.flatnonzero(tf["ok"].values)[0])
+    grid = TruthGrid(truth, tf.attrs["common_field_px"], int(tf["frame"].values[ref]))
+    out.update(change_scores(segs, truth, grid))
+    out.update(class_scores(segs, truth, grid))
+    if paths.get("labels") is not None:
+        out.update(site_scores(open_cube(paths["labels"]).load(), segs, truth, grid))
+        out.update(volume_scores(pd.read_csv(paths["cycles"], sep="\t"), segs, truth, grid))
+    return out
+
+
+def _result_paths(results: Path) -> dict[str, Any]:
+    import re
+
+    def cyc(p: Path) -> int:
+        return int(re.search(r"cycle_(\d+)", p.name).group(1))
+
+    cands = [results, *sorted(p for p in results.glob("*") if p.is_dir())]
+    for base in cands:  # in-process layout
+        segs = sorted((base / "segment").glob("cycle_*.zarr"), key=cyc)
+        if (base / "transforms.zarr").exists() and segs:
+            return {"transforms": base / "transforms.zarr", "segments": segs,
+                    "labels": base / "sites" / "labels.zarr", "cycles": base / "sites" / "cycles.tsv"}
+    for reg in sorted((results / "register").glob("*/transforms.zarr")) or \
+            sorted(results.glob("register/transforms.zarr")):
+        ds = reg.parent.name
+        segs = sorted((results / "segment" / ds).glob("cycle_*.zarr"), key=cyc)
+        return {"transforms": reg, "segments": segs,
+                "labels": results / "sites" / ds / "labels.zarr",
+                "cycles": results / "sites" / ds / "cycles.tsv"}
+    raise FileNotFoundError(f"{results}: no transforms.zarr and segment cubes found "
+                            "(expected results/register/{dataset}/ and results/segment/{dataset}/)")
+
+
+def format_scores(scores: dict[str, Any]) -> str:
+    """The accuracy table as text: metric, value, target, pass/fail."""
+    lines = [f"{'metric':28s} {'value':>12s}  target"]
+    for k, v in scores.items():
+        tgt = TARGETS.get(k)
+        val = f"{v:12.4g}" if isinstance(v, (int, float, np.floating, np.integer)) else f"{v!s:>12s}"
+        if tgt:
+            op, thr = tgt
+            ok = (v <= thr) if op == "<=" else (v >= thr)
+            lines.append(f"{k:28s} {val}  {op} {thr:g}  {'PASS' if ok else 'FAIL'}")
+        else:
+            lines.append(f"{k:28s} {val}")
+    return "\n".join(lines)
