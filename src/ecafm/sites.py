@@ -26,6 +26,7 @@ from ecafm.kernels.sites import region_sums, tile_grid, track_labels
 from ecafm.segment import SegmentParams
 
 log = logging.getLogger(__name__)
+_DEFAULT = SegmentParams()
 
 
 def _quantities(seg: xr.Dataset, h_start: np.ndarray, lab: np.ndarray, n: int) -> dict[str, np.ndarray]:
@@ -45,7 +46,7 @@ def _quantities(seg: xr.Dataset, h_start: np.ndarray, lab: np.ndarray, n: int) -
     }
 
 
-def track_sites(segs: list[xr.Dataset], *, params: SegmentParams = SegmentParams()
+def track_sites(segs: list[xr.Dataset], *, params: SegmentParams = _DEFAULT
                 ) -> tuple[xr.Dataset, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Persistent labels and the site, site-cycle, cycle and tile tables (in memory).
 
@@ -188,7 +189,7 @@ def _site_table(tr, sc: pd.DataFrame, feet: list[np.ndarray], cycles: list[int],
 
 def run_track_sites(segment_paths: list[str | Path], labels_out: str | Path, sites_out: str | Path,
                     site_cycles_out: str | Path, cycles_out: str | Path, tiles_out: str | Path, *,
-                    params: SegmentParams = SegmentParams(), step) -> dict[str, Any]:
+                    params: SegmentParams = _DEFAULT, step) -> dict[str, Any]:
     """I/O: read every cycle's segment cube; write labels (zarr) and the four tables (TSV)."""
     from ecafm.store import open_cube, write_cube, write_table
 
