@@ -6,6 +6,8 @@
 #   results/cubes/{dataset}.qc.tsv                per-frame ingest QC
 #   results/level/{dataset}/cycle_{cycle}.zarr    leveled frames of one cycle
 #   results/register/{dataset}/...                transforms, registered cubes per cycle
+#   results/segment/{dataset}/cycle_{cycle}.zarr  change labels, state classes (+ .classes.tsv)
+#   results/sites/{dataset}/...                   labels.zarr, sites/site_cycles/cycles/tiles.tsv
 #   results/figures/{dataset}/{stage}.png         one QC figure per stage
 #   logs/{rule}/{dataset}[/...].log               one log per job
 
@@ -23,6 +25,7 @@ include: "workflow/rules/synth.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/level.smk"
 include: "workflow/rules/register.smk"
+include: "workflow/rules/segment.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/audit.smk"
 

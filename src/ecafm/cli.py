@@ -125,6 +125,18 @@ def _cmd_export_crate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from ecafm.score import format_scores, score_run
+
+    scores = score_run(args.results, args.truth)
+    if args.json:
+        json.dump(scores, sys.stdout, indent=1, default=float)
+        print()
+    else:
+        print(format_scores(scores))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ecafm", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="count", default=1, help="more log output (-vv: debug)")
@@ -157,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--params", default=None, help="YAML file of parameter overrides")
     s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser("score", help="accuracy of a run against a synthetic generator's truth")
+    s.add_argument("results", help="results folder (workflow results/ with one dataset, or the "
+                   "in-process layout of ecafm.pipeline)")
+    s.add_argument("truth", help="truth.zarr of the generator")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=_cmd_score)
 
     s = sub.add_parser("verify", help="re-hash artifacts against their provenance records")
     s.add_argument("artifacts", nargs="+")

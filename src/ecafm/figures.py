@@ -163,3 +163,69 @@ def plot_registration(transforms: str | Path, table: str | Path, registered: lis
     rec = write_file(out, _save, step=step, kind="figure")
     plt.close(fig)
     return rec
+
+
+def plot_classes(segments: list[str], labels: str | Path, cycles: str | Path, out: str | Path, *,
+                 step: Step) -> dict[str, Any]:
+    """Class maps at the plating peak and stripping end of every cycle, plus the volume balance."""
+    import numpy as np
+    import pandas as pd
+    from matplotlib.colors import ListedColormap
+    from skimage.segmentation import find_boundaries
+
+    from ecafm.kernels.change import CLASS_NAMES
+    from ecafm.store import open_cube
+
+    plt = _mpl()
+    segs = [open_cube(p)[["state", "kind"]].load() for p in segments]
+    lab = open_cube(labels).load()
+    cy = pd.read_csv(cycles, sep="\t")
+    cmap = ListedColormap(["0.6", "tab:blue", "tab:red", "tab:orange", "gold", "white"])
+    n = len(segs)
+    fig = plt.figure(figsize=(2.6 * n + 4.5, 5.6), constrained_layout=True)
+    gs = fig.add_gridspec(2, n + 1, width_ratios=[1] * n + [1.6])
+    for k, seg in enumerate(segs):
+        c = int(seg.attrs["cycle"])
+        ext = (float(seg["x"][0]) / 1e3, float(seg["x"][-1]) / 1e3,
+               float(seg["y"][-1]) / 1e3, float(seg["y"][0]) / 1e3)
+        for r, (kind, what) in enumerate(((1, "plating end"), (2, "stripping end"))):
+            ax = fig.add_subplot(gs[r, k])
+            idx = np.flatnonzero(seg["kind"].values == kind)
+            if idx.size:
+                ax.imshow(seg["state"].values[idx[-1]], cmap=cmap, vmin=-0.5, vmax=5.5,
+                          extent=ext, interpolation="nearest")
+                if kind == 1 and c in lab["cycle"].values:
+                    b = find_boundaries(lab["site_label"].sel(cycle=c).values, mode="inner")
+                    ax.imshow(np.ma.masked_where(~b, b), cmap="gray_r", extent=ext,
+                              interpolation="nearest", alpha=0.6)
+            ax.set_title(f"cycle {c}, {what}", fontsize=9)
+            ax.set_xlabel("x (µm)", fontsize=8)
+            ax.set_ylabel("y (µm)", fontsize=8)
+            ax.tick_params(labelsize=7)
+    ax = fig.add_subplot(gs[:, n])
+    w = 0.2
+    x = cy["cycle"].to_numpy()
+    for j, (col, lab_) in enumerate((("plated_nm3", "plated V+"), ("stripped_nm3", "stripped V-"),
+                                     ("residue_nm3", "inactive residue"), ("void_nm3", "void"))):
+        ax.bar(x + (j - 1.5) * w, cy[col] / 1e6, width=w, label=lab_,
+               color=("tab:green", "tab:purple", "tab:red", "tab:blue")[j])
+    ax.set_xlabel("cycle")
+    ax.set_ylabel("volume (10⁶ nm³)")
+    cpv = float(lab.attrs["charge_per_nm3_C"])
+    sec = ax.secondary_yaxis("right", functions=(lambda v: v * 1e6 * cpv * 1e12,
+                                                 lambda q: q / 1e12 / cpv / 1e6))
+    sec.set_ylabel("charge (pC)")
+    ax.set_xticks(x)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(6)]
+    leg = ax.legend(fontsize=7, loc="upper right")
+    ax.add_artist(leg)
+    ax.legend(handles, [s.replace("_", " ") for s in CLASS_NAMES], fontsize=7, loc="upper left",
+              title="classes", title_fontsize=7)
+    ax.set_title("volume balance per cycle")
+
+    def _save(tmp: Path) -> None:
+        fig.savefig(tmp, dpi=90, format="png", metadata={"Software": None})
+
+    rec = write_file(out, _save, step=step, kind="figure")
+    plt.close(fig)
+    return rec

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ecafm.level import LevelParams, cycle_segments, level_cycle
 from ecafm.register import RegisterParams, run_apply, run_compose, run_link, run_within
+from ecafm.segment import SegmentParams
 from ecafm.store import Step, open_cube
 
 log = logging.getLogger(__name__)
@@ -40,4 +41,39 @@ def run_level_register(cube: str | Path, out_dir: str | Path, *, level: LevelPar
             reg = out / f"cycle_{c}.zarr"
             run_apply(lev[c], tf, reg, step=Step("apply_registration", {}, {"cycle": str(c)}))
             paths[f"cycle_{c}"] = reg
+    return paths
+
+
+def run_segment_sites(registered: dict[str, Path], out_dir: str | Path, *, metal: str = "Li",
+                      segment: SegmentParams | None = None) -> dict[str, Path]:
+    """Segment every cycle and track sites, like the workflow (after :func:`run_level_register`).
+
+    ``registered`` is the dict returned by :func:`run_level_register` (``transforms`` and
+    ``cycle_{c}``). Writes ``out_dir/segment/cycle_{c}.zarr`` (+ ``.classes.tsv``) and
+    ``out_dir/sites/`` (labels.zarr, sites.tsv, site_cycles.tsv, cycles.tsv, tiles.tsv).
+    """
+    from ecafm.segment import run_segment
+    from ecafm.sites import run_track_sites
+
+    params = segment or SegmentParams()
+    out = Path(out_dir)
+    cycles = sorted(int(k.split("_")[1]) for k in registered if k.startswith("cycle_"))
+    if not cycles:
+        raise ValueError("no registered cycles: run run_level_register(..., apply=True) first")
+    sp = asdict(params)
+    segs = []
+    for c in cycles:
+        seg = out / "segment" / f"cycle_{c}.zarr"
+        run_segment(c, registered[f"cycle_{c}"], registered[f"cycle_{cycles[0]}"],
+                    registered["transforms"], seg, out / "segment" / f"cycle_{c}.classes.tsv",
+                    prev=registered.get(f"cycle_{c - 1}"), nxt=registered.get(f"cycle_{c + 1}"),
+                    params=params, metal=metal,
+                    step=Step("segment_cycle", {**sp, "metal": metal}, {"cycle": str(c)}))
+        segs.append(seg)
+    s = out / "sites"
+    paths = {"segments": segs, "labels": s / "labels.zarr", "sites": s / "sites.tsv",
+             "site_cycles": s / "site_cycles.tsv", "cycles": s / "cycles.tsv",
+             "tiles": s / "tiles.tsv"}
+    run_track_sites(segs, paths["labels"], paths["sites"], paths["site_cycles"], paths["cycles"],
+                    paths["tiles"], params=params, step=Step("track_sites", sp))
     return paths

@@ -113,12 +113,44 @@ def get_registered(wildcards):
     return [f"results/register/{d}/cycle_{c}.zarr" for c in get_cycles(d)]
 
 
+def get_segment_params(wildcards):
+    return config["segment"]
+
+
+def get_metal(wildcards):
+    return DATASETS.loc[wildcards.dataset, "metal"] or "Li"
+
+
+def get_segment_inputs(wildcards):
+    """Registered cycles 0 (h_ref), c-1, c and c+1 (the residue rule needs the next plating)."""
+    d, c = wildcards.dataset, int(wildcards.cycle)
+    cycles = get_cycles(d)
+    reg = f"results/register/{d}"
+    inputs = {
+        "cur": f"{reg}/cycle_{c}.zarr",
+        "first": f"{reg}/cycle_{cycles[0]}.zarr",
+        "transforms": f"{reg}/transforms.zarr",
+    }
+    if c - 1 in cycles:
+        inputs["prev"] = f"{reg}/cycle_{c - 1}.zarr"
+    if c + 1 in cycles:
+        inputs["next"] = f"{reg}/cycle_{c + 1}.zarr"
+    return inputs
+
+
+def get_segmented(wildcards):
+    d = wildcards.dataset
+    return [f"results/segment/{d}/cycle_{c}.zarr" for c in get_cycles(d)]
+
+
 def get_final_outputs(wildcards):
     out = []
     for ds in DATASETS["id"]:
         out.append(f"results/figures/{ds}/ingest.png")
         out.append(f"results/figures/{ds}/register.png")
         out.append(f"results/register/{ds}/registered.done")
+        out.append(f"results/figures/{ds}/classes.png")
+        out.append(f"results/sites/{ds}/sites.tsv")
     return out
 
 

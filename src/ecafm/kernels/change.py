@@ -111,9 +111,13 @@ def align_to_reference(h: np.ndarray, h_ref: np.ndarray, *, n_iter: int = 4,
         if np.isfinite(s) and s > 0:
             stable = np.isfinite(r) & (np.abs(r) < clip * s)
             cnt = stable.sum(axis=1)
-            med = np.array([np.median(r[i, stable[i]]) if cnt[i] >= 10 else 0.0
-                            for i in range(ny)])
-            out -= med[:, None]
+            good = cnt >= 10
+            if good.any():
+                med = np.array([np.median(r[i, stable[i]]) if good[i] else np.nan
+                                for i in range(ny)])
+                # rows without enough stable pixels: interpolate their neighbours' offsets
+                med = np.interp(np.arange(ny), np.flatnonzero(good), med[good])
+                out -= med[:, None]
     return out
 
 
