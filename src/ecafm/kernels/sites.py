@@ -75,7 +75,10 @@ def segment_sites(height: np.ndarray, mask: np.ndarray, *, marker_h: float = 2.0
         mk.ravel()[idx[np.argmax(hs.ravel()[idx])]] = nxt
     lab = watershed(-hs, markers=mk, mask=m).astype(np.int32)
     if min_area > 1:
-        lab = remove_small_objects(lab, max_size=int(min_area) - 1)
+        area = np.bincount(lab.ravel())
+        small = area < min_area
+        small[0] = False
+        lab = np.where(small[lab], 0, lab)
     return relabel(lab)
 
 

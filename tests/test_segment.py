@@ -1,0 +1,152 @@
+"""Known-answer tests of the change, class and site kernels (inputs built so the answer is known)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ecafm.kernels import change as kc
+from ecafm.kernels import sites as ks
+
+
+def _cap(shape, cy, cx, r, h):
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return h * np.clip(1 - ((yy - cy) ** 2 + (xx - cx) ** 2) / r**2, 0, None)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_robust_sigma_ignores_changed_pixels(rng):
+    d = rng.normal(0, 1.0, (128, 128))
+    d[:, :50] += 30.0  # 39 % of the frame changed
+    assert kc.robust_sigma(d) == pytest.approx(1.0, rel=0.1)
+
+
+@pytest.mark.parametrize("sign,code", [(1, kc.GROW), (-1, kc.SHRINK)], ids=["grow", "shrink"])
+def test_change_labels_recover_a_bump(rng, sign, code):
+    shape = (96, 96)
+    a = rng.normal(0, 1.0, shape)
+    bump = _cap(shape, 40, 50, 10, 30.0)
+    b = a + sign * bump + rng.normal(0, 1.0, shape)
+    lab, sd = kc.change_labels(a, b, sigma_r=0.0, k=3, k_low=2, min_area=4)
+    assert sd == pytest.approx(1.0, rel=0.15)
+    truth = bump > 3.0
+    assert (lab[truth] == code).mean() > 0.98
+    assert (lab[~(bump > 0)] != 0).sum() <= 3  # no false changes outside the bump
+
+
+def test_min_area_removes_small_changes(rng):
+    a = np.zeros((64, 64))
+    b = a.copy()
+    b[10, 10] = 50.0  # one pixel (smaller than the tip footprint)
+    b[30:34, 30:34] = 50.0  # 16 px
+    a += rng.normal(0, 0.5, a.shape)
+    b += rng.normal(0, 0.5, b.shape)
+    lab, _ = kc.change_labels(a, b, sigma_r=0.0, min_area=5)
+    assert lab[10, 10] == kc.STATIC
+    assert (lab[30:34, 30:34] == kc.GROW).all()
+
+
+def test_slope_term_suppresses_fake_change_from_misregistration(rng):
+    """A 0.3 px misregistration of a 20 nm/px slope fakes 6 nm of change: tau must know it."""
+    yy, xx = np.mgrid[0:64, 0:64].astype(float)
+    surf = lambda x: 20.0 * np.sin(x / 6.0) * 6.0  # noqa: E731  slope up to 20 nm/px
+    a = surf(xx) + rng.normal(0, 0.5, xx.shape)
+    b = surf(xx + 0.3) + rng.normal(0, 0.5, xx.shape)
+    naive, _ = kc.change_labels(a, b, sigma_r=0.0, sigma_d=0.7)
+    aware, _ = kc.change_labels(a, b, sigma_r=0.3, sigma_d=0.7)
+    assert (naive != 0).mean() > 0.2
+    assert (aware != 0).mean() < 0.01
+
+
+def test_change_labels_errors():
+    with pytest.raises(ValueError, match="differ in shape"):
+        kc.change_labels(np.zeros((4, 4)), np.zeros((4, 5)), sigma_r=0.1)
+    with pytest.raises(ValueError, match="k_low"):
+        kc.change_labels(np.zeros((4, 4)), np.zeros((4, 4)), sigma_r=0.1, k=2, k_low=3)
+    with pytest.raises(ValueError, match="2-D"):
+        kc.change_labels(np.zeros(4), np.zeros(4), sigma_r=0.1)
+
+
+def test_state_classes_first_match_wins():
+    h_ref = np.zeros((1, 7))
+    h = np.array([[0.5, -10, 10, 10, 10, 2.0, 10]])
+    unc = np.array([[0, 0, 0, 0, 0, 0, 1]], bool)
+    active = np.array([[0, 1, 1, 1, 0, 0, 1]], bool)
+    residue = np.array([[0, 1, 1, 0, 0, 0, 1]], bool)
+    out = kc.state_classes(h, h_ref, tau_ref=1.0, film_nm=4.0, uncertain=unc, active=active,
+                           residue=residue)
+    assert out.tolist() == [[kc.SUBSTRATE, kc.VOID, kc.INACTIVE_RESIDUE, kc.ACTIVE_DEPOSIT,
+                             kc.DORMANT_DEPOSIT, kc.SUBSTRATE, kc.UNCERTAIN]]
+
+
+def test_align_to_reference_removes_offset_tilt_and_line_offsets(rng):
+    ref = rng.normal(0, 1.0, (64, 64))
+    yy, xx = np.mgrid[0:64, 0:64]
+    h = ref + 5.0 + 0.1 * xx - 0.05 * yy + np.repeat(rng.normal(0, 2, 64)[:, None], 64, 1)
+    h[20:40, 20:40] += 50.0  # a deposit must not bias the fit
+    out = kc.align_to_reference(h, ref)
+    bg = np.ones(h.shape, bool)
+    bg[20:40, 20:40] = False
+    assert np.abs((out - ref)[bg]).max() < 0.05
+
+
+def test_rectify_rows_is_exact_for_growth_linear_in_charge():
+    ny, nx = 8, 5
+    rate = np.linspace(1, 2, nx)[None, :]  # nm per C at every pixel
+    q_a = 10 + np.arange(ny) * 0.5  # charge when each row of frame a was scanned
+    q_b = q_a + 4.0
+    a, b = rate * q_a[:, None], rate * q_b[:, None]
+    end_a = kc.rectify_rows(a, b, q_a, q_b, 14.0)
+    np.testing.assert_allclose(end_a, rate * 14.0 * np.ones((ny, 1)))
+    end_b = kc.rectify_rows(b, a, q_b, q_a, 18.5, max_factor=2.0)  # extrapolate the last frame
+    np.testing.assert_allclose(end_b, rate * 18.5 * np.ones((ny, 1)))
+
+
+def test_watershed_splits_touching_caps_and_keeps_single_ones():
+    shape = (64, 64)
+    h = _cap(shape, 20, 20, 8, 40) + _cap(shape, 20, 33, 8, 40) + _cap(shape, 48, 48, 6, 30)
+    lab = ks.segment_sites(h, h > 1.0, marker_h=2.0, min_distance=3, min_area=4)
+    assert lab.max() == 3
+    assert lab[20, 20] != lab[20, 33]
+    assert len({lab[20, 20], lab[20, 33], lab[48, 48]}) == 3
+
+
+def test_watershed_ignores_noise_bumps(rng):
+    h = _cap((48, 48), 24, 24, 12, 50) + rng.normal(0, 0.3, (48, 48))
+    assert ks.segment_sites(h, h > 2.0, marker_h=2.0).max() == 1
+
+
+def test_tracking_births_merges_splits_families():
+    a = np.zeros((20, 40), np.int32)
+    a[2:8, 2:8] = 1  # site A
+    a[2:8, 10:16] = 2  # site B
+    a[12:18, 2:16] = 3  # site C (will split)
+    b = np.zeros_like(a)
+    b[2:8, 2:16] = 5  # A and B merged
+    b[12:18, 2:8] = 1  # C, left part
+    b[12:18, 10:16] = 2  # C, right part (split)
+    b[2:8, 30:36] = 9  # new nucleus
+    tr = ks.track_labels([a, b])
+    l0, l1 = tr.labels
+    assert set(np.unique(l0)) == {0, 1, 2, 3}
+    assert l1[4, 4] in (1, 2)  # merged segment keeps one of the merged ids
+    assert tr.merges and tr.merges[0][0] == 1
+    assert len(tr.splits) == 1 and tr.splits[0][1] == 3
+    child = tr.splits[0][2]
+    assert tr.family[child] == tr.family[3] == 3
+    assert tr.family[1] == tr.family[2] == 1
+    new = l1[4, 32]
+    assert tr.birth_cycle[int(new)] == 1 and tr.family[int(new)] == int(new)
+
+
+def test_tile_grid_and_region_sums():
+    t = ks.tile_grid((10, 7), 4)
+    assert t.max() == 3 * 2 and t[0, 0] == 1 and t[9, 6] == 6
+    s = ks.region_sums(np.ones((10, 7)), t)
+    assert s[1:].tolist() == [16, 12, 16, 12, 8, 6]
+    with pytest.raises(ValueError, match="tile_px"):
+        ks.tile_grid((4, 4), 0)
