@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from ecafm.constants import get_metal
 from ecafm.synth.presets import SynthParams
@@ -253,22 +252,22 @@ def simulate_physics(p: SynthParams, sub: Substrate, rng_nuc: np.random.Generato
         yarr, xarr = np.asarray(sy), np.asarray(sx)
         r_px = cap_radius_nm(live + deadv, asp) / px
         r_px = np.where(live + deadv > 0, np.maximum(r_px, p.min_radius_px), 0.0)
+        # footprints overlapping on the pixel grid merge families (union-find, logged)
+        owner = np.zeros((n_dom, n_dom), dtype=np.int64)
         for i in np.flatnonzero(r_px > 0):
             r = r_px[i]
             y0, y1 = max(0, int(yarr[i] - r)), min(n_dom, int(yarr[i] + r) + 2)
             x0, x1 = max(0, int(xarr[i] - r)), min(n_dom, int(xarr[i] + r) + 2)
             gy, gx = np.ogrid[y0:y1, x0:x1]
-            ever[y0:y1, x0:x1] |= (gy - yarr[i]) ** 2 + (gx - xarr[i]) ** 2 < r * r
-        idx = np.flatnonzero(r_px > 0)
-        if len(idx) > 1:
-            tree = cKDTree(np.column_stack([yarr[idx], xarr[idx]]))
-            for a, b in sorted(tree.query_pairs(2 * float(r_px.max()))):
-                ia, ib = idx[a], idx[b]
-                if np.hypot(yarr[ia] - yarr[ib], xarr[ia] - xarr[ib]) < r_px[ia] + r_px[ib]:
-                    ra, rb = find(ia), find(ib)
-                    if ra != rb:
-                        merges.append((c, ia + 1, ib + 1))
-                        parent[max(ra, rb)] = min(ra, rb)
+            disk = (gy - yarr[i]) ** 2 + (gx - xarr[i]) ** 2 < r * r
+            ever[y0:y1, x0:x1] |= disk
+            patch = owner[y0:y1, x0:x1]
+            for other in np.unique(patch[disk & (patch > 0)]).tolist():
+                ra, rb = find(other - 1), find(int(i))
+                if ra != rb:
+                    merges.append((c, other, int(i) + 1))
+                    parent[max(ra, rb)] = min(ra, rb)
+            patch[disk] = i + 1
         if p.rest_s > 0:
             t += p.rest_s
             charge_t.append(t)

@@ -51,7 +51,7 @@ class SynthParams:
     nuc_coef_porosity: float = 0.6
     pristine_preference: float = 4.0  #: intensity ratio, never-covered vs covered surface
     # --- growth
-    aspect_mean: float = 0.5  #: cap height / radius
+    aspect_mean: float = 0.8  #: cap height / radius
     aspect_sd: float = 0.08
     min_radius_px: float = 1.5
     activity_sigma: float = 0.5  #: lognormal spread of the share of current a site takes
@@ -123,10 +123,10 @@ _LADDER = [
     dict(_NO_ARTIFACTS, noise_nm=0.5, drift_rate_px_frame=(0.3, 0.5), drift_rw_px=0.4),
     dict(_NO_ARTIFACTS, noise_nm=0.5, drift_rate_px_frame=(0.3, 0.5), drift_rw_px=0.4,
          tip_shape="paraboloid", z_drift_nm_per_frame=2.0, tilt_nm=5.0),
-    dict(noise_nm=0.8, pink_noise_nm=0.5, drift_rate_px_frame=(0.4, 0.6), drift_rw_px=0.5,
+    dict(noise_nm=0.8, pink_noise_nm=0.5, drift_rate_px_frame=(0.3, 0.5), drift_rw_px=0.4,
          tip_shape="paraboloid", z_drift_nm_per_frame=2.0, tilt_nm=5.0, creep_px=2.0,
          line_offset_nm=1.0, scar_prob=0.0),
-    dict(noise_nm=1.0, pink_noise_nm=0.8, drift_rate_px_frame=(0.5, 0.7), drift_rw_px=0.6,
+    dict(noise_nm=1.0, pink_noise_nm=0.8, drift_rate_px_frame=(0.35, 0.55), drift_rw_px=0.4,
          tip_shape="cone", z_drift_nm_per_frame=3.0, tilt_nm=10.0, creep_px=3.0,
          line_offset_nm=1.5, scar_prob=0.3),
 ]
@@ -145,7 +145,8 @@ PRESETS: dict[str, SynthParams] = {
                            drift_rw_px=0.3, notes="bench-m"),
     "bench-l": SynthParams(n_px=1024, scan_size_nm=20000.0, n_cycles=30, frames_per_half=8,
                            line_time_s=0.25, pad_frac=0.15, drift_rate_px_frame=(0.1, 0.2),
-                           drift_rw_px=0.3, notes="bench-l: streamed frame by frame"),
+                           drift_rw_px=0.3, nuc_density_um2=0.5, nuc_later_density_um2=0.05,
+                           notes="bench-l: streamed frame by frame"),
 }
 for _k, _kw in enumerate(_LADDER):
     PRESETS[f"ladder-{_k}"] = SynthParams(notes=f"ladder-{_k}: instrument artifacts level {_k}",
