@@ -4,6 +4,7 @@ untouched run and catches an artifact whose record is consistent but whose data 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -124,3 +125,37 @@ def test_ingest_inputs_are_told_apart(tmp_path):
     d = make_dataset(tmp_path, n_frames=2, n_cycles=1, shape=(8, 8))
     raw = sorted(d["raw"].iterdir())
     assert split_ingest_inputs([*raw, d["log"], d["frames"]]) == (raw, d["log"], d["frames"])
+
+
+@pytest.mark.workflow
+def test_snakemake_audit_target_passes_then_fails_on_a_tampered_chunk(tmp_path):
+    """`snakemake audit_results` builds the run, audits it (report.tsv), and fails after a tamper."""
+    import pandas as pd
+
+    from tests.test_workflow import _snakemake, _workdir
+
+    d = make_dataset(tmp_path / "data", n_frames=6, n_cycles=2, half_s=100.0, shape=(24, 24))
+    wd = _workdir(tmp_path, [{"id": "cell1", "raw": str(d["raw"]), "format": "gwy",
+                              "ec_log": str(d["log"]), "frames": str(d["frames"]), "metal": "Li",
+                              "positive_current_plates": "true"}])
+    _snakemake(wd, "--cores", "2", "audit_results")
+    report = pd.read_csv(wd / "results" / "audit" / "report.tsv", sep="\t", keep_default_na=False)
+    assert (report["status"] != MISMATCH).all() and (report["status"] != "ERROR").all()
+    reexec = report[report["check"] == "reexec"].set_index("artifact")
+    assert reexec.loc["cubes/cell1.zarr", "status"] == OK
+    assert reexec.loc["register/cell1/transforms.zarr", "status"] == OK
+    assert (reexec["status"] == OK).sum() >= 10
+
+    chunk = next(p for p in sorted((wd / "results" / "register" / "cell1" / "cycle_0.zarr").rglob("*"))
+                 if p.is_file() and "/c/" in p.as_posix())
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 0xFF
+    before = chunk.stat()
+    chunk.write_bytes(bytes(data))
+    # a silent edit: keep the mtime so that Snakemake does not re-run the jobs downstream of it
+    os.utime(chunk, ns=(before.st_atime_ns, before.st_mtime_ns))
+    res = _snakemake(wd, "--cores", "2", "--forcerun", "audit_results", "audit_results", check=False)
+    assert res.returncode != 0
+    log = (wd / "logs" / "audit_results" / "audit.log").read_text()
+    assert "MISMATCH hashes  register/cell1/cycle_0.zarr" in log
+    assert chunk.relative_to(wd / "results" / "register" / "cell1" / "cycle_0.zarr").as_posix() in log

@@ -18,7 +18,6 @@ rule audit_results:
         mem_mb=4000,
         runtime=60,
     params:
-        results="results",
         reexec=True,
     script:
         "../../scripts/audit_results.py"
