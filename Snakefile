@@ -26,6 +26,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/level.smk"
 include: "workflow/rules/register.smk"
 include: "workflow/rules/segment.smk"
+include: "workflow/rules/lifetime.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/audit.smk"
 

@@ -229,3 +229,59 @@ def plot_classes(segments: list[str], labels: str | Path, cycles: str | Path, ou
     rec = write_file(out, _save, step=step, kind="figure")
     plt.close(fig)
     return rec
+
+
+def plot_lifetimes(summary: str | Path, balance: str | Path, out: str | Path, *, step: Step) -> dict[str, Any]:
+    """Kaplan-Meier by tertiles of the primary descriptors, CE per cycle, dead volume per cycle."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    plt = _mpl()
+    s = json.loads(Path(summary).read_text())
+    b = pd.read_csv(balance, sep="\t")
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
+    km = s.get("kaplan_meier", {})
+    for ax, key, label in ((axes[0, 0], "porosity_proxy", "initial porosity proxy"),
+                           (axes[0, 1], "Sq", "initial roughness Sq")):
+        k = next((k for k in km if k.startswith("inactivation:") and f":{key}_" in k), None)
+        if k is None:
+            ax.text(0.5, 0.5, "too few events for Kaplan-Meier", ha="center", transform=ax.transAxes)
+        else:
+            for g, col in (("low", "C0"), ("mid", "C1"), ("high", "C3")):
+                if g in km[k]["groups"]:
+                    d = km[k]["groups"][g]
+                    ax.step(d["timeline"], d["survival"], where="post", color=col,
+                            label=f"{g} tertile (n={d['n']}, events {d['events']})")
+            ax.set_title(f"inactivation by {label}: log-rank p = {km[k]['logrank_p']:.3g}", fontsize=10)
+            ax.legend(fontsize=8)
+        ax.set_xlabel("cycle")
+        ax.set_ylabel("fraction of sites still active")
+        ax.set_ylim(-0.02, 1.02)
+    ax = axes[1, 0]
+    ax.plot(b["cycle"], 100 * b["ce_volumetric_with_voids"], "o-", label="volumetric (AFM, incl. voids)")
+    ax.plot(b["cycle"], 100 * b["ce_volumetric"], "s--", label="volumetric (deposits only)")
+    if "ce_electrochemical" in b:
+        ax.plot(b["cycle"], 100 * b["ce_electrochemical"], "^-", label="electrochemical (log)")
+    ax.set_xlabel("cycle")
+    ax.set_ylabel("Coulombic efficiency (%)")
+    ax.legend(fontsize=8)
+    ax.set_title("Coulombic efficiency per cycle")
+    ax = axes[1, 1]
+    ax.bar(b["cycle"], b["residue_nm3"] / 1e9, color="C7", label="inactive residue")
+    ax.set_xlabel("cycle")
+    ax.set_ylabel("inactive residue volume (µm³)")
+    if "apparent_density_factor" in b and np.isfinite(b["apparent_density_factor"]).any():
+        ax2 = ax.twinx()
+        ax2.plot(b["cycle"], b["apparent_density_factor"], "o-", color="C2")
+        ax2.set_ylabel("apparent density factor (AFM / log charge)", color="C2")
+    ax.set_title("dead-Li candidate volume and charge balance")
+    fig.suptitle(f"site lifetimes: {s['n_sites']} sites, events {s['events']}")
+
+    def _save(tmp: Path) -> None:
+        fig.savefig(tmp, dpi=90, format="png", metadata={"Software": None})
+
+    rec = write_file(out, _save, step=step, kind="figure")
+    plt.close(fig)
+    return rec

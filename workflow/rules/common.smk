@@ -151,7 +151,36 @@ def get_final_outputs(wildcards):
         out.append(f"results/register/{ds}/registered.done")
         out.append(f"results/figures/{ds}/classes.png")
         out.append(f"results/sites/{ds}/sites.tsv")
+        out.append(f"results/lifetime/{ds}/summary.json")
+        out.append(f"results/figures/{ds}/lifetime.png")
     return out
+
+
+def get_lifetime_inputs(wildcards):
+    d = wildcards.dataset
+    inputs = {
+        "sites": f"results/sites/{d}/sites.tsv",
+        "site_cycles": f"results/sites/{d}/site_cycles.tsv",
+        "cycles": f"results/sites/{d}/cycles.tsv",
+        "segment0": f"results/segment/{d}/cycle_{get_cycles(d)[0]}.zarr",
+    }
+    if DATASETS.loc[d, "ec_log"]:
+        inputs["ec_log"] = DATASETS.loc[d, "ec_log"]
+    return inputs
+
+
+def get_lifetime_params(wildcards):
+    return config["lifetime"]
+
+
+def get_cell_params(wildcards):
+    """Per-dataset facts the balance needs: current sign convention and electrode area."""
+    row = DATASETS.loc[wildcards.dataset]
+    area = row.get("electrode_area_cm2", "")
+    return {
+        "positive_current_plates": row["positive_current_plates"].lower() != "false",
+        "electrode_area_cm2": float(area) if area else None,
+    }
 
 
 # Cluster resources. Every rule asks for threads, mem_mb and runtime (minutes); memory and runtime

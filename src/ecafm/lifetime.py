@@ -1,0 +1,321 @@
+"""Stage ``lifetime``: site lifetimes, initial-morphology descriptors, statistics, charge balance.
+
+Inputs (per dataset): the site and site-cycle tables of :mod:`ecafm.sites`, the segment cube of
+the first cycle (``h_ref`` = pre-plating surface, ``h_peak`` = end of the first plating), the
+per-cycle table, and the electrochemistry log. Outputs: ``summary.json`` (every statistic,
+machine-readable), ``lifetimes.tsv``, ``descriptors.tsv``, ``hazard.tsv``, ``correlations.tsv``,
+``sensitivity.tsv`` and ``balance.tsv`` (schemas in README, "Lifetime outputs").
+
+The primary hypothesis, declared up front (SCIENCE.md): higher initial porosity / roughness means
+shorter site lifetime and more dead residue. The primary model is the discrete-time logistic
+hazard (events are known to within a cycle; later-born sites enter at birth); Cox (lifelines,
+left-truncated) is reported beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ecafm import stats
+from ecafm.kernels.morphology import DESCRIPTORS, descriptors_at
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS = ("inactivation", "dead", "void")
+PRIMARY = ("porosity_proxy", "Sq")
+
+
+@dataclass(frozen=True)
+class LifetimeParams:
+    """Config key ``lifetime``."""
+
+    window_px: tuple[int, ...] = (9, 17, 33)
+    dead_fraction: float = 0.5
+    sensitivity_fractions: tuple[float, ...] = (0.3, 0.5, 0.7)
+    block_nm: float = 1000.0
+    n_boot: int = 300
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- lifetimes
+def lifetime_table(sites: pd.DataFrame, endpoint: str) -> pd.DataFrame:
+    """entry (birth), exit (event or last observed cycle), event (0/1) for one endpoint.
+
+    Interval censoring: an event cycle means "happened during that cycle" (known to within a
+    cycle); right censoring at the last good cycle; left truncation at birth.
+    """
+    ev_cycle = sites[f"{endpoint}_cycle"].to_numpy(int)
+    last = sites["last_cycle"].to_numpy(int)
+    entry = sites["birth_cycle"].to_numpy(int)
+    event = (ev_cycle >= 0).astype(int)
+    exit_ = np.where(event == 1, ev_cycle, last)
+    exit_ = np.maximum(exit_, entry)
+    return pd.DataFrame({"site": sites["site"].to_numpy(), "entry": entry, "exit": exit_, "event": event})
+
+
+def dead_cycles(sites: pd.DataFrame, site_cycles: pd.DataFrame, fraction: float) -> np.ndarray:
+    """Dead-Li conversion cycle per site for a residue threshold (fraction of peak plated volume)."""
+    peak = sites.set_index("site")["peak_plated_nm3"]
+    sc = site_cycles.copy()
+    sc["conv"] = sc["residue_nm3"].to_numpy() >= fraction * peak.reindex(sc["site"]).to_numpy()
+    first = sc[sc["conv"] & (sc["residue_nm3"] > 0)].groupby("site")["cycle"].min()
+    return first.reindex(sites["site"]).fillna(-1).to_numpy(int)
+
+
+# --------------------------------------------------------------------------- descriptors
+def site_descriptors(sites: pd.DataFrame, h_ref: np.ndarray, h_peak: np.ndarray, pixel_nm: float,
+                     windows: tuple[int, ...]) -> pd.DataFrame:
+    """Initial-morphology descriptors per site at each window size, before and after plating 1.
+
+    Column names: ``{descriptor}_w{window}_{pre|p1}``; plus the confounders ``log_size``
+    (log birth volume) and ``edge_distance_nm``, and first-deposit geometry.
+    """
+    cy = sites["y_nm"].to_numpy() / pixel_nm - 0.5
+    cx = sites["x_nm"].to_numpy() / pixel_nm - 0.5
+    centers = np.c_[cy, cx]
+    out = {"site": sites["site"].to_numpy()}
+    for w in windows:
+        for tag, h in (("pre", h_ref), ("p1", h_peak)):
+            d = descriptors_at(h, centers, window_px=w, pixel_nm=pixel_nm)
+            for k, name in enumerate(DESCRIPTORS):
+                out[f"{name}_w{w}_{tag}"] = d[:, k]
+    vol = sites["birth_volume_nm3"].to_numpy(float)
+    area = sites["birth_area_px"].to_numpy(float) * pixel_nm**2
+    diam = 2 * np.sqrt(np.maximum(area, 1e-12) / np.pi)
+    iy = np.clip(np.round(cy).astype(int), 0, h_ref.shape[0] - 1)
+    ix = np.clip(np.round(cx).astype(int), 0, h_ref.shape[1] - 1)
+    height = (h_peak - h_ref)[iy, ix]
+    out.update({
+        "log_size": np.log(np.maximum(vol, 1.0)),
+        "edge_distance_nm": sites["edge_distance_nm"].to_numpy(float),
+        "deposit_height_nm": height,
+        "deposit_diameter_nm": diam,
+        "deposit_aspect": height / diam,
+        "deposit_volume_nm3": vol,
+    })
+    return pd.DataFrame(out)
+
+
+# --------------------------------------------------------------------------- balance
+def ec_charge_per_cycle(data: pd.DataFrame, *, positive_current_plates: bool) -> pd.DataFrame:
+    """Plated and stripped charge (C) per cycle from a potentiostat log (EcLog.data)."""
+    sign = 1.0 if positive_current_plates else -1.0
+    dq = np.diff(data["charge_C"].to_numpy(float), prepend=data["charge_C"].iloc[0]) * sign
+    cyc = data["cycle"].to_numpy(int)
+    df = pd.DataFrame({"cycle": cyc, "plate": np.clip(dq, 0, None), "strip": np.clip(-dq, 0, None)})
+    g = df.groupby("cycle")[["plate", "strip"]].sum()
+    g = g[g["plate"] > 0]
+    return pd.DataFrame({"cycle": g.index.to_numpy(int), "q_plate_log_C": g["plate"].to_numpy(),
+                         "q_strip_log_C": g["strip"].to_numpy(),
+                         "ce_electrochemical": (g["strip"] / g["plate"]).to_numpy()})
+
+
+def balance(cycles: pd.DataFrame, ec: pd.DataFrame | None, *, area_fraction: float | None) -> pd.DataFrame:
+    """Volumetric CE vs electrochemical CE; AFM-implied vs log charge; dead volume vs CE loss."""
+    b = cycles[["cycle", "plated_nm3", "stripped_nm3", "residue_nm3", "void_nm3", "plated_C",
+                "stripped_C", "residue_C"]].copy()
+    b["ce_volumetric"] = b["stripped_nm3"] / b["plated_nm3"]
+    # Voids are Li removed below the original surface: their growth passed stripping charge too.
+    b["void_new_nm3"] = b["void_nm3"].diff().fillna(b["void_nm3"]).clip(lower=0)
+    b["ce_volumetric_with_voids"] = (b["stripped_nm3"] + b["void_new_nm3"]) / b["plated_nm3"]
+    b["dead_volume_cum_nm3"] = b["residue_nm3"].cummax()
+    if ec is not None and len(ec):
+        b = b.merge(ec, on="cycle", how="left")
+        b["ce_difference_pp"] = 100 * (b["ce_volumetric_with_voids"] - b["ce_electrochemical"])
+        if area_fraction:
+            local = b["q_plate_log_C"] * area_fraction
+            b["apparent_density_factor"] = b["plated_C"] / local
+            b["ce_loss_charge_C"] = (b["q_plate_log_C"] - b["q_strip_log_C"]) * area_fraction
+            b["dead_charge_over_ce_loss"] = b["residue_C"] / b["ce_loss_charge_C"]
+    return b
+
+
+# --------------------------------------------------------------------------- statistics
+def _standardized(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    out = df.copy()
+    for c in cols:
+        v = out[c].to_numpy(float)
+        sd = np.nanstd(v)
+        out[c] = (v - np.nanmean(v)) / (sd if sd > 0 else 1.0)
+    return out
+
+
+def hazard_models(lt: pd.DataFrame, desc: pd.DataFrame, covariates: list[str]) -> pd.DataFrame:
+    """Discrete-time logistic (primary) and Cox hazard ratios per SD, with CIs and concordance."""
+    d = lt.merge(desc, on="site")
+    cols = [*covariates, "log_size"]
+    d = d.dropna(subset=cols)
+    if d["event"].sum() < 3 or len(d) < 10:
+        return pd.DataFrame()
+    d = _standardized(d, cols)
+    rows = []
+    fit = stats.fit_discrete_hazard(stats.person_period(d), cols, cycle_effects=False)
+    t = fit.table()
+    beta = pd.Series(fit.coef, index=list(fit.names))
+    risk = sum(beta[c] * d[c].to_numpy() for c in cols)
+    c_index = stats.concordance(d["exit"].to_numpy() + 1, risk, d["event"].to_numpy())
+    for _, r in t[t["term"] != "intercept"].iterrows():
+        rows.append({"model": "discrete_logit", "term": r["term"], "ratio_per_sd": r["odds_ratio"],
+                     "ci_low": r["or_ci_low"], "ci_high": r["or_ci_high"], "p": r["p"],
+                     "concordance": c_index, "n_sites": len(d), "n_events": int(d["event"].sum())})
+    try:
+        cox = stats.fit_cox(d, cols, penalizer=0.01)
+        for _, r in cox.iterrows():
+            rows.append({"model": "cox", "term": r["term"], "ratio_per_sd": r["hazard_ratio"],
+                         "ci_low": r["hr_ci_low"], "ci_high": r["hr_ci_high"], "p": r["p"],
+                         "concordance": cox.attrs["concordance"], "n_sites": len(d),
+                         "n_events": int(d["event"].sum())})
+    except Exception as exc:  # lifelines convergence failures are reported, not fatal
+        log.warning("Cox model did not converge (%s); discrete-time model kept", exc)
+    return pd.DataFrame(rows)
+
+
+def correlate(sites: pd.DataFrame, site_cycles: pd.DataFrame, desc: pd.DataFrame, lts: dict[str, pd.DataFrame],
+              params: LifetimeParams) -> pd.DataFrame:
+    """Spearman of each descriptor with lifetime and dead fraction (block bootstrap CIs), BH."""
+    dead_frac = (site_cycles.groupby("site")["residue_nm3"].max()
+                 / sites.set_index("site")["peak_plated_nm3"].clip(lower=1.0)).reindex(desc["site"]).to_numpy()
+    lifetime = (lts["inactivation"].set_index("site")["exit"] - lts["inactivation"].set_index("site")["entry"] + 1)
+    life = lifetime.reindex(desc["site"]).to_numpy(float)
+    pos = sites.set_index("site").loc[desc["site"], ["y_nm", "x_nm"]].to_numpy()
+    rows = []
+    cols = [c for c in desc.columns if c != "site"]
+    for c in cols:
+        x = desc[c].to_numpy(float)
+        if np.isfinite(x).sum() < 10 or np.nanstd(x) == 0:
+            continue
+        for target, y in (("lifetime_cycles", life), ("dead_fraction", dead_frac)):
+            r = stats.spearman_block_bootstrap(x, y, pos, block=params.block_nm, n_boot=params.n_boot,
+                                               seed=params.seed)
+            rows.append({"descriptor": c, "target": target, **r})
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["p_bh"] = stats.benjamini_hochberg(out["p"].to_numpy())
+    return out
+
+
+def analyse(sites: pd.DataFrame, site_cycles: pd.DataFrame, cycles: pd.DataFrame, h_ref: np.ndarray,
+            h_peak: np.ndarray, pixel_nm: float, *, ec: pd.DataFrame | None, area_fraction: float | None,
+            params: LifetimeParams = LifetimeParams()) -> dict[str, Any]:
+    """Everything of the stage in memory: tables and the JSON summary."""
+    sites = sites.copy()
+    sites["dead_cycle"] = dead_cycles(sites, site_cycles, params.dead_fraction)
+    desc = site_descriptors(sites, h_ref, h_peak, pixel_nm, tuple(params.window_px))
+    lts = {e: lifetime_table(sites, e) for e in ENDPOINTS}
+    mid = params.window_px[len(params.window_px) // 2]
+    primary = [f"{d}_w{mid}_pre" for d in PRIMARY]
+    hazards = []
+    for e, lt in lts.items():
+        h = hazard_models(lt, desc, primary)
+        if len(h):
+            h.insert(0, "endpoint", e)
+            hazards.append(h)
+    hazard = pd.concat(hazards, ignore_index=True) if hazards else pd.DataFrame()
+    corr = correlate(sites, site_cycles, desc, lts, params)
+    km = {}
+    for d in primary:
+        x = desc.set_index("site")[d].reindex(lts["inactivation"]["site"]).to_numpy()
+        ok = np.isfinite(x)
+        if ok.sum() >= 9:
+            for e in ENDPOINTS:
+                lt = lts[e][ok]
+                if lt["event"].sum() >= 2:
+                    km[f"{e}:{d}"] = stats.kaplan_meier_by_groups(lt, stats.tertiles(x[ok]))
+    sens = []
+    for f in params.sensitivity_fractions:
+        s2 = sites.copy()
+        s2["dead_cycle"] = dead_cycles(sites, site_cycles, f)
+        h = hazard_models(lifetime_table(s2, "dead"), desc, primary)
+        if not len(h):
+            log.info("dead-Li threshold %.2f: too few events for a hazard model", f)
+            continue
+        for _, r in h[h["model"] == "discrete_logit"].iterrows():
+            sens.append({"dead_fraction_threshold": f, "term": r["term"], "ratio_per_sd": r["ratio_per_sd"],
+                         "ci_low": r["ci_low"], "ci_high": r["ci_high"], "p": r["p"],
+                         "n_events": r["n_events"]})
+    bal = balance(cycles, ec, area_fraction=area_fraction)
+    lifetimes = pd.concat([lt.assign(endpoint=e) for e, lt in lts.items()], ignore_index=True)
+    summary = {
+        "hypothesis": "higher initial porosity / roughness -> shorter site lifetime and more dead residue",
+        "params": asdict(params),
+        "n_sites": int(len(sites)),
+        "events": {e: int(lt["event"].sum()) for e, lt in lts.items()},
+        "hazard": hazard.to_dict(orient="records"),
+        "kaplan_meier": km,
+        "balance": bal.to_dict(orient="records"),
+        "kurtosis_convention": "excess kurtosis (0 for a Gaussian surface), as Gwyddion",
+    }
+    return {"summary": summary, "lifetimes": lifetimes, "descriptors": desc, "hazard": hazard,
+            "correlations": corr, "sensitivity": pd.DataFrame(sens), "balance": bal}
+
+
+# --------------------------------------------------------------------------- I/O
+def run_lifetime(sites_path, site_cycles_path, cycles_path, segment0_path, out_dir, *, ec_log=None,
+                 positive_current_plates: bool = True, electrode_area_cm2: float | None = None,
+                 params: LifetimeParams = LifetimeParams(), step) -> dict[str, Path]:
+    """Read the site tables, the first segment cube and the log; write every lifetime output."""
+    from ecafm.store import open_cube, write_file, write_table
+
+    sites = pd.read_csv(sites_path, sep="\t")
+    sc = pd.read_csv(site_cycles_path, sep="\t")
+    cyc = pd.read_csv(cycles_path, sep="\t")
+    seg = open_cube(segment0_path)
+    pixel_nm = float(seg.attrs["pixel_size_nm"][1])
+    h_ref = seg["h_ref"].values.astype(float)
+    h_peak = seg["h_peak"].values.astype(float)
+    ec = None
+    if ec_log:
+        from ecafm.io.echem import read_ec_log
+
+        ec = ec_charge_per_cycle(read_ec_log(ec_log).data, positive_current_plates=positive_current_plates)
+    area_fraction = None
+    if electrode_area_cm2:
+        fov_nm2 = float(cyc["area_px"].iloc[0]) * float(seg.attrs["pixel_area_nm2"])
+        area_fraction = fov_nm2 * 1e-14 / float(electrode_area_cm2)
+    res = analyse(sites, sc, cyc, h_ref, h_peak, pixel_nm, ec=ec, area_fraction=area_fraction, params=params)
+    out = Path(out_dir)
+    paths = {}
+    for name in ("lifetimes", "descriptors", "hazard", "correlations", "sensitivity", "balance"):
+        paths[name] = out / f"{name}.tsv"
+        write_table(res[name], paths[name], step=step)
+    paths["summary"] = out / "summary.json"
+    text = json.dumps(res["summary"], indent=1, sort_keys=True, default=float, allow_nan=True)
+    write_file(paths["summary"], lambda p: Path(p).write_text(text), step=step, kind="json")
+    n_ev = res["summary"]["events"]
+    log.info("lifetimes of %d sites: events %s", res["summary"]["n_sites"], n_ev)
+    return paths
+
+
+# --------------------------------------------------------------------------- generator oracle
+def oracle_dead_fit(physics) -> dict[str, float]:
+    """Fit the discrete-time hazard of dead-Li conversion on a generator's *true* site histories.
+
+    Checks the statistics layer alone (not segmentation): the generator draws dead-Li events per
+    site and cycle from a logit-linear model in standardized porosity, roughness and size, which
+    this model must recover. Returns the odds ratio per SD of porosity, its p value and the
+    concordance of the fitted risk with the true event times.
+    """
+    z = np.asarray(physics.site_z)  # (site, cycle, 3): porosity, roughness, size, NaN when not at risk
+    et = np.asarray(physics.site_event_type)
+    ec = np.asarray(physics.site_event_cycle)
+    s, c = np.nonzero(np.isfinite(z).all(axis=2))
+    pp = pd.DataFrame({"site": s, "cycle": c, "z_porosity": z[s, c, 0], "z_roughness": z[s, c, 1],
+                       "z_size": z[s, c, 2], "y": ((et[s] == 2) & (ec[s] == c)).astype(int)})
+    fit = stats.fit_discrete_hazard(pp, ["z_porosity", "z_roughness", "z_size"])
+    t = fit.table().set_index("term")
+    first = pp.groupby("site").agg(entry=("cycle", "min"), exit=("cycle", "max"), event=("y", "max"),
+                                   zp=("z_porosity", "first"), zr=("z_roughness", "first"),
+                                   zs=("z_size", "first"))
+    b = t["coef"]
+    risk = b["z_porosity"] * first["zp"] + b["z_roughness"] * first["zr"] + b["z_size"] * first["zs"]
+    return {"odds_ratio": float(t.loc["z_porosity", "odds_ratio"]), "p": float(t.loc["z_porosity", "p"]),
+            "concordance": stats.concordance(first["exit"].to_numpy() + 1, risk.to_numpy(),
+                                             first["event"].to_numpy()),
+            "n_events": int(pp["y"].sum())}

@@ -1,0 +1,84 @@
+"""Lifetime statistics against the generator's truth, and the lifetime stage on the demo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ecafm.lifetime import ec_charge_per_cycle, lifetime_table, oracle_dead_fit
+from ecafm.synth import Generator, resolve_params
+
+
+def _physics(preset, seed):
+    return Generator(resolve_params(preset, None), seed).physics
+
+
+def test_recovers_generator_odds_ratio_over_20_seeds():
+    """Porosity odds ratio per SD within 20% of the generator's, right sign in >= 95% of seeds."""
+    true_or = float(np.exp(resolve_params("demo", None).dead_b_porosity))
+    fits = [oracle_dead_fit(_physics("demo", seed)) for seed in range(20)]
+    ors = np.array([f["odds_ratio"] for f in fits])
+    assert np.mean(ors > 1) >= 0.95
+    assert abs(np.exp(np.mean(np.log(ors))) / true_or - 1) <= 0.20
+
+
+def test_null_preset_is_calibrated():
+    """No morphology effect: p < 0.05 in about 5% of seeds (200 seeds; binomial tolerance)."""
+    p = np.array([oracle_dead_fit(_physics("null", seed))["p"] for seed in range(200)])
+    rate = float(np.mean(p < 0.05))
+    assert rate <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / 200), rate  # <= 8.1%
+
+
+def test_lifetime_table_censoring_and_truncation():
+    sites = pd.DataFrame({"site": [1, 2, 3], "birth_cycle": [0, 2, 1], "last_cycle": [5, 5, 3],
+                          "dead_cycle": [3, -1, -1]})
+    lt = lifetime_table(sites, "dead")
+    assert lt[["entry", "exit", "event"]].values.tolist() == [[0, 3, 1], [2, 5, 0], [1, 3, 0]]
+
+
+def test_charge_per_cycle_from_log():
+    from tests.helpers import make_log
+
+    log = make_log(n_cycles=3, half_s=100.0, current_mA=0.01)
+    ec = ec_charge_per_cycle(log, positive_current_plates=True)
+    # 10 uA for 100 s (99 increments at 1 s sampling) plated and stripped in each cycle
+    np.testing.assert_allclose(ec["q_plate_log_C"], 0.99e-3, rtol=0.02)
+    np.testing.assert_allclose(ec["ce_electrochemical"], 1.0, atol=0.02)
+    swapped = ec_charge_per_cycle(log, positive_current_plates=False)
+    assert len(swapped) >= 3
+
+
+@pytest.mark.workflow
+def test_lifetime_outputs_on_demo(tmp_path):
+    from ecafm.ingest import ingest
+    from ecafm.lifetime import run_lifetime
+    from ecafm.pipeline import run_level_register, run_segment_sites
+    from ecafm.store import Step, verify
+    from ecafm.synth import synth
+
+    synth("demo", 0, tmp_path / "data")
+    ingest([tmp_path / "data" / "raw"], tmp_path / "cube.zarr", ec_log=tmp_path / "data" / "ec" / "log.mpt",
+           frame_sheet=tmp_path / "data" / "frames.tsv")
+    reg = run_level_register(tmp_path / "cube.zarr", tmp_path / "reg")
+    seg = run_segment_sites(reg, tmp_path / "seg")
+    out = run_lifetime(seg["sites"], seg["site_cycles"], seg["cycles"], seg["segments"][0], tmp_path / "lt",
+                       ec_log=tmp_path / "data" / "ec" / "log.mpt", electrode_area_cm2=1.0,
+                       step=Step("correlate_lifetimes"))
+    for p in out.values():
+        assert verify(p) == []
+    import json
+
+    summary = json.loads(out["summary"].read_text())
+    hz = pd.read_csv(out["hazard"], sep="\t")
+    if max(summary["events"].values()) >= 3:  # a model needs events; segmentation decides how many
+        assert {"discrete_logit", "cox"} <= set(hz["model"])
+        assert (hz["ci_low"] <= hz["ratio_per_sd"]).all() and (hz["ratio_per_sd"] <= hz["ci_high"]).all()
+    assert summary["n_sites"] > 20
+    bal = pd.read_csv(out["balance"], sep="\t")
+    # The log passes the same charge each plating (constant current): the electrochemical CE is
+    # the generator's true CE per cycle.
+    truth = Generator(resolve_params("demo", None), 0).physics
+    true_ce = (np.asarray(truth.cycle_stripped) + np.asarray(truth.cycle_void)) / np.asarray(truth.cycle_plated)
+    np.testing.assert_allclose(bal["ce_electrochemical"], true_ce, atol=0.01)
+    assert bal["apparent_density_factor"].notna().all()

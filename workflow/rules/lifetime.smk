@@ -1,0 +1,49 @@
+# Lifetime correlation: one job per dataset (it needs every cycle's sites).
+
+
+rule correlate_lifetimes:
+    input:
+        unpack(get_lifetime_inputs),
+    output:
+        summary="results/lifetime/{dataset}/summary.json",
+        lifetimes="results/lifetime/{dataset}/lifetimes.tsv",
+        descriptors="results/lifetime/{dataset}/descriptors.tsv",
+        hazard="results/lifetime/{dataset}/hazard.tsv",
+        correlations="results/lifetime/{dataset}/correlations.tsv",
+        sensitivity="results/lifetime/{dataset}/sensitivity.tsv",
+        balance="results/lifetime/{dataset}/balance.tsv",
+    log:
+        "logs/correlate_lifetimes/{dataset}.log",
+    conda:
+        "../../envs/ecafm.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        lifetime=get_lifetime_params,
+        cell=get_cell_params,
+    script:
+        "../../scripts/correlate_lifetimes.py"
+
+
+rule plot_lifetimes:
+    input:
+        summary="results/lifetime/{dataset}/summary.json",
+        lifetimes="results/lifetime/{dataset}/lifetimes.tsv",
+        descriptors="results/lifetime/{dataset}/descriptors.tsv",
+        balance="results/lifetime/{dataset}/balance.tsv",
+        sites="results/sites/{dataset}/sites.tsv",
+    output:
+        report(
+            "results/figures/{dataset}/lifetime.png",
+            caption="../report/lifetime.rst",
+            category="4. Lifetimes",
+            subcategory="{dataset}",
+        ),
+    log:
+        "logs/plot_lifetimes/{dataset}.log",
+    conda:
+        "../../envs/ecafm.yaml"
+    script:
+        "../../scripts/plot_lifetimes.py"
