@@ -45,9 +45,9 @@ START = dt.datetime(2026, 1, 1, 9, 0, 0)
 def make_dataset(root: Path, *, n_frames: int = 8, shape=(32, 32), n_cycles: int = 2,
                  half_s: float = 100.0, zero_frames=(), seed: int = 0) -> dict[str, Path]:
     """Gwy frames + .mpt log + frame sheet: frames evenly spread over the cycling."""
-    from ecafm.io.echem import write_mpt
-
     from scipy import ndimage as ndi
+
+    from ecafm.io.echem import write_mpt
 
     rng = np.random.default_rng(seed)
     texture = ndi.gaussian_filter(rng.normal(0, 1, (shape[0] + 16, shape[1] + 16)), 2.0)
