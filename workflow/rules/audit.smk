@@ -15,8 +15,8 @@ rule audit_results:
         "../../envs/ecafm.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=get_mem_mb(base_mb=2000, per_input_mb=1),
+        runtime=get_runtime(base_min=30, per_input_gb_min=60),
     params:
         reexec=True,
     script:

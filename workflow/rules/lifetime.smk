@@ -18,8 +18,8 @@ rule correlate_lifetimes:
         "../../envs/ecafm.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=get_mem_mb(base_mb=1000, per_input_mb=2),
+        runtime=get_runtime(base_min=30, per_input_gb_min=30),
     params:
         lifetime=get_lifetime_params,
         cell=get_cell_params,
@@ -45,5 +45,9 @@ rule plot_lifetimes:
         "logs/plot_lifetimes/{dataset}.log",
     conda:
         "../../envs/ecafm.yaml"
+    threads: 1
+    resources:
+        mem_mb=get_mem_mb(base_mb=1000, per_input_mb=1),
+        runtime=get_runtime(base_min=10, per_input_gb_min=10),
     script:
         "../../scripts/plot_lifetimes.py"

@@ -17,8 +17,8 @@ rule segment_cycle:
         "../../envs/ecafm.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=get_mem_mb(base_mb=1000, per_input_mb=3),
+        runtime=get_runtime(base_min=10, per_input_gb_min=30),
     params:
         segment=get_segment_params,
         metal=get_metal,
@@ -41,8 +41,8 @@ rule track_sites:
         "../../envs/ecafm.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=get_mem_mb(base_mb=1000, per_input_mb=2),
+        runtime=get_runtime(base_min=10, per_input_gb_min=30),
     params:
         segment=get_segment_params,
     script:
@@ -65,5 +65,9 @@ rule plot_classes:
         "logs/plot_classes/{dataset}.log",
     conda:
         "../../envs/ecafm.yaml"
+    threads: 1
+    resources:
+        mem_mb=get_mem_mb(base_mb=1000, per_input_mb=1),
+        runtime=get_runtime(base_min=10, per_input_gb_min=10),
     script:
         "../../scripts/plot_classes.py"
