@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 PRE, PLATE, STRIP = 0, 1, 2
 KIND_MEANINGS = "pre_plating plate strip"
+#: a trough site that kept more than this fraction of its peak volume was not stripped at all
+_IDLE_KEEP = 0.95
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ class SegmentParams:
     detection_k: float = 3.0
     dead_fraction: float = 0.5
     void_fraction: float = 0.2
-    residue_vote: float = 1.0
+    residue_vote: float = 0.5
+    residue_retention: float = 0.3
 
     def min_area(self, pixel_nm: float) -> int:
         """Minimum changed area (px): config value, at least the tip footprint."""
@@ -210,6 +213,91 @@ def _rectify(allf: _Frames, run: np.ndarray, moved: np.ndarray, rows: np.ndarray
     return h, run_end
 
 
+def _site_residue(allf: _Frames, run: np.ndarray, run_kind: np.ndarray, moved: np.ndarray,
+                  h_ref: np.ndarray, params: SegmentParams, min_area: int, err_ref: float,
+                  frames) -> np.ndarray:
+    """INACTIVE_RESIDUE decided per site of each stripping trough, for the frames ``frames``.
+
+    Dead Li is frozen, but live caps of neighbours (and new nuclei) grow over it in the next
+    plating, so a per-pixel STATIC rule misses much of it. Per trough (last frame of a
+    stripping run followed by a plating run): sites = marker watershed of ``h_trough - h_ref``.
+    A site is residue when
+
+    - its volume history says it was not stripped: it kept at least ``residue_retention`` of
+      its volume above the reference at the plating peak (live Li strips to 1 - CE, a few %);
+    - and it stayed inactive: either it lost part of its volume in this stripping and then
+      stopped (a site that kept everything took no part in this cycle: it counts only when at
+      least ``residue_vote`` of its core - pixels of at least half its height - stays STATIC
+      through the next plating), or it was residue at the previous trough already.
+
+    A pixel of a residue site is INACTIVE_RESIDUE in a frame while the residue is the dominant
+    material there: ``h - h_trough <= h_trough - h_ref`` (a neighbour's cap growing on top is
+    thinner than the residue). In stripping frames but the last (rectified to the stripping's
+    end, when the current has stopped) the site's core must also stay STATIC from that frame
+    on: the live part of a converting site strips first.
+    """
+    from ecafm.kernels.sites import segment_sites
+
+    n_all, ny, nx = allf.h.shape
+    out = np.zeros((n_all, ny, nx), bool)
+    n_runs = len(run_kind)
+    prev_dead = np.zeros((ny, nx), bool)
+    for r in range(n_runs - 1):
+        if run_kind[r] != STRIP or run_kind[r + 1] != PLATE:
+            continue
+        idx = np.flatnonzero((run == r) & allf.usable)
+        nidx = np.flatnonzero((run == r + 1) & allf.usable)
+        pidx = (np.flatnonzero((run == r - 1) & allf.usable)
+                if r > 0 and run_kind[r - 1] == PLATE else np.zeros(0, int))
+        if idx.size == 0 or nidx.size == 0:
+            continue
+        t = int(idx[-1])
+        d = allf.h[t] - h_ref
+        ok = allf.valid[t] & np.isfinite(d)
+        sig = kc.robust_sigma(d, ok)
+        tau = kc.change_threshold(h_ref, allf.h[t], sigma_d=sig,
+                                  sigma_r=float(np.hypot(allf.sigma_r[t], err_ref)), k=params.k)
+        above = ok & (d > np.maximum(tau, params.film_nm))
+        lab = segment_sites(d, above, marker_h=params.marker_h_nm,
+                            min_distance=params.marker_min_distance_px, min_area=min_area)
+        n = int(lab.max())
+        if n == 0:
+            prev_dead[:] = False
+            continue
+        flat = lab.ravel()
+        dz = np.where(above, d, 0.0)
+        top = np.zeros(n + 1)
+        np.maximum.at(top, flat, dz.ravel())
+        core = (lab > 0) & (dz >= 0.5 * top[lab])
+        lc = np.where(core, lab, 0).ravel()
+        cnt = np.maximum(np.bincount(lc, minlength=n + 1), 1)
+
+        def frac(m: np.ndarray) -> np.ndarray:
+            return np.bincount(lc, weights=m.ravel().astype(float), minlength=n + 1) / cnt
+
+        vt = np.bincount(flat, weights=np.clip(np.nan_to_num(d), 0, None).ravel(), minlength=n + 1)
+        if pidx.size:
+            dp = np.clip(np.nan_to_num(allf.h[int(pidx[-1])] - h_ref), 0, None)
+            vp = np.bincount(flat, weights=dp.ravel(), minlength=n + 1)
+        else:
+            vp = vt.copy()
+        keep = vt / np.maximum(vp, 1e-9)
+        idle = keep > _IDLE_KEEP  # kept ~everything: took no part in this cycle
+        static_next = 1.0 - frac(moved[nidx].any(axis=0)) >= params.residue_vote
+        was_dead = frac(prev_dead) >= 0.5
+        dead = (keep >= params.residue_retention) & (~idle | static_next | was_dead)
+        dead[0] = False
+        prev_dead = dead[lab]
+        for i in frames:
+            if run[i] not in (r, r + 1) or not allf.usable[i]:
+                continue
+            ok_site = dead.copy()
+            if run[i] == r and i != t:  # stripping frame: the core is STATIC from it on (the
+                # last one is rectified to the end of the stripping, when the current stopped)
+                ok_site &= 1.0 - frac(moved[i:t + 1].any(axis=0)) >= params.residue_vote
+            out[i] = ok_site[lab] & ((allf.h[i] - allf.h[t]) <= d)
+    return out
+
 def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: xr.Dataset, *,
                   prev: xr.Dataset | None = None, nxt: xr.Dataset | None = None,
                   params: SegmentParams = SegmentParams(), metal: str = "Li") -> xr.Dataset:
@@ -286,6 +374,11 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
             a |= run_moved[r - 1]
         active[i] = a
 
+    # ---------------------------------------------------------------- site-level residue
+    site_res = (_site_residue(allf, run, run_kind, moved, h_ref, params, min_area, err_ref,
+                              range(n_prev, n_prev + n_cur))
+                if params.residue_retention > 0 else None)
+
     # ---------------------------------------------------------------- classes per frame
     state = np.full((n_cur, ny, nx), kc.UNCERTAIN, np.uint8)
     sig_ref = np.full(n_cur, np.nan)
@@ -306,19 +399,8 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
         pit = (kc.pits(allf.h[i], ever, radius_px=params.pit_radius_px, tau=tau)
                if params.pit_radius_px > 0 else None)
         res = residue[i]
-        if decided[i] and params.residue_vote < 1.0 and res.any():
-            # site-level vote: a deposit whose pixels mostly stayed static is residue as a
-            # whole (neighbours' growth spills over the edges of dead deposits)
-            above = d > np.maximum(tau, params.film_nm)
-            lab = segment_sites(d, above, marker_h=params.marker_h_nm,
-                                min_distance=params.marker_min_distance_px, min_area=min_area)
-            n = int(lab.max())
-            if n:
-                cnt = np.bincount(lab.ravel(), minlength=n + 1)
-                st = np.bincount(lab.ravel(), weights=res.ravel(), minlength=n + 1)
-                vote = st >= params.residue_vote * np.maximum(cnt, 1)
-                vote[0] = False
-                res = vote[lab]
+        if site_res is not None and decided[i]:
+            res = site_res[i]
         state[j] = kc.state_classes(allf.h[i], h_ref, tau_ref=tau, film_nm=params.film_nm,
                                     uncertain=~ok | creep, active=active[i], residue=res,
                                     pit=pit)
