@@ -89,3 +89,21 @@ def test_cli_score_prints_the_table(demo_1nm, capsys):
     out = capsys.readouterr().out
     for key in ("interframe_rms_px", "change_f1", "iou_residue", "site_f1", "rel_err_dead"):
         assert key in out
+
+
+def test_truth_grid_ambiguous_band_is_the_subpixel_boundary():
+    import numpy as np
+    import xarray as xr
+
+    from ecafm.score import TruthGrid
+
+    n = 8
+    truth = xr.Dataset({"drift_dy_px": (("frame", "y"), np.zeros((1, n))),
+                        "drift_dx_px": (("frame", "y"), np.full((1, n), 0.3))})
+    g = TruthGrid(truth, (0, n, 0, n - 1), 0)
+    a = np.zeros((n, n), int)
+    a[:, 4:] = 1  # boundary between columns 3 and 4
+    amb = g.ambiguous(a)
+    assert amb[:, 3].all() and amb.sum() == n  # only samples at x = 3.3 straddle it
+    g0 = TruthGrid(truth.assign(drift_dx_px=truth["drift_dx_px"] * 0), (0, n, 0, n), 0)
+    assert not g0.ambiguous(a).any()  # integer positions: no ambiguity
