@@ -24,6 +24,9 @@ from tests.test_workflow import _snakemake, _workdir
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
+# Up to registration: several per-cycle jobs to kill in the middle of, and a quick test.
+TARGETS = ("results/register/c/registered.done", "results/figures/c/register.png")
+
 
 def _artifacts(wd: Path) -> list[Path]:
     """Live artifacts: a record X.prov.json whose X exists (hidden partials and versions excluded)."""
@@ -39,7 +42,7 @@ def _artifacts(wd: Path) -> list[Path]:
 def _kill_midway(wd: Path, *, min_level: int, timeout: float = 600.0) -> float:
     """Start `snakemake --cores 1`, SIGKILL its process group once `min_level` cycles are leveled."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd),
-           "--cores", "1"]
+           "--cores", "1", *TARGETS]
     log = open(wd / "killed_run.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     t0 = time.monotonic()
@@ -76,7 +79,7 @@ def test_killed_run_resumes_and_nothing_partial_counts(tmp_path):
 
     # A killed Snakemake leaves its lock behind: unlock, then resume.
     _snakemake(wd, "--unlock")
-    _snakemake(wd, "--cores", "2", "--rerun-incomplete")
+    _snakemake(wd, "--cores", "2", "--rerun-incomplete", *TARGETS)
     assert (wd / "results" / "register" / "c" / "registered.done").exists()
 
     after = _artifacts(wd)
@@ -92,7 +95,7 @@ def test_killed_run_resumes_and_nothing_partial_counts(tmp_path):
     assert all(p.name.startswith(".") for p in partials)
 
     clean = _workdir(tmp_path / "clean", [row])
-    _snakemake(clean, "--cores", "2")
+    _snakemake(clean, "--cores", "2", *TARGETS)
     logical = {str(x.relative_to(wd)): read_record(x)["artifact"]["logical_sha256"]
                for x in after if x.suffix != ".png"}
     expect = {str(x.relative_to(clean)): read_record(x)["artifact"]["logical_sha256"]
