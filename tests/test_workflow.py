@@ -87,6 +87,15 @@ def test_workflow_ingests_dataset_with_log(logged_dataset):
         assert open_cube(path)["height"].dims == ("frame", "y", "x") and verify(path) == []
 
 
+def test_html_report_has_every_stage_figure(logged_dataset):
+    wd, _ = logged_dataset
+    _snakemake(wd, "--cores", "2")
+    _snakemake(wd, "--report", str(wd / "report.html"))
+    html = (wd / "report.html").read_text(errors="replace")
+    for caption in ("Ingest QC of dataset", "Drift of dataset", "Site lifetimes of dataset"):
+        assert caption in html
+
+
 def _job_counts(stdout: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", stdout, re.M)}
 

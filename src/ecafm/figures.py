@@ -240,7 +240,10 @@ def plot_lifetimes(summary: str | Path, balance: str | Path, out: str | Path, *,
 
     plt = _mpl()
     s = json.loads(Path(summary).read_text())
-    b = pd.read_csv(balance, sep="\t")
+    try:
+        b = pd.read_csv(balance, sep="\t")
+    except pd.errors.EmptyDataError:
+        b = pd.DataFrame({"cycle": [], "ce_volumetric": [], "ce_volumetric_with_voids": [], "residue_nm3": []})
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
     km = s.get("kaplan_meier", {})
     for ax, key, label in ((axes[0, 0], "porosity_proxy", "initial porosity proxy"),

@@ -205,6 +205,17 @@ def analyse(sites: pd.DataFrame, site_cycles: pd.DataFrame, cycles: pd.DataFrame
             h_peak: np.ndarray, pixel_nm: float, *, ec: pd.DataFrame | None, area_fraction: float | None,
             params: LifetimeParams = LifetimeParams()) -> dict[str, Any]:
     """Everything of the stage in memory: tables and the JSON summary."""
+    if len(sites) == 0:
+        log.warning("no sites were found: lifetime statistics are empty (balance only)")
+        bal = balance(cycles, ec, area_fraction=area_fraction) if len(cycles) else pd.DataFrame()
+        empty = pd.DataFrame()
+        return {"summary": {"hypothesis": "higher initial porosity / roughness -> shorter site lifetime "
+                            "and more dead residue", "params": asdict(params), "n_sites": 0,
+                            "events": dict.fromkeys(ENDPOINTS, 0), "hazard": [], "kaplan_meier": {},
+                            "balance": bal.to_dict(orient="records"),
+                            "note": "no sites found by segmentation"},
+                "lifetimes": empty, "descriptors": empty, "hazard": empty, "correlations": empty,
+                "sensitivity": empty, "balance": bal}
     sites = sites.copy()
     sites["dead_cycle"] = dead_cycles(sites, site_cycles, params.dead_fraction)
     desc = site_descriptors(sites, h_ref, h_peak, pixel_nm, tuple(params.window_px))
@@ -257,15 +268,20 @@ def analyse(sites: pd.DataFrame, site_cycles: pd.DataFrame, cycles: pd.DataFrame
 
 
 # --------------------------------------------------------------------------- I/O
+def _read_table(path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, sep="\t")
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
 def run_lifetime(sites_path, site_cycles_path, cycles_path, segment0_path, out_dir, *, ec_log=None,
                  positive_current_plates: bool = True, electrode_area_cm2: float | None = None,
                  params: LifetimeParams = LifetimeParams(), step) -> dict[str, Path]:
     """Read the site tables, the first segment cube and the log; write every lifetime output."""
     from ecafm.store import open_cube, write_file, write_table
 
-    sites = pd.read_csv(sites_path, sep="\t")
-    sc = pd.read_csv(site_cycles_path, sep="\t")
-    cyc = pd.read_csv(cycles_path, sep="\t")
+    sites, sc, cyc = (_read_table(p) for p in (sites_path, site_cycles_path, cycles_path))
     seg = open_cube(segment0_path)
     pixel_nm = float(seg.attrs["pixel_size_nm"][1])
     h_ref = seg["h_ref"].values.astype(float)
