@@ -133,6 +133,58 @@ def _apply(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> Non
     run_apply(inputs[0], inputs[1], out["zarr"], step=_step(rec, inputs))
 
 
+def _rule_and_cycle(p: Path) -> tuple[str | None, int | None]:
+    rec = store.read_record(p, missing_ok=True) or {}
+    st = rec.get("step", {})
+    c = st.get("wildcards", {}).get("cycle")
+    return st.get("rule"), (int(c) if c is not None else None)
+
+
+def _segment(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:
+    from ecafm.segment import SegmentParams, run_segment
+
+    params = dict(rec["step"]["params"])
+    metal = params.pop("metal", "Li")
+    c = int(rec["step"]["wildcards"]["cycle"])
+    reg: dict[int, Path] = {}
+    transforms = None
+    for p in inputs:
+        rule, cyc = _rule_and_cycle(p)
+        if rule == "compose_drift":
+            transforms = p
+        elif cyc is not None:
+            reg[cyc] = p
+    run_segment(c, reg[c], reg[min(reg)], transforms, out["zarr"], out["table"], prev=reg.get(c - 1),
+                nxt=reg.get(c + 1), params=SegmentParams(**params), metal=metal,
+                step=_step(rec, inputs))
+
+
+def _track(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:
+    from ecafm.segment import SegmentParams
+    from ecafm.sites import run_track_sites
+
+    d = out["zarr"].parent
+    run_track_sites(list(inputs), out["zarr"], d / "sites.tsv", d / "site_cycles.tsv", d / "cycles.tsv",
+                    d / "tiles.tsv", params=SegmentParams(**rec["step"]["params"]),
+                    step=_step(rec, inputs))
+
+
+def _lifetime(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:
+    from ecafm.lifetime import LifetimeParams, run_lifetime
+
+    p = dict(rec["step"]["params"])
+    cell = {k: p.pop(k) for k in ("positive_current_plates", "electrode_area_cm2") if k in p}
+    params = LifetimeParams(**{**p, "window_px": tuple(p["window_px"]),
+                               "sensitivity_fractions": tuple(p["sensitivity_fractions"])})
+    by_name = {q.name: q for q in inputs}
+    seg0 = next(q for q in inputs if _rule_and_cycle(q)[0] == "segment_cycle")
+    ec_log = next((q for q in inputs if q.suffix.lower() in (".mpr", ".mpt", ".csv")), None)
+    run_lifetime(by_name["sites.tsv"], by_name["site_cycles.tsv"], by_name["cycles.tsv"], seg0,
+                 next(iter(out.values())).parent, ec_log=ec_log, params=params,
+                 positive_current_plates=cell.get("positive_current_plates", True),
+                 electrode_area_cm2=cell.get("electrode_area_cm2"), step=_step(rec, inputs))
+
+
 #: Rule (or CLI command) -> how to re-run it: the library function its script calls.
 REGISTRY: dict[str, Executor] = {
     "ingest_dataset": _ingest,
@@ -142,11 +194,17 @@ REGISTRY: dict[str, Executor] = {
     "link_cycles": _link,
     "compose_drift": _compose,
     "apply_registration": _apply,
+    "segment_cycle": _segment,
+    "track_sites": _track,
+    "correlate_lifetimes": _lifetime,
 }
 #: Rules left out of re-execution on purpose, with the reason shown in the report.
 NOT_REEXECUTED = {
     "plot_ingest": "figure: rendering is not byte-stable across matplotlib builds; hashes checked only",
     "plot_registration": "figure: rendering is not byte-stable across matplotlib builds; hashes checked only",
+    "plot_classes": "figure: rendering is not byte-stable across matplotlib builds; hashes checked only",
+    "plot_lifetimes": "figure: rendering is not byte-stable across matplotlib builds; hashes checked only",
+    "synth": "synthetic input data: regenerate with `ecafm synth` (its raw files are hashed as inputs)",
 }
 
 
