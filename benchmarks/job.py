@@ -1,0 +1,98 @@
+"""Run ONE workflow job in this process, as its Snakemake rule's script would (benchmark helper).
+
+Usage: ``python benchmarks/job.py SPEC_JSON RESULT_JSON``. SPEC_JSON holds ``rule``, ``threads``
+and the rule's arguments; RESULT_JSON receives the job's in-process wall time (imports
+excluded) and the import time. The parent (``benchmarks/run.py``) reads this process's peak RSS
+with ``os.wait4``, so every job's memory is measured on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+
+def _step(rule: str, params: dict, wildcards: dict):
+    from ecafm.store import Step
+
+    return Step(rule, params, wildcards)
+
+
+def run(spec: dict) -> None:
+    """Call the library function of ``spec["rule"]`` with the arguments in ``spec``."""
+    rule, a = spec["rule"], spec["args"]
+    wc = {"cycle": str(a["cycle"])} if "cycle" in a else {}
+    if rule == "ingest_dataset":
+        from ecafm.ingest import ingest
+
+        ingest([a["raw"]], a["cube"], ec_log=a["ec_log"], frame_sheet=a["frames"],
+               qc_table=a["qc"], dataset_id=a["dataset"], threads=spec["threads"])
+    elif rule == "level_cycle":
+        from ecafm.level import LevelParams, level_cycle
+
+        p = LevelParams()
+        level_cycle(a["cube"], a["cycle"], a["out"], params=p, step=_step(rule, asdict(p), wc))
+    elif rule == "register_cycle":
+        from ecafm.register import RegisterParams, run_within
+
+        p = RegisterParams()
+        run_within(a["leveled"], a["out"], params=p, step=_step(rule, asdict(p), wc))
+    elif rule == "link_cycles":
+        from ecafm.register import RegisterParams, run_link
+
+        p = RegisterParams()
+        run_link(a["left"], a["right"], a["out"], params=p, step=_step(rule, asdict(p), wc))
+    elif rule == "compose_drift":
+        from ecafm.register import run_compose
+
+        run_compose(a["within"], a["links"], a["cube"], a["out"], a["table"],
+                    step=_step(rule, {}, wc))
+    elif rule == "apply_registration":
+        from ecafm.register import run_apply
+
+        run_apply(a["leveled"], a["transforms"], a["out"], step=_step(rule, {}, wc))
+    elif rule == "segment_cycle":
+        from ecafm.segment import SegmentParams, run_segment
+
+        p = SegmentParams()
+        run_segment(a["cycle"], a["cur"], a["first"], a["transforms"], a["out"], a["table"],
+                    prev=a.get("prev"), nxt=a.get("next"), params=p, metal="Li",
+                    step=_step(rule, {**asdict(p), "metal": "Li"}, wc))
+    elif rule == "track_sites":
+        from ecafm.segment import SegmentParams
+        from ecafm.sites import run_track_sites
+
+        p = SegmentParams()
+        run_track_sites(a["segments"], a["labels"], a["sites"], a["site_cycles"], a["cycles"],
+                        a["tiles"], params=p, step=_step(rule, asdict(p), wc))
+    elif rule == "correlate_lifetimes":
+        from ecafm.lifetime import LifetimeParams, run_lifetime
+
+        p = LifetimeParams()
+        run_lifetime(a["sites"], a["site_cycles"], a["cycles"], a["segment0"], a["out"],
+                     ec_log=a.get("ec_log"), positive_current_plates=True, electrode_area_cm2=1.0,
+                     params=p, step=_step(rule, asdict(p), wc))
+    else:
+        raise ValueError(f"unknown rule {rule!r}")
+
+
+def main(argv: list[str]) -> int:
+    t0 = time.perf_counter()
+    spec = json.loads(Path(argv[0]).read_text())
+    import dask
+
+    import ecafm.store  # noqa: F401  (import cost counted apart from the job's work)
+
+    dask.config.set(scheduler="threads", num_workers=int(spec["threads"]))
+    t1 = time.perf_counter()
+    run(spec)
+    t2 = time.perf_counter()
+    Path(argv[1]).write_text(json.dumps({"seconds": t2 - t1, "import_s": t1 - t0}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
