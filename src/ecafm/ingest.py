@@ -177,9 +177,15 @@ def ingest(
         listed = set(sheet["path"])
         files = [f for f in files if str(Path(f).resolve()) in listed] or files
     log.info("reading %d file(s)", len(files))
+    # Pass 1: read each file once for its metadata and the per-frame QC, then keep only
+    # zero-memory placeholders; pass 2 (at write time) re-reads the files chunk by chunk through
+    # dask, so no job holds the whole cube in memory.
     frames: list[RawFrame] = []
+    qc_of: dict[tuple[str, int], dict[str, Any]] = {}
     for i, f in enumerate(files):
-        frames.extend(read_frames(f, fmt=fmt, channel=channel))
+        for fr in read_frames(f, fmt=fmt, channel=channel):
+            qc_of[(fr.path, fr.index)] = frame_qc(fr.height, params=qc)
+            frames.append(_placeholder(fr))
         if (i + 1) % 10 == 0 or i + 1 == len(files):
             log.info("read %d/%d files (%d frames)", i + 1, len(files), len(frames))
     if not frames:
@@ -238,8 +244,8 @@ def ingest(
             if "phase" in by.columns:
                 phase[i] = PHASE_CODES[str(row["phase"])]
 
-    stack = np.stack([f.height for f in frames]).astype(np.float32)
-    qcs = [frame_qc(f.height, params=qc) for f in frames]
+    stack = _lazy_stack(frames, "height", fmt=fmt, channel=channel)
+    qcs = [qc_of[(f.path, f.index)] for f in frames]
     for i, (f, q) in enumerate(zip(frames, qcs, strict=True)):
         if not q["ok"]:
             flags = [k for k in QC_FLAGS if q[k]]
@@ -253,7 +259,7 @@ def ingest(
                    {"units": "nm", "long_name": "height", "channel": frames[0].height_channel}),
     }
     for c in common:
-        arr = np.stack([f.channels[c][0] for f in frames]).astype(np.float32)
+        arr = _lazy_stack(frames, c, fmt=fmt, channel=channel)
         data_vars[_var_name(c)] = (("frame", "y", "x"), arr,
                                    {"units": frames[0].channels[c][1], "long_name": c})
     coords = {
@@ -305,6 +311,38 @@ def ingest(
     log.info("cube %s: %d frames of %dx%d px, %.4g nm/px; %d frame(s) flagged",
              out, n, ny, nx, px, sum(not q["ok"] for q in qcs))
     return record
+
+
+def _placeholder(fr: RawFrame) -> RawFrame:
+    """The frame's metadata with zero-memory stand-ins for its arrays (shapes kept)."""
+    import dataclasses
+
+    def ghost(a):
+        return np.broadcast_to(np.float32(0), np.shape(a))
+
+    return dataclasses.replace(fr, height=ghost(fr.height),
+                               channels={k: (ghost(v), u) for k, (v, u) in fr.channels.items()})
+
+
+def _read_var(path: str, var: str, fmt: str, channel: str | None) -> np.ndarray:
+    """All frames of one file, one variable ('height' or a channel name), as float32."""
+    frs = read_frames(path, fmt=fmt, channel=channel)
+    return np.stack([f.height if var == "height" else f.channels[var][0] for f in frs]).astype(np.float32)
+
+
+def _lazy_stack(frames: list[RawFrame], var: str, *, fmt: str, channel: str | None):
+    """A (frame, y, x) dask array that reads each source file when its chunks are computed."""
+    import dask
+    import dask.array as da
+
+    per_file: dict[str, Any] = {}
+    parts = []
+    shape = frames[0].shape
+    for f in frames:
+        if f.path not in per_file:
+            per_file[f.path] = dask.delayed(_read_var, pure=True)(f.path, var, fmt, channel)
+        parts.append(da.from_delayed(per_file[f.path][f.index], shape=shape, dtype=np.float32))
+    return da.stack(parts)
 
 
 def _var_name(channel: str) -> str:
