@@ -56,6 +56,15 @@ def slurm_cluster() -> str:
     ready = [n for n, state in nodes.items() if state.rstrip("*") in ("idle", "mix", "alloc")]
     if out.returncode != 0 or not ready:
         _unavailable(f"no SLURM node is up (sinfo: {out.stdout.strip() or out.stderr.strip()})")
+    # A node can look idle for a while after its slurmd died: run a job to be sure.
+    try:
+        job = subprocess.run(["srun", "-N1", "-n1", "-t", "1", "--mem", "100", "--immediate=30",
+                              "true"], capture_output=True, text=True, timeout=60)
+        ok, why = job.returncode == 0, job.stderr.strip()
+    except subprocess.TimeoutExpired:
+        ok, why = False, "srun did not return within 60 s"
+    if not ok:
+        _unavailable(f"node {ready[0]} is {nodes[ready[0]]} but a test job does not run ({why})")
     return ready[0]
 
 

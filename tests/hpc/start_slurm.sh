@@ -28,11 +28,17 @@ done
 die() { echo "start_slurm: $*" >&2; exit 1; }
 
 stop() {
+    # Daemons of this script only (by their pid files); wait until they are gone, so that a new
+    # slurmctld can bind its port.
     for d in slurmd slurmctld; do
-        if [ -f "$STATE/$d.pid" ]; then
-            kill "$(cat "$STATE/$d.pid")" 2>/dev/null || true
-            rm -f "$STATE/$d.pid"
+        [ -f "$STATE/$d.pid" ] || continue
+        pid=$(cat "$STATE/$d.pid")
+        if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$d" ]; then
+            kill "$pid" 2>/dev/null || true
+            for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+            kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
         fi
+        rm -f "$STATE/$d.pid"
     done
 }
 
@@ -106,6 +112,8 @@ CONF
 
 stop
 slurmctld -i || die "slurmctld did not start (see $LOGS/slurmctld.log)"
+for _ in $(seq 30); do scontrol ping 2>/dev/null | grep -q "is UP" && break; sleep 0.5; done
+scontrol ping | grep -q "is UP" || die "slurmctld does not answer (see $LOGS/slurmctld.log; another slurmctld on port 6817?)"
 slurmd -N localhost || die "slurmd did not start (see $LOGS/slurmd.log)"
 
 for _ in $(seq 60); do
@@ -119,7 +127,9 @@ case $state in
        state=$(sinfo -h -n localhost -o %t 2>/dev/null || true) ;;
 esac
 case $state in
-    idle | mix | alloc) echo "start_slurm: node localhost is $state ($cpus CPUs, $mem_mb MB)" ;;
+    idle | mix | alloc)
+       out=$(timeout 60 srun -N1 -n1 -t 1 --mem 100 echo ok 2>&1) || die "node is $state but a test job does not run: $out"
+       echo "start_slurm: node localhost is $state ($cpus CPUs, $mem_mb MB); a test job ran" ;;
     *) tail -n 20 "$LOGS/slurmctld.log" "$LOGS/slurmd.log" >&2 || true
        die "node localhost is '${state:-unknown}', not idle" ;;
 esac
