@@ -132,3 +132,12 @@ def test_table_round_trip(tmp_path):
                                                      st.text(max_size=5)), max_size=6))
 def test_canonical_json_is_order_independent(d):
     assert canonical_json(d) == canonical_json(dict(reversed(list(d.items()))))
+
+
+def test_stale_partial_of_a_killed_run_is_removed(tmp_path):
+    stale = tmp_path / ".c.zarr.partial-99999999"
+    (stale / "height").mkdir(parents=True)
+    (stale / "zarr.json").write_text("{}")
+    write_cube(_cube(), tmp_path / "c.zarr", step=STEP)
+    assert not stale.exists()
+    assert {p.name for p in tmp_path.iterdir()} - {".versions"} == {"c.zarr", "c.zarr.prov.json"}

@@ -416,7 +416,18 @@ def _file_version(data: Path, path: Path, record: dict[str, Any]) -> None:
 
 
 def _partial(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial-{os.getpid()}")
+    """Hidden partial path of this process; stale partials of the same artifact are removed.
+
+    Only one job writes a given artifact (Snakemake guarantees it), so a partial left by a
+    killed earlier run of the same output is garbage.
+    """
+    mine = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    if path.parent.exists():
+        for stale in path.parent.glob(f".{path.name}.partial-*"):
+            if stale != mine:
+                log.info("removing %s left by an interrupted run", stale)
+                _clear(stale)
+    return mine
 
 
 def _clear(p: Path) -> None:
