@@ -150,3 +150,26 @@ def test_tile_grid_and_region_sums():
     assert s[1:].tolist() == [16, 12, 16, 12, 8, 6]
     with pytest.raises(ValueError, match="tile_px"):
         ks.tile_grid((4, 4), 0)
+
+
+def test_growth_tracking_splits_caps_that_merge_at_the_peak(rng):
+    """Two paraboloid caps born apart overlap at the peak: their sum has one maximum in the
+    overlap, but tracked through the plating frames they stay two sites with the right owner."""
+    shape = (48, 64)
+    caps = [(24, 22, 6.0, 0.8), (24, 34, 8.0, 0.8)]  # cy, cx, final radius (px), aspect
+
+    def frame(f):
+        hs = [_cap(shape, cy, cx, r * f ** (1 / 3), 40.0 * a * r * f ** (1 / 3))
+              for cy, cx, r, a in caps]
+        return sum(hs), np.argmax(np.stack([np.zeros(shape), *hs]), axis=0)
+
+    frames = [frame(f)[0] + rng.normal(0, 0.5, shape) for f in (0.25, 0.5, 0.75, 1.0)]
+    peak, truth = frame(1.0)
+    before = rng.normal(0, 0.5, shape)
+    lab = ks.segment_sites_growth(frames[-1], frames[-1] > 4, [before, *frames], threshold=4.0,
+                                  marker_h=2.0, min_distance=2, min_area=4)
+    assert lab.max() == 2
+    inside = truth > 0
+    agree = max((lab[inside] == truth[inside]).mean(),
+                (lab[inside] == 3 - truth[inside]).mean())
+    assert agree > 0.9

@@ -187,8 +187,16 @@ def site_scores(labels: xr.Dataset, segs: list[xr.Dataset], truth: xr.Dataset, g
 
     Truth segments: ``site_label`` of the last plating frame of the cycle where the true class
     is a deposit (active, dormant or dead Li). IoU >= 0.5 makes matches one-to-one.
+
+    Also reported, ``site_f1_resolvable`` (and ``sites_true_resolvable``): the same F1 with
+    the truth count restricted to sites whose visible footprint on the registered grid is at
+    least the run's minimum area (``min_area_px`` of the segment cubes: 2 x 2 px, at least the
+    tip footprint). A cap hidden under its neighbours down to fewer pixels has no footprint an
+    AFM image at this sampling can resolve (it is below the lateral resolution: pixel pitch and
+    tip). Predictions are not filtered (all of them count), and a match to an unresolvable
+    truth site is not counted. The target applies to ``site_f1``.
     """
-    tp = n_pred = n_true = 0
+    tp = n_pred = n_true = tp_r = n_true_r = 0
     for seg in segs:
         c = int(seg.attrs["cycle"])
         plate = np.flatnonzero(seg["kind"].values == 1)
@@ -205,6 +213,8 @@ def site_scores(labels: xr.Dataset, segs: list[xr.Dataset], truth: xr.Dataset, g
         ids_p, area_p = np.unique(p[p > 0], return_counts=True)
         n_true += ids_t.size
         n_pred += ids_p.size
+        resolvable = set(ids_t[area_t >= int(seg.attrs.get("min_area_px", 1))].tolist())
+        n_true_r += len(resolvable)
         sel = (t > 0) & (p > 0)
         pairs, inter = np.unique(np.stack([t[sel], p[sel]]), axis=1, return_counts=True)
         at = dict(zip(ids_t.tolist(), area_t.tolist(), strict=True))
@@ -212,8 +222,11 @@ def site_scores(labels: xr.Dataset, segs: list[xr.Dataset], truth: xr.Dataset, g
         for (a, b), n in zip(pairs.T.tolist(), inter.tolist(), strict=True):
             if n / (at[a] + ap[b] - n) >= iou_min:
                 tp += 1
+                tp_r += a in resolvable
     return {"site_f1": _f1(tp, n_pred - tp, n_true - tp), "sites_true": n_true,
-            "sites_pred": n_pred, "sites_matched": tp}
+            "sites_pred": n_pred, "sites_matched": tp,
+            "site_f1_resolvable": _f1(tp_r, n_pred - tp_r, n_true_r - tp_r),
+            "sites_true_resolvable": n_true_r}
 
 
 def volume_scores(cycles: pd.DataFrame, segs: list[xr.Dataset], truth: xr.Dataset,

@@ -61,7 +61,9 @@ class SegmentParams:
     pit_radius_px: int = 0
     creep_rows: int = 0
     marker_h_nm: float = 2.0
-    marker_min_distance_px: int = 3
+    marker_min_distance_px: int = 2
+    marker_smooth_px: float = 0.0
+    site_markers: str = "growth"
     min_overlap: float = 0.2
     tile_px: int = 16
     detection_k: float = 3.0
@@ -298,6 +300,21 @@ def _site_residue(allf: _Frames, run: np.ndarray, run_kind: np.ndarray, moved: n
             out[i] = ok_site[lab] & ((allf.h[i] - allf.h[t]) <= d)
     return out
 
+def _growth_maps(allf: _Frames, frames, h_ref: np.ndarray) -> list[np.ndarray]:
+    """Height above the reference before the plating and at each of its usable frames.
+
+    Nuclei are born at the start of a plating and grow as caps whose radius goes as the cube
+    root of the plated charge: early in the plating they are still apart, while at the peak
+    the overlap of two caps is one concave bump with a single maximum. The first map (the
+    material left by the previous stripping) seeds the sites that carry over.
+    """
+    idx = [i for i in frames if allf.kind[i] == PLATE and allf.usable[i]]
+    before = [j for j in range(idx[0]) if allf.usable[j]] if idx else []
+    if not before:
+        return []
+    return [allf.h[j] - h_ref for j in (before[-1], *idx)]
+
+
 def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: xr.Dataset, *,
                   prev: xr.Dataset | None = None, nxt: xr.Dataset | None = None,
                   params: SegmentParams = SegmentParams(), metal: str = "Li") -> xr.Dataset:
@@ -309,7 +326,7 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     ``h_ref``, ``h_start``, ``h_peak``, ``h_trough``, ``label_peak``, ``state_end``.
     """
     from ecafm.constants import get_metal
-    from ecafm.kernels.sites import segment_sites
+    from ecafm.kernels.sites import segment_sites, segment_sites_growth
 
     px = float(np.asarray(cur.attrs["pixel_size_nm"]).ravel()[0])
     a_px = float(np.prod(np.asarray(cur.attrs["pixel_size_nm"], float).ravel()[:2])) \
@@ -430,8 +447,18 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     # ---------------------------------------------------------------- sites at the plating peak
     above_peak = h_peak - h_ref
     thr = np.maximum(tau_last_plate if tau_last_plate is not None else 0.0, params.film_nm)
-    label_peak = segment_sites(above_peak, above_peak > thr, marker_h=params.marker_h_nm,
-                               min_distance=params.marker_min_distance_px, min_area=min_area)
+    if params.site_markers == "growth":
+        label_peak = segment_sites_growth(
+            above_peak, above_peak > thr, _growth_maps(allf, range(n_prev, n_prev + n_cur), h_ref),
+            threshold=thr, marker_h=params.marker_h_nm,
+            min_distance=params.marker_min_distance_px, min_area=min_area,
+            smooth_px=params.marker_smooth_px)
+    elif params.site_markers == "peak":
+        label_peak = segment_sites(above_peak, above_peak > thr, marker_h=params.marker_h_nm,
+                                   min_distance=params.marker_min_distance_px,
+                                   min_area=min_area, smooth_px=params.marker_smooth_px)
+    else:
+        raise ValueError(f"site_markers must be 'peak' or 'growth', got {params.site_markers!r}")
     site_lab = np.where(np.isin(state, (kc.VOID, kc.INACTIVE_RESIDUE, kc.ACTIVE_DEPOSIT,
                                         kc.DORMANT_DEPOSIT)), label_peak[None], 0).astype(np.int32)
     usable_cur = np.flatnonzero(c_fr.usable)
