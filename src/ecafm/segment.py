@@ -274,7 +274,7 @@ def _site_residue(allf: _Frames, run: np.ndarray, run_kind: np.ndarray, moved: n
         lc = np.where(core, lab, 0).ravel()
         cnt = np.maximum(np.bincount(lc, minlength=n + 1), 1)
 
-        def frac(m: np.ndarray) -> np.ndarray:
+        def frac(m: np.ndarray, lc=lc, n=n, cnt=cnt) -> np.ndarray:
             return np.bincount(lc, weights=m.ravel().astype(float), minlength=n + 1) / cnt
 
         vt = np.bincount(flat, weights=np.clip(np.nan_to_num(d), 0, None).ravel(), minlength=n + 1)
