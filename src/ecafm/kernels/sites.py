@@ -74,12 +74,7 @@ def segment_sites(height: np.ndarray, mask: np.ndarray, *, marker_h: float = 2.0
         nxt += 1
         mk.ravel()[idx[np.argmax(hs.ravel()[idx])]] = nxt
     lab = watershed(-hs, markers=mk, mask=m).astype(np.int32)
-    if min_area > 1:
-        area = np.bincount(lab.ravel())
-        small = area < min_area
-        small[0] = False
-        lab = np.where(small[lab], 0, lab)
-    return relabel(lab)
+    return relabel(drop_small(lab, min_area))
 
 
 def segment_sites_growth(height: np.ndarray, mask: np.ndarray, growth: list[np.ndarray], *,
@@ -147,12 +142,16 @@ def segment_sites_growth(height: np.ndarray, mask: np.ndarray, growth: list[np.n
     has[comp[lab > 0]] = True
     missing = ~has[comp] & m_final
     lab = np.where(missing, comp + int(lab.max()), lab)
-    if min_area > 1:
-        area = np.bincount(lab.ravel())
-        small = area < min_area
-        small[0] = False
-        lab = np.where(small[lab], 0, lab)
-    return relabel(lab)
+    return relabel(drop_small(lab, min_area))
+
+
+def drop_small(lab: np.ndarray, min_area: int) -> np.ndarray:
+    """Labels with fewer than ``min_area`` pixels set to background (0)."""
+    if min_area <= 1:
+        return lab
+    small = np.bincount(lab.ravel()) < min_area
+    small[0] = False
+    return np.where(small[lab], 0, lab)
 
 
 def relabel(lab: np.ndarray) -> np.ndarray:
