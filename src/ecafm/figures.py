@@ -79,12 +79,18 @@ def plot_ingest(cube: str | Path, qc: str | Path, out: str | Path, *, step: Step
     fig.suptitle(f"ingest: {ds.attrs.get('dataset', '')} ({ds.attrs.get('format', '')}, "
                  f"{n} frames, {ds.attrs['pixel_size_nm'][1]:.3g} nm/px)")
 
-    def _save(tmp: Path) -> None:
-        fig.savefig(tmp, dpi=90, format="png", metadata={"Software": None})
+    return _write_figure(fig, out, step=step)
 
-    rec = write_file(out, _save, step=step, kind="figure")
-    plt.close(fig)
-    return rec
+
+def _write_figure(fig, out: str | Path, *, step: Step) -> dict[str, Any]:
+    """Save a figure through the write helper (PNG without a software stamp) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return write_file(out, lambda tmp: fig.savefig(tmp, dpi=90, format="png", metadata={"Software": None}),
+                          step=step, kind="figure")
+    finally:
+        plt.close(fig)
 
 
 def _display_plane(img):
@@ -115,7 +121,7 @@ def plot_registration(transforms: str | Path, table: str | Path, registered: lis
     fig = plt.figure(figsize=(12, 7), constrained_layout=True)
     gs = fig.add_gridspec(2, 3)
     ax = fig.add_subplot(gs[0, :2])
-    err_nm = df["error_px"] * abs(float(df["dx_nm"].abs().max() / max(df["dx_px"].abs().max(), 1e-12)) or 1.0)
+    err_nm = df["error_px"] * float(tf.attrs["pixel_size_nm"][1])
     for col, lab, c in (("dy_nm", "slow axis (y)", "C0"), ("dx_nm", "fast axis (x)", "C1")):
         ax.errorbar(f[ok], df[col][ok], yerr=err_nm[ok], fmt=".-", color=c, label=lab, capsize=2)
     if (~ok).any():
@@ -157,12 +163,7 @@ def plot_registration(transforms: str | Path, table: str | Path, registered: lis
         axk.set_ylabel("y (µm)")
         fig.colorbar(im, ax=axk, label="height (nm)", shrink=0.8)
 
-    def _save(tmp: Path) -> None:
-        fig.savefig(tmp, dpi=90, format="png", metadata={"Software": None})
-
-    rec = write_file(out, _save, step=step, kind="figure")
-    plt.close(fig)
-    return rec
+    return _write_figure(fig, out, step=step)
 
 
 def plot_classes(segments: list[str], labels: str | Path, cycles: str | Path, out: str | Path, *,
@@ -223,12 +224,7 @@ def plot_classes(segments: list[str], labels: str | Path, cycles: str | Path, ou
               title="classes", title_fontsize=7)
     ax.set_title("volume balance per cycle")
 
-    def _save(tmp: Path) -> None:
-        fig.savefig(tmp, dpi=90, format="png", metadata={"Software": None})
-
-    rec = write_file(out, _save, step=step, kind="figure")
-    plt.close(fig)
-    return rec
+    return _write_figure(fig, out, step=step)
 
 
 def plot_lifetimes(summary: str | Path, balance: str | Path, out: str | Path, *, step: Step) -> dict[str, Any]:
@@ -282,9 +278,4 @@ def plot_lifetimes(summary: str | Path, balance: str | Path, out: str | Path, *,
     ax.set_title("dead-Li candidate volume and charge balance")
     fig.suptitle(f"site lifetimes: {s['n_sites']} sites, events {s['events']}")
 
-    def _save(tmp: Path) -> None:
-        fig.savefig(tmp, dpi=90, format="png", metadata={"Software": None})
-
-    rec = write_file(out, _save, step=step, kind="figure")
-    plt.close(fig)
-    return rec
+    return _write_figure(fig, out, step=step)

@@ -182,8 +182,8 @@ def correlate(sites: pd.DataFrame, site_cycles: pd.DataFrame, desc: pd.DataFrame
     """Spearman of each descriptor with lifetime and dead fraction (block bootstrap CIs), BH."""
     dead_frac = (site_cycles.groupby("site")["residue_nm3"].max()
                  / sites.set_index("site")["peak_plated_nm3"].clip(lower=1.0)).reindex(desc["site"]).to_numpy()
-    lifetime = (lts["inactivation"].set_index("site")["exit"] - lts["inactivation"].set_index("site")["entry"] + 1)
-    life = lifetime.reindex(desc["site"]).to_numpy(float)
+    inact = lts["inactivation"].set_index("site")
+    life = (inact["exit"] - inact["entry"] + 1).reindex(desc["site"]).to_numpy(float)
     pos = sites.set_index("site").loc[desc["site"], ["y_nm", "x_nm"]].to_numpy()
     rows = []
     cols = [c for c in desc.columns if c != "site"]

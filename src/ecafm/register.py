@@ -196,7 +196,7 @@ def estimate_within_cycle(leveled: xr.Dataset, *, params: RegisterParams) -> xr.
     coords = {"frame": leveled["frame"].values, "y": leveled["y"].values}
     return xr.Dataset(
         {
-            "ref_frame": ("frame", leveled["frame"].values[ref].astype(np.int32) * (ref >= 0) - (ref < 0),
+            "ref_frame": ("frame", np.where(ref >= 0, leveled["frame"].values[ref], -1).astype(np.int32),
                           {"long_name": "frame this one was registered against (-1: chain start or excluded)"}),
             "dy": ("frame", dy, {"units": "px", "long_name": "rigid shift vs ref_frame, slow axis"}),
             "dx": ("frame", dx, {"units": "px", "long_name": "rigid shift vs ref_frame, fast axis"}),
@@ -328,7 +328,7 @@ def compose_transforms(within: list[xr.Dataset], links: list[xr.Dataset], *,
         },
         coords={"frame": frames.astype(np.int32), "y": within[0]["y"].values,
                 "segment": np.arange(len(within), dtype=np.int32)},
-        attrs={"stage": "register_compose", "common_field_px": list(rect),
+        attrs={"stage": "register_compose", "common_field_px": list(rect), "pixel_size_nm": [py, px],
                "common_field_convention": "[y0, y1, x0, x1) in reference-grid pixels"},
     )
 

@@ -296,12 +296,10 @@ def record_path(path: str | Path) -> Path:
     return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
-_record_path = record_path
-
 
 def read_record(path: str | Path, *, missing_ok: bool = False) -> dict[str, Any] | None:
     """Read the provenance record of an artifact."""
-    rp = _record_path(Path(path))
+    rp = record_path(Path(path))
     if not rp.exists():
         if missing_ok:
             return None
@@ -409,10 +407,34 @@ def _file_version(data: Path, path: Path, record: dict[str, Any]) -> None:
             _link_or_copy(data, tmp)
         _clear(dest)
         os.replace(tmp, dest)
-        _record_path(dest).write_text(json.dumps(record, indent=1, sort_keys=True))
+        record_path(dest).write_text(_record_json(record))
     except BaseException:
         _clear(tmp)
         raise
+
+
+def _record_json(record: dict[str, Any]) -> str:
+    return json.dumps(record, indent=1, sort_keys=True)
+
+
+@contextlib.contextmanager
+def _staged(path: Path, tmp: Path) -> Iterator[None]:
+    """On any failure, remove the partial data and the record: nothing looks complete."""
+    try:
+        yield
+    except BaseException:
+        _clear(tmp)
+        _clear(record_path(path))
+        raise
+
+
+def _publish(tmp: Path, path: Path, record: dict[str, Any]) -> None:
+    """File the version, write the record, then rename the data into place (last step)."""
+    _file_version(tmp, path, record)
+    if path.is_dir():
+        _clear(path)
+    record_path(path).write_text(_record_json(record))
+    os.replace(tmp, path)
 
 
 def _partial(path: Path) -> Path:
@@ -468,7 +490,7 @@ def write_cube(ds: xr.Dataset, path: str | Path, *, step: Step, frame_chunk: int
     tmp = _partial(path)
     _clear(tmp)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with _staged(path, tmp):
         ds = _sorted_attrs(ds)
         for name in ds.variables:
             ds[name].encoding = {}
@@ -485,14 +507,7 @@ def write_cube(ds: xr.Dataset, path: str | Path, *, step: Step, frame_chunk: int
             logical = logical_hash(back)
         files = store_files(tmp)
         record = _make_record(path, "zarr", logical, files, step, started)
-        _file_version(tmp, path, record)
-        _clear(path)
-        _record_path(path).write_text(json.dumps(record, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    except BaseException:
-        _clear(tmp)
-        _clear(_record_path(path))
-        raise
+        _publish(tmp, path, record)
     log.info("wrote %s (logical %s, version %s)", path, logical[:12], record["version_id"])
     return record
 
@@ -503,7 +518,7 @@ def write_table(df: pd.DataFrame, path: str | Path, *, step: Step) -> dict:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _partial(path)
-    try:
+    with _staged(path, tmp):
         if path.suffix == ".parquet":
             df.to_parquet(tmp, index=False)
         elif path.suffix in (".tsv", ".txt"):
@@ -512,13 +527,7 @@ def write_table(df: pd.DataFrame, path: str | Path, *, step: Step) -> dict:
             df.to_csv(tmp, index=False)
         files = {path.name: sha256_file(tmp)}
         record = _make_record(path, "table", table_logical_hash(df), files, step, started)
-        _file_version(tmp, path, record)
-        _record_path(path).write_text(json.dumps(record, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    except BaseException:
-        _clear(tmp)
-        _clear(_record_path(path))
-        raise
+        _publish(tmp, path, record)
     return record
 
 
@@ -531,17 +540,11 @@ def write_file(path: str | Path, writer, *, step: Step, kind: str = "file") -> d
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _partial(path).with_suffix(path.suffix)
-    try:
+    with _staged(path, tmp):
         writer(tmp)
         digest = sha256_file(tmp)
         record = _make_record(path, kind, digest, {path.name: digest}, step, started)
-        _file_version(tmp, path, record)
-        _record_path(path).write_text(json.dumps(record, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    except BaseException:
-        _clear(tmp)
-        _clear(_record_path(path))
-        raise
+        _publish(tmp, path, record)
     return record
 
 
@@ -569,7 +572,7 @@ def verify(path: str | Path) -> list[str]:
     recorded = rec["artifact"]["files"]
     on_disk = store_files(path) if path.exists() else {}
     if sha256_bytes(canonical_json(recorded).encode()) != rec["artifact"]["physical_sha256"]:
-        problems.append(f"{_record_path(path)}: file list does not match its physical_sha256 "
+        problems.append(f"{record_path(path)}: file list does not match its physical_sha256 "
                         "(record edited)")
     for name in sorted(set(recorded) | set(on_disk)):
         if name not in on_disk:

@@ -643,16 +643,7 @@ def estimate_shift(
 
 def _with_flags(s: Shift, flags: Sequence[str]) -> Shift:
     allf = tuple(dict.fromkeys([*s.flags, *flags]))
-    return Shift(
-        dy=s.dy,
-        dx=s.dx,
-        peak_ratio=s.peak_ratio,
-        peak=s.peak,
-        error=s.error,
-        crlb=s.crlb,
-        ok=not allf,
-        flags=allf,
-    )
+    return replace(s, ok=not allf, flags=allf)
 
 
 def gradient_magnitude(h: np.ndarray, *, sigma: float = 1.0) -> np.ndarray:
@@ -831,18 +822,7 @@ def estimate_row_drift(
             min_peak_ratio=min_peak_ratio,
         )
         centers[-1] = (lo + hi - 1) / 2.0
-        strips.append(
-            Shift(
-                dy=s.dy + iy,
-                dx=s.dx + ix,
-                peak_ratio=s.peak_ratio,
-                peak=s.peak,
-                error=s.error,
-                crlb=s.crlb,
-                ok=s.ok,
-                flags=s.flags,
-            )
-        )
+        strips.append(replace(s, dy=s.dy + iy, dx=s.dx + ix))
     rows_c = np.asarray(centers)
     ok = np.array([s.ok for s in strips], dtype=bool)
     sdy = np.array([s.dy for s in strips])
