@@ -276,13 +276,83 @@ def volume_scores(cycles: pd.DataFrame, segs: list[xr.Dataset], truth: xr.Datase
             continue
         out[f"rel_err_{key}"] = float(abs(d[est].sum() - d[tru].sum()) / abs(d[tru].sum()))
         out[f"max_rel_err_{key}"] = float((abs(d[est] - d[tru]) / abs(d[tru])).max())
+    # volumetric Coulombic efficiency per cycle (sum V- / sum V+ on the field of view)
+    ce_err = 100 * (t["stripped_nm3"] / t["plated_nm3"] - t["stripped_true"] / t["plated_true"])
+    out["ce_max_abs_err_pp"] = float(np.abs(ce_err).max()) if len(t) else float("nan")
+    out["ce_mean_err_pp"] = float(ce_err.mean()) if len(t) else float("nan")
     return out
+
+
+def _match_sites(t: np.ndarray, p: np.ndarray, iou_min: float) -> dict[int, int]:
+    """One-to-one matches {predicted id: truth id} of two label maps at IoU >= ``iou_min`` (>= 0.5)."""
+    sel = (t > 0) & (p > 0)
+    if not sel.any():
+        return {}
+    ids_t, area_t = np.unique(t[t > 0], return_counts=True)
+    ids_p, area_p = np.unique(p[p > 0], return_counts=True)
+    at = dict(zip(ids_t.tolist(), area_t.tolist(), strict=True))
+    ap = dict(zip(ids_p.tolist(), area_p.tolist(), strict=True))
+    pairs, inter = np.unique(np.stack([t[sel], p[sel]]), axis=1, return_counts=True)
+    return {b: a for (a, b), n in zip(pairs.T.tolist(), inter.tolist(), strict=True)
+            if n / (at[a] + ap[b] - n) >= iou_min}
+
+
+def lifetime_scores(labels: xr.Dataset, sites: pd.DataFrame, segs: list[xr.Dataset],
+                    truth: xr.Dataset, grid: TruthGrid, *, iou_min: float = 0.5) -> dict[str, Any]:
+    """Per-site lifetimes against the generator's true event cycles, on matched sites.
+
+    A predicted site is matched to a true site when their footprints overlap at IoU >=
+    ``iou_min`` at the plating peak of the predicted site's birth cycle (as in
+    :func:`site_scores`). The predicted lifetime is the site's first event of any endpoint
+    (``event_cycle`` of the site table; -1 = right censored), the true one the generator's
+    ``site_event_cycle`` (its first event). Reported: ``lifetime_exact_cycle`` (fraction of
+    matched sites whose event cycle, or censoring, is exactly right), ``lifetime_cindex``
+    (Harrell's concordance of predicted with true event times; censored sites enter at the
+    last cycle + 1 with their censoring indicator; lifelines' ``concordance_index``) and
+    ``lifetime_sites_matched``.
+    """
+    from lifelines.utils import concordance_index
+
+    peak: dict[int, int] = {}
+    ok: dict[int, np.ndarray] = {}
+    for seg in segs:
+        plate = np.flatnonzero(seg["kind"].values == 1)
+        if plate.size:
+            peak[int(seg.attrs["cycle"])] = int(seg["frame"].values[plate[-1]])
+            ok[int(seg.attrs["cycle"])] = seg["state"].values[plate[-1]] != 0
+    last = max(peak) if peak else 0
+    pred_to_true: dict[int, int] = {}
+    for c, f in peak.items():
+        t = grid(truth["site_label"][f].values)
+        t = np.where(np.isin(grid(truth["class_map"][f].values), (T_ACTIVE, T_DORMANT, T_DEAD)) & ok[c],
+                     t, 0)
+        p = np.where(ok[c], labels["site_label"].sel(cycle=c).values, 0)
+        born = set(sites.loc[sites["birth_cycle"] == c, "site"].tolist())
+        for b, a in _match_sites(t, p, iou_min).items():
+            if b in born and b not in pred_to_true:
+                pred_to_true[b] = a
+    if not pred_to_true:
+        return {"lifetime_exact_cycle": float("nan"), "lifetime_cindex": float("nan"),
+                "lifetime_sites_matched": 0}
+    site_ids = truth["site"].values.tolist()
+    true_ev = truth["site_event_cycle"].values
+    s = sites.set_index("site")
+    pe = np.array([int(s.loc[b, "event_cycle"]) for b in pred_to_true])
+    te = np.array([int(true_ev[site_ids.index(a)]) for a in pred_to_true.values()])
+    exact = float(np.mean(pe == te))
+    t_time = np.where(te >= 0, te, last + 1).astype(float)
+    p_time = np.where(pe >= 0, pe, last + 1).astype(float)
+    cindex = float(concordance_index(t_time, p_time, (te >= 0).astype(int)))
+    return {"lifetime_exact_cycle": exact, "lifetime_cindex": cindex,
+            "lifetime_sites_matched": len(pred_to_true)}
 
 
 TARGETS = {"interframe_rms_px": ("<=", 0.1), "row_rms_px": ("<=", 0.3), "change_f1": (">=", 0.9),
            "iou_deposit": (">=", 0.9), "iou_void": (">=", 0.7), "iou_residue": (">=", 0.7),
            "site_f1": (">=", 0.9), "rel_err_plated": ("<=", 0.05),
-           "rel_err_stripped": ("<=", 0.05), "rel_err_dead": ("<=", 0.15)}
+           "rel_err_stripped": ("<=", 0.05), "rel_err_dead": ("<=", 0.15),
+           "ce_max_abs_err_pp": ("<=", 2.0), "lifetime_exact_cycle": (">=", 0.8),
+           "lifetime_cindex": (">=", 0.85)}
 
 
 def score_run(results: str | Path, truth_path: str | Path) -> dict[str, Any]:
@@ -305,7 +375,11 @@ def score_run(results: str | Path, truth_path: str | Path) -> dict[str, Any]:
     out.update(class_scores(segs, truth, grid))
     if paths.get("labels") is not None:
         out.update(site_scores(open_cube(paths["labels"]).load(), segs, truth, grid))
+        labels = open_cube(paths["labels"]).load()
         out.update(volume_scores(pd.read_csv(paths["cycles"], sep="\t"), segs, truth, grid))
+        sites_tsv = Path(paths["cycles"]).with_name("sites.tsv")
+        if sites_tsv.exists():
+            out.update(lifetime_scores(labels, pd.read_csv(sites_tsv, sep="\t"), segs, truth, grid))
     return out
 
 
