@@ -54,7 +54,7 @@ def _level_one(h: np.ndarray, *, params: LevelParams) -> tuple[np.ndarray, np.nd
     out = res.height
     if params.scars:
         out = remove_scars(out)
-    return out.astype(np.float32), res.background
+    return out.astype(np.float32, copy=False), res.background
 
 
 def level_frames(height: xr.DataArray, *, params: LevelParams = LevelParams()) -> xr.Dataset:

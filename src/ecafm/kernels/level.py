@@ -60,64 +60,125 @@ def _check_frame(h: np.ndarray, name: str = "h") -> np.ndarray:
 
 
 def _design(ny: int, nx: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return normalized coordinates u (1, nx) and v (ny, 1)."""
-    u = np.linspace(-1.0, 1.0, nx)[None, :]
-    v = np.linspace(-1.0, 1.0, ny)[:, None]
-    return u, v
+    """Return normalized coordinates u (nx,) and v (ny,), both in [-1, 1]."""
+    return np.linspace(-1.0, 1.0, nx), np.linspace(-1.0, 1.0, ny)
 
 
-def _basis(u: np.ndarray, v: np.ndarray, order: int) -> list[np.ndarray]:
-    terms = [np.ones_like(u * v), u + 0 * v, v + 0 * u]
-    if order == 2:
-        terms += [u**2 + 0 * v, u * v, v**2 + 0 * u]
-    return terms
+def _median_inplace(a: np.ndarray) -> float:
+    """Median of a 1-D float array without NaN; reorders ``a`` (same value as ``np.median``).
+
+    ``np.median`` partitions at two (three, with its NaN check) positions at once, which is
+    several times slower than one selection plus a max over the lower half.
+    """
+    n = a.size
+    k = n // 2
+    a.partition(k)
+    hi = a[k]
+    if n % 2:
+        return float(hi)
+    return float((a[:k].max() + hi) / 2.0)
 
 
-def _eval_plane(coef: np.ndarray, u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
-    out = np.zeros(np.broadcast_shapes(u.shape, v.shape))
-    for c, t in zip(coef, _basis(u, v, order), strict=True):
-        out += c * t
-    return out
+def _sorted_row_medians(s: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Row medians of the first ``counts[i]`` entries of each row of ``s``; ``s`` is sorted in place.
 
-
-def _fit_plane(
-    z: np.ndarray, bg: np.ndarray, u: np.ndarray, v: np.ndarray, order: int
-) -> np.ndarray:
-    yy, xx = np.nonzero(bg)
-    uu = u[0, xx]
-    vv = v[yy, 0]
-    cols = [np.ones_like(uu), uu, vv]
-    if order == 2:
-        cols += [uu**2, uu * vv, vv**2]
-    a = np.stack(cols, axis=1)
-    coef, *_ = np.linalg.lstsq(a, z[yy, xx], rcond=None)
-    return coef
-
-
-def _row_medians(z: np.ndarray, bg: np.ndarray, min_pixels: int) -> np.ndarray:
-    """Median of background pixels per row; rows with too few pixels interpolated."""
-    counts = bg.sum(axis=1)
-    zz = np.where(bg, z, np.nan)
-    ok = counts >= min_pixels
-    med = np.full(z.shape[0], np.nan)
-    if ok.any():
-        med[ok] = np.nanmedian(zz[ok], axis=1)
-    else:
-        return np.zeros(z.shape[0])
-    rows = np.arange(z.shape[0])
-    if not ok.all():
-        med[~ok] = np.interp(rows[~ok], rows[ok], med[ok])
+    Entries to ignore must sort last (NaN or +inf). Rows with ``counts == 0`` give NaN.
+    """
+    s.sort(axis=1)
+    rows = np.arange(s.shape[0])
+    lo = np.maximum((counts - 1) // 2, 0)
+    hi = np.maximum(counts // 2, 0)
+    hi = np.minimum(hi, s.shape[1] - 1)
+    med = (s[rows, lo] + s[rows, hi]) / 2.0
+    med[counts == 0] = np.nan
     return med
+
+
+def _exponents(order: int) -> list[tuple[int, int]]:
+    """(power of u, power of v) of the basis ``[1, u, v]`` or ``[1, u, v, u**2, u*v, v**2]``."""
+    e = [(0, 0), (1, 0), (0, 1)]
+    if order == 2:
+        e += [(2, 0), (1, 1), (0, 2)]
+    return e
+
+
+class _PlaneFitter:
+    """Least-squares polynomial plane on a background mask, from moments (normal equations).
+
+    Every sum over the background pixels of ``u**a * v**b`` (design) and ``z * u**a * v**b``
+    (data) is ``V.T @ (M @ U)`` with ``M`` the (masked) image and ``U``, ``V`` Vandermonde
+    matrices of the normalized coordinates, so a fit costs two matrix products with a few
+    columns instead of a least-squares solve on an (n_pixels, n_terms) matrix. Per-row offsets
+    subtracted from ``z`` only change the data sums through the per-row sums of the mask.
+    The coordinates are in [-1, 1] and the order is at most 2: the normal equations are well
+    conditioned.
+    """
+
+    def __init__(self, z0: np.ndarray, u: np.ndarray, v: np.ndarray, order: int):
+        self.z0 = z0  # z with non-finite pixels set to 0
+        self.exps = _exponents(order)
+        deg = 2 * order
+        self.ua = np.vander(u, deg + 1, increasing=True)  # (nx, deg + 1)
+        self.va = np.vander(v, deg + 1, increasing=True)  # (ny, deg + 1)
+        self.order = order
+        self._buf = np.empty(z0.shape)
+
+    def set_mask(self, bg: np.ndarray) -> None:
+        bf = self._buf
+        np.copyto(bf, bg)
+        q = bf @ self.ua  # (ny, deg + 1): per-row sums of bg * u**a
+        self.mom = self.va.T @ q  # [b, a] = sum_bg u**a v**b
+        self.q = q
+        np.multiply(self.z0, bf, out=bf)
+        self.p = bf @ self.ua[:, : self.order + 1]  # per-row sums of bg * z * u**a
+        e = self.exps
+        self.amat = np.array([[self.mom[bi + bj, ai + aj] for (aj, bj) in e] for (ai, bi) in e])
+
+    def fit(self, offsets: np.ndarray) -> np.ndarray:
+        """Coefficients of the plane fitted to ``z - offsets[:, None]`` on the mask."""
+        k = self.order + 1
+        pm = self.p - offsets[:, None] * self.q[:, :k]
+        rhs_m = self.va[:, :k].T @ pm  # [b, a] = sum_bg (z - off) u**a v**b
+        rhs = np.array([rhs_m[b, a] for (a, b) in self.exps])
+        amat = self.amat
+        d = np.sqrt(np.maximum(np.diag(amat), np.finfo(float).tiny))
+        scaled = amat / np.outer(d, d)
+        try:
+            if np.linalg.cond(scaled) > 1e10:
+                raise np.linalg.LinAlgError
+            coef = np.linalg.solve(scaled, rhs / d) / d
+        except np.linalg.LinAlgError:
+            coef = np.linalg.lstsq(scaled, rhs / d, rcond=None)[0] / d
+        return coef
+
+
+def _plane_parts(coef: np.ndarray, u: np.ndarray, v: np.ndarray, order: int):
+    """Plane as row term (ny,) + column term (nx,) + cross coefficient (for ``u * v``)."""
+    row = coef[0] + coef[2] * v
+    col = coef[1] * u
+    cross = 0.0
+    if order == 2:
+        row = row + coef[5] * v**2
+        col = col + coef[3] * u**2
+        cross = float(coef[4])
+    return row, col, cross
+
+
+def _subtract_plane(z, row, col, cross, u, v, out):
+    """``out = z - row[:, None] - col[None, :] - cross * v[:, None] * u[None, :]``."""
+    np.subtract(z, row[:, None], out=out)
+    out -= col[None, :]
+    if cross:
+        out -= np.multiply.outer(cross * v, u)
+    return out
 
 
 def _diff_offsets(z: np.ndarray) -> np.ndarray:
     """Line offsets from the median of differences of adjacent rows (robust to smooth deposits)."""
     d = z[1:] - z[:-1]
-    finite = np.isfinite(d)
-    med = np.zeros(d.shape[0])
-    ok = finite.any(axis=1)
-    if ok.any():
-        med[ok] = np.nanmedian(np.where(finite[ok], d[ok], np.nan), axis=1)
+    counts = np.isfinite(d).sum(axis=1)
+    med = _sorted_row_medians(d, counts)  # NaN sorts last
+    med[counts == 0] = 0.0
     return np.concatenate([[0.0], np.cumsum(med)])
 
 
@@ -178,6 +239,7 @@ def level_frame(
         raise ValueError(f"k_sigma must be > 0, got {k_sigma!r}")
     z = h.astype(np.float64)  # a copy: the input is never modified
     finite = np.isfinite(z)
+    all_finite = bool(finite.all())
     usable = finite.copy()
     if mask is not None:
         mask = np.asarray(mask)
@@ -187,68 +249,94 @@ def level_frame(
             raise ValueError(f"mask must be a boolean array, got dtype {mask.dtype}")
         usable &= mask
     n_min = 3 * (order + 1)
-    if usable.sum() < n_min:
-        raise ValueError(
-            f"only {int(usable.sum())} usable background pixels; need at least {n_min}"
-        )
+    n_usable = int(np.count_nonzero(usable))
+    if n_usable < n_min:
+        raise ValueError(f"only {n_usable} usable background pixels; need at least {n_min}")
     ny, nx = z.shape
     u, v = _design(ny, nx)
     align = line_align == "median"
     min_row = min(5, nx)
+    fitter = _PlaneFitter(z if all_finite else np.where(finite, z, 0.0), u, v, order)
+    work = np.empty_like(z)  # z minus the model
+    tmp = np.empty_like(z)
 
-    def fit(bg: np.ndarray, offsets: np.ndarray, *, refit_offsets: bool):
-        coef = _fit_plane(z - offsets[:, None], bg, u, v, order)
-        plane = _eval_plane(coef, u, v, order)
-        if align and refit_offsets:
-            offsets = _row_medians(z - plane, bg, min_row)
-            coef = _fit_plane(z - offsets[:, None], bg, u, v, order)
-            plane = _eval_plane(coef, u, v, order)
-        return coef, plane, offsets
+    def row_medians(row, col, cross, bg, counts):
+        """Median of background pixels of z - plane per row; rows with too few interpolated."""
+        _subtract_plane(z, row, col, cross, u, v, out=tmp)
+        tmp[~bg] = np.inf
+        med = _sorted_row_medians(tmp, counts)
+        ok = counts >= min_row
+        if not ok.any():
+            return np.zeros(ny)
+        if not ok.all():
+            rows = np.arange(ny)
+            med[~ok] = np.interp(rows[~ok], rows[ok], med[ok])
+        return med
+
+    def fit(bg, offsets):
+        fitter.set_mask(bg)
+        coef = fitter.fit(offsets)
+        parts = _plane_parts(coef, u, v, order)
+        if align:
+            counts = np.count_nonzero(bg, axis=1)
+            offsets = row_medians(*parts, bg, counts)
+            coef = fitter.fit(offsets)
+            parts = _plane_parts(coef, u, v, order)
+        return coef, parts, offsets
 
     bg = usable
     if n_iter > 0:
         # Robust start, insensitive to smooth deposits: x slope from the median of x differences,
         # y trend (and line offsets) from the median of adjacent-row differences.
-        zu = np.where(usable, z, np.nan)
+        zu = z if n_usable == z.size else np.where(usable, z, np.nan)
         dx = np.diff(zu, axis=1)
-        slope = np.nanmedian(dx) if np.isfinite(dx).any() else 0.0
+        if n_usable != z.size:
+            dx = dx[np.isfinite(dx)]
+        slope = _median_inplace(dx.ravel()) if dx.size else 0.0
         coef = np.zeros(3 if order == 1 else 6)
         coef[1] = slope * (nx - 1) / 2.0
-        plane = _eval_plane(coef, u, v, order)
-        dy = _diff_offsets(zu - plane)
+        parts = _plane_parts(coef, u, v, order)
+        dy = _diff_offsets(_subtract_plane(zu, *parts, u, v, out=tmp))
         if align:
             offsets = dy
         else:
             offsets = np.zeros(ny)
-            plane = plane + dy[:, None]
+            parts = (parts[0] + dy, parts[1], parts[2])
     else:
         offsets = np.zeros(ny)
-        coef, plane, offsets = fit(bg, offsets, refit_offsets=True)
+        coef, parts, offsets = fit(bg, offsets)
+    new_bg = np.empty_like(usable)
     for it in range(n_iter):
-        resid = z - plane - offsets[:, None]
+        resid = _subtract_plane(z, parts[0] + offsets, parts[1], parts[2], u, v, out=work)
         r_bg = resid[bg]
-        center = np.median(r_bg)
-        sigma = _MAD_TO_SIGMA * np.median(np.abs(r_bg - center))
+        center = _median_inplace(r_bg)
+        r_bg -= center
+        np.abs(r_bg, out=r_bg)
+        sigma = _MAD_TO_SIGMA * _median_inplace(r_bg)
         if sigma == 0:
             sigma = np.finfo(float).eps
-        new_bg = usable & (np.abs(resid - center) <= k_sigma * sigma)
-        if new_bg.sum() < n_min:
+        np.subtract(resid, center, out=tmp)
+        np.abs(tmp, out=tmp)
+        np.less_equal(tmp, k_sigma * sigma, out=new_bg)
+        new_bg &= usable
+        if np.count_nonzero(new_bg) < n_min:
             logger.warning("level_frame: background would shrink below %d pixels; stopping", n_min)
             break
         changed = not np.array_equal(new_bg, bg)
-        bg = new_bg
-        coef, plane, offsets = fit(bg, offsets, refit_offsets=True)
+        bg, new_bg = new_bg, (np.empty_like(usable) if bg is usable else bg)
+        coef, parts, offsets = fit(bg, offsets)
         if not changed and it > 0:
             break
-    out = z - plane - offsets[:, None]
-    zero = np.median(out[bg])
+    out = _subtract_plane(z, parts[0] + offsets, parts[1], parts[2], u, v, out=work)
+    zero = _median_inplace(out[bg])
     out -= zero
     if align:
         offsets = offsets + zero
     else:
         coef = coef.copy()
         coef[0] += zero
-    out[~finite] = np.nan
+    if not all_finite:
+        out[~finite] = np.nan
     return LevelResult(
         height=out.astype(np.float32),
         background=bg,
