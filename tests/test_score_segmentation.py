@@ -46,6 +46,12 @@ TARGETS = [
     pytest.param("rel_err_stripped", "<=", 0.05, id="V-"),
     # site-level residue rule: 0.03 (demo seed 0), 0.02 (seed 1), 0.001 (ladder-1)
     pytest.param("rel_err_dead", "<=", 0.15, id="dead"),
+    # per-cycle volumetric CE: cycles 0-2 within 1.3 pp; the last cycle (no next plating) is off
+    pytest.param("ce_max_abs_err_pp", "<=", 2.0, id="CE",
+                 marks=_xfail("2.36 pp (demo seed 0, 1 nm; seed 1 5.6, ladder-1 3.0)", "<= 2 pp")),
+    # seed 1: 0.77 / 0.86; ladder-1: 0.89 / 0.93
+    pytest.param("lifetime_exact_cycle", ">=", 0.8, id="lifetime_exact"),
+    pytest.param("lifetime_cindex", ">=", 0.85, id="lifetime_cindex"),
 ]
 
 
@@ -107,3 +113,49 @@ def test_truth_grid_ambiguous_band_is_the_subpixel_boundary():
     assert amb[:, 3].all() and amb.sum() == n  # only samples at x = 3.3 straddle it
     g0 = TruthGrid(truth.assign(drift_dx_px=truth["drift_dx_px"] * 0), (0, n, 0, n), 0)
     assert not g0.ambiguous(a).any()  # integer positions: no ambiguity
+
+
+def _tiny_lifetime_case():
+    """Three true sites (one dead Li in cycle 0, one censored, one dead Li in the last cycle)."""
+    import numpy as np
+    import xarray as xr
+
+    from ecafm.score import EV_DEAD, EV_NONE, T_ACTIVE, TruthGrid
+
+    n = 12
+    lab = np.zeros((n, n), np.int32)
+    lab[0:4, 0:4], lab[0:4, 6:10], lab[6:10, 0:4] = 1, 2, 3
+    frames = 4
+    truth = xr.Dataset(
+        {"site_label": (("frame", "y", "x"), np.repeat(lab[None], frames, 0)),
+         "class_map": (("frame", "y", "x"), np.repeat(np.where(lab > 0, T_ACTIVE, 0)[None], frames, 0)),
+         "site_event_cycle": (("site",), np.array([0, -1, 1])),
+         "site_event_type": (("site",), np.array([EV_DEAD, EV_NONE, EV_DEAD])),
+         "drift_dy_px": (("frame", "y"), np.zeros((frames, n))),
+         "drift_dx_px": (("frame", "y"), np.zeros((frames, n)))},
+        coords={"site": [1, 2, 3]})
+    segs = [xr.Dataset({"kind": (("frame",), np.array([1, 2])),
+                        "state": (("frame", "y", "x"), np.full((2, n, n), 5, np.uint8))},
+                       coords={"frame": [2 * c, 2 * c + 1]},
+                       attrs={"cycle": c, "residue_next_cycle": c == 0}) for c in (0, 1)]
+    pred = np.where(lab > 0, lab + 9, 0)  # predicted ids 10, 11, 12
+    labels = xr.Dataset({"site_label": (("cycle", "y", "x"), np.stack([pred, pred]))},
+                        coords={"cycle": [0, 1]})
+    return truth, segs, labels, TruthGrid(truth, (0, n, 0, n), 0)
+
+
+def test_lifetime_scores_exact_and_concordance_on_a_known_case():
+    import pandas as pd
+
+    from ecafm.score import lifetime_scores
+
+    truth, segs, labels, grid = _tiny_lifetime_case()
+    right = pd.DataFrame({"site": [10, 11, 12], "birth_cycle": [0, 0, 0], "event_cycle": [0, -1, -1]})
+    s = lifetime_scores(labels, right, segs, truth, grid)
+    # site 3's dead-Li event in the last cycle cannot be decided (no next plating): censored
+    assert s["lifetime_sites_matched"] == 3
+    assert s["lifetime_exact_cycle"] == 1.0 and s["lifetime_cindex"] == 1.0
+    wrong = right.assign(event_cycle=[-1, 0, -1])  # the event given to the censored site
+    s = lifetime_scores(labels, wrong, segs, truth, grid)
+    assert abs(s["lifetime_exact_cycle"] - 1 / 3) < 1e-12
+    assert s["lifetime_cindex"] < 0.5

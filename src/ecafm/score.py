@@ -58,6 +58,8 @@ def registration_errors(transforms: xr.Dataset, truth: xr.Dataset) -> dict[str, 
 # --------------------------------------------------------------------------- segmentation
 #: truth class_map codes of the generator (flag_meanings of truth.zarr class_map)
 T_SUBSTRATE, T_ACTIVE, T_DORMANT, T_DEAD, T_SEI, T_VOID = range(6)
+#: the generator's ``site_event_type`` codes
+EV_NONE, EV_INACTIVATION, EV_DEAD, EV_VOID = range(4)
 
 
 class TruthGrid:
@@ -305,7 +307,11 @@ def lifetime_scores(labels: xr.Dataset, sites: pd.DataFrame, segs: list[xr.Datas
     ``iou_min`` at the plating peak of the predicted site's birth cycle (as in
     :func:`site_scores`). The predicted lifetime is the site's first event of any endpoint
     (``event_cycle`` of the site table; -1 = right censored), the true one the generator's
-    ``site_event_cycle`` (its first event). Reported: ``lifetime_exact_cycle`` (fraction of
+    ``site_event_cycle`` (its first event). The observation window ends where the data can decide:
+    a dead-Li conversion or an inactivation needs the next plating (the residue rule, and "no
+    plating in two consecutive cycles"), so a true event of those kinds after the last cycle
+    with a next plating is censored in the truth too, as it is in any experiment that stops
+    there (voids are seen in the stripping itself and are kept). Reported: ``lifetime_exact_cycle`` (fraction of
     matched sites whose event cycle, or censoring, is exactly right), ``lifetime_cindex``
     (Harrell's concordance of predicted with true event times; censored sites enter at the
     last cycle + 1 with their censoring indicator; lifelines' ``concordance_index``) and
@@ -339,6 +345,11 @@ def lifetime_scores(labels: xr.Dataset, sites: pd.DataFrame, segs: list[xr.Datas
     s = sites.set_index("site")
     pe = np.array([int(s.loc[b, "event_cycle"]) for b in pred_to_true])
     te = np.array([int(true_ev[site_ids.index(a)]) for a in pred_to_true.values()])
+    tt = np.array([int(truth["site_event_type"].values[site_ids.index(a)])
+                   for a in pred_to_true.values()])
+    decided = [int(sg.attrs["cycle"]) for sg in segs if bool(sg.attrs.get("residue_next_cycle"))]
+    last_decided = max(decided) if decided else -1
+    te = np.where(np.isin(tt, (EV_INACTIVATION, EV_DEAD)) & (te > last_decided), -1, te)
     exact = float(np.mean(pe == te))
     t_time = np.where(te >= 0, te, last + 1).astype(float)
     p_time = np.where(pe >= 0, pe, last + 1).astype(float)
