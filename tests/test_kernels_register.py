@@ -145,6 +145,16 @@ def test_qc_passes_good_pair_and_flags_jump():
     assert not s2.ok and "jump" in s2.flags
 
 
+def test_qc_accepts_precomputed_gradients():
+    """Gradient images computed once by the caller give the same result as computed inside."""
+    ref, mov, stable = _pair(7, shift=(4.4, -2.1), changed=0.3)
+    s = estimate_shift_qc(ref, mov, weights=stable)
+    g = (gradient_magnitude(ref), gradient_magnitude(mov))
+    assert estimate_shift_qc(ref, mov, weights=stable, gradients=g) == s
+    with pytest.raises(ValueError, match="gradients"):
+        estimate_shift_qc(ref, mov, gradients=(g[0], g[1][:-1]))
+
+
 def test_gradient_magnitude_nan_safe():
     z = np.outer(np.ones(32), np.arange(32.0)) * 2.0  # slope 2 nm/px along x
     z[5, 5] = np.nan

@@ -81,12 +81,19 @@ def _fill(a: np.ndarray) -> np.ndarray:
 
 def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: RegisterParams) -> PairResult:
     """Rigid + per-row displacement of ``moving`` relative to ``reference`` on stable regions."""
-    from ecafm.kernels.register import apply_shift, estimate_row_drift, estimate_shift_qc
+    from ecafm.kernels.register import (
+        apply_shift,
+        estimate_row_drift,
+        estimate_shift_qc,
+        gradient_magnitude,
+    )
 
     ref = _fill(reference)
     mov = _fill(moving)
+    # the gradient images of the QC check are the same for both passes: computed once
     kw = dict(max_jump_px=math.inf, min_peak_ratio=params.min_peak_ratio,
-              max_disagreement_px=params.max_disagreement_px, upsample_factor=params.upsample_factor)
+              max_disagreement_px=params.max_disagreement_px, upsample_factor=params.upsample_factor,
+              gradients=(gradient_magnitude(ref), gradient_magnitude(mov)))
     s0 = estimate_shift_qc(ref, mov, **kw)
     weights = moving_weights = None
     if math.isfinite(s0.dy) and math.isfinite(s0.dx):

@@ -217,27 +217,34 @@ def _prepare(img: np.ndarray, weight: np.ndarray, dtype) -> tuple[np.ndarray, np
     if not finite.all():
         weight = np.where(finite, weight, 0.0)
         img = np.where(finite, img, 0.0)
-    sw = weight.sum()
+    # weighted plane (offset and tilt) removal from moments: every sum over pixels of
+    # weight * u**a * v**b (* img) is a row or column sum followed by a dot product
+    n, m = img.shape
+    u = np.linspace(-1.0, 1.0, m)
+    v = np.linspace(-1.0, 1.0, n)
+    cw, rw = weight.sum(axis=0), weight.sum(axis=1)
+    sw = float(cw.sum())
     if sw <= 0:
         raise ValueError("no finite pixel with a positive weight")
-    # weighted plane (offset and tilt) removal from moments
-    n, m = img.shape
-    u = np.linspace(-1.0, 1.0, m)[None, :]
-    v = np.linspace(-1.0, 1.0, n)[:, None]
-    wu, wv = weight * u, weight * v
+    wz = weight * img
+    cz, rz = wz.sum(axis=0), wz.sum(axis=1)
     amat = np.array(
         [
-            [sw, wu.sum(), wv.sum()],
-            [wu.sum(), (wu * u).sum(), (wu * v).sum()],
-            [wv.sum(), (wu * v).sum(), (wv * v).sum()],
+            [sw, cw @ u, rw @ v],
+            [cw @ u, cw @ (u * u), v @ weight @ u],
+            [rw @ v, v @ weight @ u, rw @ (v * v)],
         ]
     )
-    rhs = np.array([(weight * img).sum(), (wu * img).sum(), (wv * img).sum()])
+    rhs = np.array([cz.sum(), cz @ u, rz @ v])
     try:
         c = np.linalg.solve(amat, rhs)
     except np.linalg.LinAlgError:
         c = np.array([rhs[0] / sw, 0.0, 0.0])
-    return ((img - c[0] - c[1] * u - c[2] * v) * weight).astype(dtype, copy=False), weight
+    # (img - plane) * weight = wz - (c0 + c2 v) * weight - c1 u * weight
+    out = wz
+    out -= (c[0] + c[2] * v)[:, None] * weight
+    out -= weight * (c[1] * u)[None, :]
+    return out.astype(dtype, copy=False), weight
 
 
 def _hermitian_weights(m: int, dtype) -> np.ndarray:
@@ -584,23 +591,59 @@ def estimate_shift(
         Bad shape, dtype, weights or options.
     """
     reference, moving = _check_pair(reference, moving)
+    _check_search(upsample_factor, max_shift)
+    wr, wm = _soft_weights(weights, moving_weights, reference.shape, taper_sigma)
+    return _shift_core(
+        reference,
+        moving,
+        wr,
+        wm,
+        upsample_factor=int(upsample_factor),
+        apodize=bool(apodize),
+        max_shift=max_shift,
+        min_peak_ratio=min_peak_ratio,
+        n_refine=n_refine,
+    )
+
+
+def _check_search(upsample_factor, max_shift) -> None:
     if int(upsample_factor) != upsample_factor or upsample_factor < 1:
         raise ValueError(f"upsample_factor must be an integer >= 1, got {upsample_factor!r}")
     if max_shift is not None and not max_shift >= 0:
         raise ValueError(f"max_shift must be >= 0, got {max_shift!r}")
-    shape = reference.shape
+
+
+def _soft_weights(weights, moving_weights, shape, taper_sigma: float):
+    """Validated stable-region weights tapered at the excluded regions: (reference, moving)."""
     wr = _check_weights(weights, shape, "weights")
     wm = _check_weights(moving_weights, shape, "moving_weights")
     if wm is None:
         wm = wr
+    wr = None if wr is None else _soft_mask(wr, taper_sigma)
+    wm = wr if moving_weights is None else _soft_mask(wm, taper_sigma)
+    return wr, wm
+
+
+def _shift_core(
+    reference: np.ndarray,
+    moving: np.ndarray,
+    wr: np.ndarray | None,
+    wm: np.ndarray | None,
+    *,
+    upsample_factor: int,
+    apodize: bool,
+    max_shift: float | None,
+    min_peak_ratio: float,
+    n_refine: int,
+) -> Shift:
+    """:func:`estimate_shift` on validated frames and tapered weights (see there)."""
+    shape = reference.shape
     dtype = (
         np.float32
         if (reference.dtype == np.float32 and moving.dtype == np.float32)
         else (np.float64)
     )
-    win = _window(shape, bool(apodize))
-    wr = None if wr is None else _soft_mask(wr, taper_sigma)
-    wm = wr if moving_weights is None else _soft_mask(wm, taper_sigma)
+    win = _window(shape, apodize)
 
     def weighted(w, window):
         return window if w is None else window * w
@@ -612,7 +655,7 @@ def estimate_shift(
         b,
         wa,
         wb,
-        upsample_factor=int(upsample_factor),
+        upsample_factor=upsample_factor,
         max_shift=max_shift,
         parabolic=n_refine > 0 and upsample_factor > 1,
     )
@@ -620,8 +663,8 @@ def estimate_shift(
         ls = _refine_ls(
             reference.astype(np.float32),
             moving.astype(np.float32),
-            None if wr is None else wr,
-            None if wm is None else wm,
+            wr,
+            wm,
             s.dy,
             s.dx,
             n_iter=n_refine,
@@ -684,6 +727,7 @@ def estimate_shift_qc(
     min_peak_ratio: float = 2.0,
     max_disagreement_px: float = 1.0,
     upsample_factor: int = 100,
+    gradients: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Shift:
     """Phase-correlation shift with quality flags.
 
@@ -705,23 +749,30 @@ def estimate_shift_qc(
         QC thresholds.
     upsample_factor : int
         As in :func:`estimate_shift`.
+    gradients : (ndarray, ndarray), optional
+        ``gradient_magnitude(reference)`` and ``gradient_magnitude(moving)`` when already
+        computed (e.g. by a caller that checks the same pair twice); computed when omitted.
 
     Returns
     -------
     Shift
         The estimate on the heights, with the combined flags.
     """
-    kw = dict(
-        weights=weights,
-        moving_weights=moving_weights,
-        upsample_factor=upsample_factor,
-        min_peak_ratio=min_peak_ratio,
-    )
-    s1 = estimate_shift(reference, moving, **kw)
+    reference, moving = _check_pair(reference, moving)
+    _check_search(upsample_factor, None)
+    if gradients is None:
+        gradients = (gradient_magnitude(reference), gradient_magnitude(moving))
+    elif len(gradients) != 2 or any(np.shape(g) != reference.shape for g in gradients):
+        raise ValueError(f"gradients must be two arrays of the frame shape {reference.shape}")
+    # weights validated and tapered once for both estimates
+    wr, wm = _soft_weights(weights, moving_weights, reference.shape, 2.0)
+    kw = dict(upsample_factor=int(upsample_factor), apodize=True, max_shift=None,
+              min_peak_ratio=min_peak_ratio)
+    s1 = _shift_core(reference, moving, wr, wm, n_refine=10, **kw)
     # The second estimate only checks agreement at the max_disagreement_px scale (1 px by
     # default): the DFT-upsampled peak (1/upsample_factor px) is precise enough for that, so
     # the robust least-squares refinement (most of the cost) is skipped for it.
-    s2 = estimate_shift(gradient_magnitude(reference), gradient_magnitude(moving), n_refine=0, **kw)
+    s2 = _shift_core(*gradients, wr, wm, n_refine=0, **kw)
     flags = list(s1.flags)
     if "weak_peak" in s2.flags:
         flags.append("weak_peak")
