@@ -74,7 +74,9 @@ class PairResult:
 
 
 def _fill(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, np.float64)
+    """NaN filled with the median; float32 stays float32 (the kernels then work in float32)."""
+    a = np.asarray(a)
+    a = a.astype(np.float32 if a.dtype == np.float32 else np.float64, copy=False)
     ok = np.isfinite(a)
     return np.where(ok, a, np.nanmedian(a[ok]) if ok.any() else 0.0)
 

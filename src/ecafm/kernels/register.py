@@ -429,14 +429,17 @@ def _shift_axis(img: np.ndarray, d: float, axis: int) -> tuple[np.ndarray, int, 
         sl = [slice(None), slice(None)]
         sl[axis] = slice(lo, lo + (i1 - i0))
         term = float(w[j]) * img[tuple(sl)]
-        out = term if out is None else out + term
+        out = term if out is None else out.__iadd__(term)
     return out, i0, i1
 
 
-def _moments(a: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[float, float, float]:
-    """``sum(a)``, ``sum(a * u)``, ``sum(a * v)`` for u along x and v along y."""
-    cs, rs = a.sum(axis=0), a.sum(axis=1)
-    return float(cs.sum()), float(cs @ u), float(rs @ v)
+def _median_fast(a: np.ndarray) -> float:
+    """``np.median`` of a 1-D array without NaN (reorders ``a``), by one partition."""
+    n = a.size
+    k = n // 2
+    a.partition(k)
+    hi = a[k]
+    return float(hi) if n % 2 else float((a[:k].max() + hi) / 2.0)
 
 
 def _refine_ls(ref, mov, wr, wm, dy, dx, *, n_iter: int, tol: float = 1e-3):
@@ -450,6 +453,7 @@ def _refine_ls(ref, mov, wr, wm, dy, dx, *, n_iter: int, tol: float = 1e-3):
         ref = np.where(wr > 0, ref, np.nan).astype(ref.dtype, copy=False)
     err = math.inf
     plane = np.zeros(3)
+    design = None
     for it in range(n_iter):
         t, y0, y1 = _shift_axis(ref, dy, 0)
         if t.size == 0:
@@ -457,61 +461,83 @@ def _refine_ls(ref, mov, wr, wm, dy, dx, *, n_iter: int, tol: float = 1e-3):
         t, x0, x1 = _shift_axis(t, dx, 1)
         if t.size == 0:
             return None
+        ny, nx = t.shape
+        if design is None or design.shape[1:] != (ny, nx):
+            design = np.empty((3, ny, nx), dtype=t.dtype)  # gy, gx, residual e
+            wdes = np.empty_like(design)
+            u = np.linspace(-1, 1, nx, dtype=t.dtype)
+            v = np.linspace(-1, 1, ny, dtype=t.dtype)
+            u64, v64 = u.astype(np.float64), v.astype(np.float64)
+        # Jacobian from central differences of the resampled reference (the derivative of
+        # the interpolant itself correlates with the interpolated noise and locks the
+        # estimate towards integer shifts)
         gy, gx = np.gradient(t)
-        e = mov[y0:y1, x0:x1] - t
-        good = np.isfinite(e) & np.isfinite(gy) & np.isfinite(gx)
+        design[0] = gy
+        design[1] = gx
+        e = design[2]
+        np.subtract(mov[y0:y1, x0:x1], t, out=e)
+        good = np.isfinite(e)
+        good &= np.isfinite(gy)
+        good &= np.isfinite(gx)
         w = good.astype(e.dtype)
         if wm is not None:
             w *= wm[y0:y1, x0:x1].astype(e.dtype, copy=False)
         if not good.all():
-            e = np.where(good, e, 0.0)
-            gy = np.where(good, gy, 0.0)
-            gx = np.where(good, gx, 0.0)
-        ny, nx = e.shape
-        u = np.linspace(-1, 1, nx, dtype=e.dtype)
-        v = np.linspace(-1, 1, ny, dtype=e.dtype)
+            design[:, ~good] = 0.0
         # robust weights from the residual of the previous fit (subsampled median / MAD)
-        r = e - (plane[0] + plane[1] * u[None, :] + plane[2] * v[:, None])
+        r = e - (plane[0] + plane[2] * v64).astype(e.dtype)[:, None]
+        r -= (plane[1] * u64).astype(e.dtype)[None, :]
         sub = r[::3, ::3][w[::3, ::3] > 0]
         if sub.size < 16:
             return None
-        center = float(np.median(sub))
-        sigma = 1.4826 * float(np.median(np.abs(sub - center)))
+        center = _median_fast(sub)
+        sub -= center
+        np.abs(sub, out=sub)
+        sigma = 1.4826 * _median_fast(sub)
         if sigma > 0:
-            q = (r - center) * (1.0 / (4.685 * sigma))
+            q = r
+            q -= center
+            q *= 1.0 / (4.685 * sigma)
             np.multiply(q, q, out=q)
             np.subtract(1.0, q, out=q)
             np.clip(q, 0.0, None, out=q)
-            w *= q * q
-        sw = w.sum()
+            np.multiply(q, q, out=q)
+            w *= q
+        # normal equations of e + gy ddy + gx ddx - (b0 + b1 u + b2 v) = 0, from sums:
+        # products of gy, gx, e by dot products, their moments in u and v from row and
+        # column sums
+        cw, rw_ = w.sum(axis=0, dtype=np.float64), w.sum(axis=1, dtype=np.float64)
+        sw = float(cw.sum())
         if sw < 16:
             return None
-        # normal equations of e + gy ddy + gx ddx - (b0 + b1 u + b2 v) = 0, from sums
-        wgy, wgx, we = w * gy, w * gx, w * e
-
-        sgy, sgyu, sgyv = _moments(wgy, u, v)
-        sgx, sgxu, sgxv = _moments(wgx, u, v)
-        cw, rw_ = w.sum(axis=0), w.sum(axis=1)
-        s0, su, sv = sw, cw @ u, rw_ @ v
-        suu, svv, suv = cw @ (u * u), rw_ @ (v * v), v @ w @ u
+        np.multiply(design, w[None], out=wdes)
+        flat, wflat = design.reshape(3, -1), wdes.reshape(3, -1)
+        dots = {(i, j): float(np.dot(wflat[i], flat[j])) for i in range(3) for j in range(i, 3)}
+        cs = wdes.sum(axis=1, dtype=np.float64)  # (3, nx)
+        rs = wdes.sum(axis=2, dtype=np.float64)  # (3, ny)
+        mom = [(float(cs[i].sum()), float(cs[i] @ u64), float(rs[i] @ v64)) for i in range(3)]
+        (sgy, sgyu, sgyv), (sgx, sgxu, sgxv), (se, seu, sev) = mom
+        s0, su, sv = sw, cw @ u64, rw_ @ v64
+        suu, svv = cw @ (u64 * u64), rw_ @ (v64 * v64)
+        suv = float(v @ w @ u)
         amat = np.array(
             [
-                [(wgy * gy).sum(), (wgy * gx).sum(), -sgy, -sgyu, -sgyv],
-                [0.0, (wgx * gx).sum(), -sgx, -sgxu, -sgxv],
+                [dots[0, 0], dots[0, 1], -sgy, -sgyu, -sgyv],
+                [0.0, dots[1, 1], -sgx, -sgxu, -sgxv],
                 [0.0, 0.0, s0, su, sv],
                 [0.0, 0.0, 0.0, suu, suv],
                 [0.0, 0.0, 0.0, 0.0, svv],
             ]
         )
         amat = np.triu(amat) + np.triu(amat, 1).T
-        se, seu, sev = _moments(we, u, v)
-        jte = np.array([(wgy * e).sum(), (wgx * e).sum(), -se, -seu, -sev])
+        jte = np.array([dots[0, 2], dots[1, 2], -se, -seu, -sev])
+        ewe = dots[2, 2]
         try:
             step = np.linalg.solve(amat, -jte)
             cov = np.linalg.inv(amat)
         except np.linalg.LinAlgError:
             return None
-        ssr = float((we * e).sum() + 2 * step @ jte + step @ amat @ step)
+        ssr = float(ewe + 2 * step @ jte + step @ amat @ step)
         s2 = max(ssr, 0.0) / max(sw - 5.0, 1.0)
         err = math.sqrt(max(cov[0, 0], cov[1, 1]) * s2)
         plane = step[2:]
