@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 _PEAK_EXCLUSION_PX = 3  # half-size of the neighbourhood of the peak ignored for peak_ratio
 _TUKEY_ALPHA = 0.25
 _ERROR_FACTOR = 2.0  # phase correlation vs the Cramer-Rao bound, calibrated on synthetic texture
+_TAPER_SIGMA = 2.0  # default taper_sigma of estimate_shift (px)
 
 
 @dataclass(frozen=True)
@@ -791,7 +792,7 @@ def estimate_shift_qc(
     elif len(gradients) != 2 or any(np.shape(g) != reference.shape for g in gradients):
         raise ValueError(f"gradients must be two arrays of the frame shape {reference.shape}")
     # weights validated and tapered once for both estimates
-    wr, wm = _soft_weights(weights, moving_weights, reference.shape, 2.0)
+    wr, wm = _soft_weights(weights, moving_weights, reference.shape, _TAPER_SIGMA)
     kw = dict(upsample_factor=int(upsample_factor), apodize=True, max_shift=None,
               min_peak_ratio=min_peak_ratio)
     s1 = _shift_core(reference, moving, wr, wm, n_refine=10, **kw)
@@ -846,7 +847,8 @@ def estimate_row_drift(
     overlap : float
         Fractional overlap of consecutive strips, in [0, 1).
     weights : ndarray, shape (y, x), optional
-        Stable-region weights (in ``moving`` coordinates), as in :func:`estimate_shift`.
+        Stable-region weights (in ``moving`` coordinates), as in :func:`estimate_shift`;
+        tapered at the excluded regions once on the whole frame, each strip uses its part.
     upsample_factor, min_peak_ratio : optional
         As in :func:`estimate_shift`.
     interpolation : {"linear", "spline"}
@@ -867,8 +869,13 @@ def estimate_row_drift(
         raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
     if interpolation not in ("linear", "spline"):
         raise ValueError(f"interpolation must be 'linear' or 'spline', got {interpolation!r}")
+    _check_search(upsample_factor, None)
     w = _check_weights(weights, reference.shape, "weights")
-    g = estimate_shift(reference, moving, weights=w, upsample_factor=1)
+    # the weights are tapered at the excluded regions once, on the whole frame; the strips
+    # take their part of it
+    w = None if w is None else _soft_mask(w, _TAPER_SIGMA)
+    core = dict(apodize=True, min_peak_ratio=min_peak_ratio)
+    g = _shift_core(reference, moving, w, w, upsample_factor=1, max_shift=None, n_refine=10, **core)
     iy, ix = round(g.dy), round(g.dx)
     step = max(1, round(strip_height * (1 - overlap)))
     starts = list(range(0, n - strip_height + 1, step))
@@ -890,13 +897,15 @@ def estimate_row_drift(
         if ws is not None and not (ws > 0).any():
             strips.append(nan_shift)
             continue
-        s = estimate_shift(
+        s = _shift_core(
             ref,
             mov,
-            weights=ws,
-            upsample_factor=upsample_factor,
+            ws,
+            ws,
+            upsample_factor=int(upsample_factor),
             max_shift=strip_height / 3.0,
-            min_peak_ratio=min_peak_ratio,
+            n_refine=10,
+            **core,
         )
         centers[-1] = (lo + hi - 1) / 2.0
         strips.append(replace(s, dy=s.dy + iy, dx=s.dx + ix))
