@@ -145,6 +145,16 @@ def test_qc_passes_good_pair_and_flags_jump():
     assert not s2.ok and "jump" in s2.flags
 
 
+def test_gradient_magnitude_float32_matches_float64():
+    ref, _, _ = _pair(3)
+    g64 = gradient_magnitude(ref)
+    g32 = gradient_magnitude(ref, dtype=np.float32)
+    assert g64.dtype == np.float64 and g32.dtype == np.float32
+    np.testing.assert_allclose(g32, g64, rtol=1e-5, atol=1e-5 * float(np.abs(g64).max()))
+    with pytest.raises(ValueError, match="dtype"):
+        gradient_magnitude(ref, dtype=np.int32)
+
+
 def test_qc_accepts_precomputed_gradients():
     """Gradient images computed once by the caller give the same result as computed inside."""
     ref, mov, stable = _pair(7, shift=(4.4, -2.1), changed=0.3)

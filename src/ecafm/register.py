@@ -95,7 +95,7 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
     # the gradient images of the QC check are the same for both passes: computed once
     kw = dict(max_jump_px=math.inf, min_peak_ratio=params.min_peak_ratio,
               max_disagreement_px=params.max_disagreement_px, upsample_factor=params.upsample_factor,
-              gradients=(gradient_magnitude(ref), gradient_magnitude(mov)))
+              gradients=(gradient_magnitude(ref, dtype=ref.dtype), gradient_magnitude(mov, dtype=mov.dtype)))
     s0 = estimate_shift_qc(ref, mov, **kw)
     weights = moving_weights = None
     if math.isfinite(s0.dy) and math.isfinite(s0.dx):

@@ -716,7 +716,7 @@ def _with_flags(s: Shift, flags: Sequence[str]) -> Shift:
     return replace(s, ok=not allf, flags=allf)
 
 
-def gradient_magnitude(h: np.ndarray, *, sigma: float = 1.0) -> np.ndarray:
+def gradient_magnitude(h: np.ndarray, *, sigma: float = 1.0, dtype=np.float64) -> np.ndarray:
     """Gaussian gradient magnitude of a height frame (nm/px), NaN-safe.
 
     Parameters
@@ -725,19 +725,23 @@ def gradient_magnitude(h: np.ndarray, *, sigma: float = 1.0) -> np.ndarray:
         Heights (nm). NaN pixels are filled with the median for filtering and stay NaN.
     sigma : float
         Gaussian scale (px) of the derivative filters.
+    dtype : {numpy.float64, numpy.float32}
+        Working and output precision (float32 is faster, e.g. for the QC check).
 
     Returns
     -------
-    ndarray of float64, shape (y, x)
+    ndarray of ``dtype``, shape (y, x)
     """
     h = _check_image(h, "h", min_size=2)
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma!r}")
-    z = h.astype(np.float64)
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    z = h.astype(dtype)
     finite = np.isfinite(z)
     if not finite.all():
         fill = np.median(z[finite]) if finite.any() else 0.0
-        z = np.where(finite, z, fill)
+        z = np.where(finite, z, fill).astype(dtype, copy=False)
     g = ndi.gaussian_gradient_magnitude(z, sigma, mode="nearest")
     g[~finite] = np.nan
     return g
@@ -1008,6 +1012,18 @@ def apply_shift(
     if not (math.isfinite(dy) and math.isfinite(dx)):
         raise ValueError(f"dy and dx must be finite, got ({dy!r}, {dx!r})")
     n, m = image.shape
+    if order != "fourier":
+        z = image.astype(np.float64)
+        if np.isfinite(z).all():
+            # a translation of a finite image: same spline values as map_coordinates on the
+            # shifted grid, without building the coordinate arrays; separable valid field
+            out = ndi.shift(z, (dy, dx), order=int(order), mode="nearest")
+            tol = 1e-6
+            ys, xs = np.arange(n) - dy, np.arange(m) - dx
+            valid = np.logical_and.outer((ys >= -tol) & (ys <= n - 1 + tol),
+                                         (xs >= -tol) & (xs <= m - 1 + tol))
+            out[~valid] = fill
+            return out, valid
     yy, xx = np.meshgrid(np.arange(n) - dy, np.arange(m) - dx, indexing="ij")
     if order != "fourier":
         return _resample(image, yy, xx, int(order), fill)
