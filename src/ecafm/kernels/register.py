@@ -213,38 +213,48 @@ def _soft_mask(w: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _prepare(img: np.ndarray, weight: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted image with its weighted plane removed (NaN -> weight 0); (image, weight)."""
+    """Weighted images with their weighted plane removed (NaN -> weight 0); (images, weights).
+
+    ``img`` and ``weight`` are ``(n, m)`` or stacks ``(k, n, m)``; one plane per image.
+    """
     finite = np.isfinite(img)
     if not finite.all():
         weight = np.where(finite, weight, 0.0)
         img = np.where(finite, img, 0.0)
     # weighted plane (offset and tilt) removal from moments: every sum over pixels of
     # weight * u**a * v**b (* img) is a row or column sum followed by a dot product
-    n, m = img.shape
+    n, m = img.shape[-2:]
     u = np.linspace(-1.0, 1.0, m)
     v = np.linspace(-1.0, 1.0, n)
-    cw, rw = weight.sum(axis=0), weight.sum(axis=1)
-    sw = float(cw.sum())
-    if sw <= 0:
+    cw, rw = weight.sum(axis=-2), weight.sum(axis=-1)
+    sw = cw.sum(axis=-1)
+    if not (sw > 0).all():
         raise ValueError("no finite pixel with a positive weight")
     wz = weight * img
-    cz, rz = wz.sum(axis=0), wz.sum(axis=1)
-    amat = np.array(
+    cz, rz = wz.sum(axis=-2), wz.sum(axis=-1)
+    cu, rv, suv = cw @ u, rw @ v, (weight @ u) @ v
+    amat = np.stack(
         [
-            [sw, cw @ u, rw @ v],
-            [cw @ u, cw @ (u * u), v @ weight @ u],
-            [rw @ v, v @ weight @ u, rw @ (v * v)],
-        ]
+            np.stack([sw, cu, rv], axis=-1),
+            np.stack([cu, cw @ (u * u), suv], axis=-1),
+            np.stack([rv, suv, rw @ (v * v)], axis=-1),
+        ],
+        axis=-2,
     )
-    rhs = np.array([cz.sum(), cz @ u, rz @ v])
+    rhs = np.stack([cz.sum(axis=-1), cz @ u, rz @ v], axis=-1)
     try:
-        c = np.linalg.solve(amat, rhs)
+        c = np.linalg.solve(amat, rhs[..., None])[..., 0]
     except np.linalg.LinAlgError:
-        c = np.array([rhs[0] / sw, 0.0, 0.0])
+        c = np.zeros(rhs.shape)
+        for i in np.ndindex(rhs.shape[:-1]):
+            try:
+                c[i] = np.linalg.solve(amat[i], rhs[i])
+            except np.linalg.LinAlgError:
+                c[i] = (rhs[i][0] / sw[i], 0.0, 0.0)
     # (img - plane) * weight = wz - (c0 + c2 v) * weight - c1 u * weight
     out = wz
-    out -= (c[0] + c[2] * v)[:, None] * weight
-    out -= weight * (c[1] * u)[None, :]
+    out -= (c[..., 0, None] + c[..., 2, None] * v)[..., :, None] * weight
+    out -= weight * (c[..., 1, None] * u)[..., None, :]
     return out.astype(dtype, copy=False), weight
 
 
@@ -291,28 +301,65 @@ def _phase_correlate(
     center: tuple[float, float] = (0.0, 0.0),
     parabolic: bool = False,
 ) -> Shift:
-    n, m = a.shape
-    fa = sfft.rfft2(a, workers=1)
-    fb = sfft.rfft2(b, workers=1)
+    """Phase correlation of one pair of prepared frames (see :func:`_phase_correlate_many`)."""
+    return _phase_correlate_many(
+        a[None], b[None], wa[None], wb[None], upsample_factor=upsample_factor,
+        max_shift=max_shift, center=center, parabolic=parabolic,
+    )[0]
+
+
+def _phase_correlate_many(
+    a: np.ndarray,
+    b: np.ndarray,
+    wa: np.ndarray,
+    wb: np.ndarray,
+    *,
+    upsample_factor: int,
+    max_shift: float | None,
+    center: tuple[float, float] = (0.0, 0.0),
+    parabolic: bool = False,
+) -> list[Shift]:
+    """Phase correlation of a stack of pairs of prepared frames ``(k, n, m)``, one FFT call.
+
+    Every quantity is computed per pair, exactly as for a single pair; stacking only saves
+    the per-call overhead of many small frames (the strips of :func:`estimate_row_drift`).
+    """
+    _, n, m = a.shape
+    fa = sfft.rfft2(a, axes=(-2, -1), workers=1)
+    fb = sfft.rfft2(b, axes=(-2, -1), workers=1)
     x = fb * fa.conj()
     mag = np.abs(x)
-    eps = mag.max() * 1e-12 + np.finfo(mag.dtype).tiny
+    eps = mag.max(axis=(-2, -1), keepdims=True) * 1e-12 + np.finfo(mag.dtype).tiny
     r = x / (mag + eps)
     # Whitened cross-power, with the bins where either frame is below its noise floor
     # suppressed: pure phase correlation gives the (many) noise-only bins of smooth AFM
     # texture the same weight as the textured ones.
-    pa = _noise_power(fa, n, m)
-    pb = _noise_power(fb, n, m)
-    wspec = _snr_weight(fa, pa) * _snr_weight(fb, pb)
+    powa = fa.real**2 + fa.imag**2
+    powb = fb.real**2 + fb.imag**2
+    pa = _noise_power(powa, n, m)
+    pb = _noise_power(powb, n, m)
+    wspec = _snr_weight(powa, pa) * _snr_weight(powb, pb)
     r *= wspec
-    norm = float((wspec * _hermitian_weights(m, wspec.dtype)[None, :]).sum()) / (n * m)
-    r /= max(norm, np.finfo(np.float32).tiny)
-    c = sfft.irfft2(r, s=(n, m), workers=1)
+    norm = (wspec * _hermitian_weights(m, wspec.dtype)[None, :]).sum(axis=(-2, -1)) / (n * m)
+    r /= np.maximum(norm, np.finfo(np.float32).tiny)[:, None, None]
+    c = sfft.irfft2(r, s=(n, m), axes=(-2, -1), workers=1)
     if max_shift is not None:
         iy = (np.arange(n) - center[0] + n / 2) % n - n / 2
         ix = (np.arange(m) - center[1] + m / 2) % m - m / 2
         allowed = (np.abs(iy)[:, None] <= max_shift) & (np.abs(ix)[None, :] <= max_shift)
         c = np.where(allowed, c, -np.inf)
+    crlb = _crlb(powa, wa, wb, n, m, pa, pb)
+    quant = (1.0 / max(upsample_factor, 1)) / math.sqrt(12.0)
+    return [
+        _peak(c[i], r[i], n, m, upsample_factor=upsample_factor, parabolic=parabolic,
+              crlb=float(crlb[i]), quant=quant)
+        for i in range(a.shape[0])
+    ]
+
+
+def _peak(c: np.ndarray, r: np.ndarray, n: int, m: int, *, upsample_factor: int, parabolic: bool,
+          crlb: float, quant: float) -> Shift:
+    """Shift from one correlation surface ``c`` (modified) and its half spectrum ``r``."""
     flat = int(np.argmax(c))
     py, px = divmod(flat, m)
     c_int = float(c[py, px])
@@ -349,8 +396,6 @@ def _phase_correlate(
             dy, dx, peak = dy + offs[iy], dx + offs[ix], float(cu[iy, ix])
             step_prev = step
     peak_ratio = peak / second if second > 0 else math.inf
-    crlb = _crlb(fa, fb, wa, wb, n, m, pa, pb)
-    quant = (1.0 / max(upsample_factor, 1)) / math.sqrt(12.0)
     error = math.hypot(_ERROR_FACTOR * crlb, quant)
     return Shift(
         dy=float(dy),
@@ -363,41 +408,43 @@ def _phase_correlate(
     )
 
 
-def _noise_power(f: np.ndarray, n: int, m: int) -> float:
-    """White-noise power per bin, from the median of the highest-frequency corner."""
+def _noise_power(power: np.ndarray, n: int, m: int) -> np.ndarray:
+    """White-noise power per bin of each spectrum of a stack ``(k, n, m // 2 + 1)`` of powers,
+    from the median of its highest-frequency corner; shape (k,)."""
     ky = np.abs(sfft.fftfreq(n))
     sel_y = ky >= 0.375  # |k| >= 0.75 Nyquist
-    sel_x = np.arange(f.shape[1]) >= 0.375 * m
+    sel_x = np.arange(power.shape[-1]) >= 0.375 * m
     if not sel_y.any() or not sel_x.any():
-        return 0.0
-    p = np.abs(f[np.ix_(sel_y, sel_x)]) ** 2
-    return float(np.median(p) / math.log(2.0))
+        return np.zeros(power.shape[0])
+    p = power[:, sel_y][:, :, sel_x].reshape(power.shape[0], -1)
+    return np.array([_median_fast(row) for row in p], dtype=np.float64) / math.log(2.0)
 
 
-def _snr_weight(f: np.ndarray, noise: float) -> np.ndarray:
+def _snr_weight(power: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """Per-bin weight s / (1 + s), s = local (5 x 5 bins) signal-to-noise power ratio."""
-    p = ndi.uniform_filter(
-        (f.real**2 + f.imag**2).astype(f.real.dtype), size=5, mode=("wrap", "mirror")
-    )
-    noise = max(noise, float(p.max()) * 1e-12, np.finfo(np.float32).tiny)
-    snr = np.maximum(p / noise - 1.0, 0.0)
+    p = ndi.uniform_filter(power, size=(1, 5, 5), mode=("nearest", "wrap", "mirror"))
+    noise = np.maximum(np.maximum(noise, p.max(axis=(-2, -1)).astype(np.float64) * 1e-12),
+                       np.finfo(np.float32).tiny)
+    snr = p / noise.astype(p.dtype)[:, None, None]
+    snr -= 1.0
+    np.maximum(snr, 0.0, out=snr)
     return snr / (1.0 + snr)
 
 
-def _crlb(fa, fb, wa, wb, n: int, m: int, pa: float, pb: float) -> float:
+def _crlb(powa, wa, wb, n: int, m: int, pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
     """Cramer-Rao-type bound (px, worse axis) from noise floors and signal gradient energy."""
-    s2a = pa / max(float((wa**2).sum()), 1e-300)  # per-pixel noise variance
-    s2b = pb / max(float((wb**2).sum()), 1e-300)
-    sig = np.maximum(np.abs(fa) ** 2 - pa, 0.0) * _hermitian_weights(m, np.float64)[None, :]
+    s2a = pa / np.maximum((wa.astype(np.float64) ** 2).sum(axis=(-2, -1)), 1e-300)  # noise var.
+    s2b = pb / np.maximum((wb.astype(np.float64) ** 2).sum(axis=(-2, -1)), 1e-300)
+    sig = np.maximum(powa - pa[:, None, None], 0.0) * _hermitian_weights(m, np.float64)[None, :]
     ky = 2 * np.pi * sfft.fftfreq(n)
-    kx = 2 * np.pi * np.arange(fa.shape[1]) / m
-    gy = float((sig * (ky**2)[:, None]).sum()) / (n * m)
-    gx = float((sig * (kx**2)[None, :]).sum()) / (n * m)
+    kx = 2 * np.pi * np.arange(powa.shape[-1]) / m
+    gy = (sig.sum(axis=-1) @ (ky**2)) / (n * m)
+    gx = (sig.sum(axis=-2) @ (kx**2)) / (n * m)
     # least squares on w * (b - shifted a): var(d) = (s_a**2 + s_b**2) / sum((w * grad a)**2)
-    g = min(gy, gx)
-    if g <= 0:
-        return math.inf
-    return math.sqrt((s2a + s2b) / g)
+    g = np.minimum(gy, gx)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.sqrt((s2a + s2b) / g)
+    return np.where(g > 0, out, math.inf)
 
 
 def _keys(t: float) -> np.ndarray:
@@ -443,6 +490,18 @@ def _median_fast(a: np.ndarray) -> float:
     return float(hi) if n % 2 else float((a[:k].max() + hi) / 2.0)
 
 
+def _central_differences(t: np.ndarray, gy: np.ndarray, gx: np.ndarray) -> None:
+    """``gy, gx = np.gradient(t)`` written into ``gy`` and ``gx`` (same values)."""
+    np.subtract(t[2:], t[:-2], out=gy[1:-1])
+    np.divide(gy[1:-1], 2.0, out=gy[1:-1])
+    np.subtract(t[1], t[0], out=gy[0])
+    np.subtract(t[-1], t[-2], out=gy[-1])
+    np.subtract(t[:, 2:], t[:, :-2], out=gx[:, 1:-1])
+    np.divide(gx[:, 1:-1], 2.0, out=gx[:, 1:-1])
+    np.subtract(t[:, 1], t[:, 0], out=gx[:, 0])
+    np.subtract(t[:, -1], t[:, -2], out=gx[:, -1])
+
+
 def _refine_ls(ref, mov, wr, wm, dy, dx, *, n_iter: int, tol: float = 1e-3):
     """Robust Gauss-Newton refinement of (dy, dx) on the common field.
 
@@ -450,10 +509,14 @@ def _refine_ls(ref, mov, wr, wm, dy, dx, *, n_iter: int, tol: float = 1e-3):
     a plane (offset and tilt), with Tukey-biweight weights. Returns (dy, dx, 1-sigma error)
     or None.
     """
+    may_nan = not (np.isfinite(ref).all() and np.isfinite(mov).all())
     if wr is not None:
-        ref = np.where(wr > 0, ref, np.nan).astype(ref.dtype, copy=False)
+        holes = wr <= 0
+        if holes.any():
+            ref = np.where(holes, np.nan, ref).astype(ref.dtype, copy=False)
+            may_nan = True
     err = math.inf
-    plane = np.zeros(3)
+    plane = (0.0, 0.0, 0.0)
     design = None
     for it in range(n_iter):
         t, y0, y1 = _shift_axis(ref, dy, 0)
@@ -466,25 +529,28 @@ def _refine_ls(ref, mov, wr, wm, dy, dx, *, n_iter: int, tol: float = 1e-3):
         if design is None or design.shape[1:] != (ny, nx):
             design = np.empty((3, ny, nx), dtype=t.dtype)  # gy, gx, residual e
             wdes = np.empty_like(design)
+            flat, wflat = design.reshape(3, -1), wdes.reshape(3, -1)
             u = np.linspace(-1, 1, nx, dtype=t.dtype)
             v = np.linspace(-1, 1, ny, dtype=t.dtype)
             u64, v64 = u.astype(np.float64), v.astype(np.float64)
+            uu64, vv64 = u64 * u64, v64 * v64
+        gy, gx, e = design
         # Jacobian from central differences of the resampled reference (the derivative of
         # the interpolant itself correlates with the interpolated noise and locks the
         # estimate towards integer shifts)
-        gy, gx = np.gradient(t)
-        design[0] = gy
-        design[1] = gx
-        e = design[2]
+        _central_differences(t, gy, gx)
         np.subtract(mov[y0:y1, x0:x1], t, out=e)
-        good = np.isfinite(e)
-        good &= np.isfinite(gy)
-        good &= np.isfinite(gx)
-        w = good.astype(e.dtype)
         if wm is not None:
-            w *= wm[y0:y1, x0:x1].astype(e.dtype, copy=False)
-        if not good.all():
-            design[:, ~good] = 0.0
+            w = wm[y0:y1, x0:x1].astype(e.dtype)
+        else:
+            w = np.ones((ny, nx), dtype=e.dtype)
+        if may_nan:
+            good = np.isfinite(e)
+            good &= np.isfinite(gy)
+            good &= np.isfinite(gx)
+            if not good.all():
+                w *= good
+                design[:, ~good] = 0.0
         # robust weights from the residual of the previous fit (subsampled median / MAD)
         r = e - (plane[0] + plane[2] * v64).astype(e.dtype)[:, None]
         r -= (plane[1] * u64).astype(e.dtype)[None, :]
@@ -511,28 +577,26 @@ def _refine_ls(ref, mov, wr, wm, dy, dx, *, n_iter: int, tol: float = 1e-3):
         sw = float(cw.sum())
         if sw < 16:
             return None
-        np.multiply(design, w[None], out=wdes)
-        flat, wflat = design.reshape(3, -1), wdes.reshape(3, -1)
-        dots = {(i, j): float(np.dot(wflat[i], flat[j])) for i in range(3) for j in range(i, 3)}
+        np.multiply(design, w, out=wdes)
+        g00, g01, g02 = (float(np.dot(wflat[0], flat[j])) for j in range(3))
+        g11, g12 = float(np.dot(wflat[1], flat[1])), float(np.dot(wflat[1], flat[2]))
+        ewe = float(np.dot(wflat[2], flat[2]))
         cs = wdes.sum(axis=1, dtype=np.float64)  # (3, nx)
         rs = wdes.sum(axis=2, dtype=np.float64)  # (3, ny)
-        mom = [(float(cs[i].sum()), float(cs[i] @ u64), float(rs[i] @ v64)) for i in range(3)]
-        (sgy, sgyu, sgyv), (sgx, sgxu, sgxv), (se, seu, sev) = mom
-        s0, su, sv = sw, cw @ u64, rw_ @ v64
-        suu, svv = cw @ (u64 * u64), rw_ @ (v64 * v64)
+        (sgy, sgx, se), (sgyu, sgxu, seu), (sgyv, sgxv, sev) = cs.sum(axis=1), cs @ u64, rs @ v64
+        su, sv = float(cw @ u64), float(rw_ @ v64)
+        suu, svv = float(cw @ uu64), float(rw_ @ vv64)
         suv = float(v @ w @ u)
         amat = np.array(
             [
-                [dots[0, 0], dots[0, 1], -sgy, -sgyu, -sgyv],
-                [0.0, dots[1, 1], -sgx, -sgxu, -sgxv],
-                [0.0, 0.0, s0, su, sv],
-                [0.0, 0.0, 0.0, suu, suv],
-                [0.0, 0.0, 0.0, 0.0, svv],
+                [g00, g01, -sgy, -sgyu, -sgyv],
+                [g01, g11, -sgx, -sgxu, -sgxv],
+                [-sgy, -sgx, sw, su, sv],
+                [-sgyu, -sgxu, su, suu, suv],
+                [-sgyv, -sgxv, sv, suv, svv],
             ]
         )
-        amat = np.triu(amat) + np.triu(amat, 1).T
-        jte = np.array([dots[0, 2], dots[1, 2], -se, -seu, -sev])
-        ewe = dots[2, 2]
+        jte = np.array([g02, g12, -se, -seu, -sev])
         try:
             step = np.linalg.solve(amat, -jte)
             cov = np.linalg.inv(amat)
@@ -541,8 +605,8 @@ def _refine_ls(ref, mov, wr, wm, dy, dx, *, n_iter: int, tol: float = 1e-3):
         ssr = float(ewe + 2 * step @ jte + step @ amat @ step)
         s2 = max(ssr, 0.0) / max(sw - 5.0, 1.0)
         err = math.sqrt(max(cov[0, 0], cov[1, 1]) * s2)
-        plane = step[2:]
-        ddy, ddx = float(np.clip(step[0], -0.5, 0.5)), float(np.clip(step[1], -0.5, 0.5))
+        plane = (float(step[2]), float(step[3]), float(step[4]))
+        ddy, ddx = min(max(float(step[0]), -0.5), 0.5), min(max(float(step[1]), -0.5), 0.5)
         dy, dx = dy + ddy, dx + ddx
         if it > 0 and abs(ddy) < tol and abs(ddx) < tol:
             break
@@ -664,20 +728,36 @@ def _shift_core(
     n_refine: int,
 ) -> Shift:
     """:func:`estimate_shift` on validated frames and tapered weights (see there)."""
-    shape = reference.shape
-    dtype = (
-        np.float32
-        if (reference.dtype == np.float32 and moving.dtype == np.float32)
-        else (np.float64)
-    )
+    return _shift_core_many(
+        [reference], [moving], [wr], [wm], upsample_factor=upsample_factor, apodize=apodize,
+        max_shift=max_shift, min_peak_ratio=min_peak_ratio, n_refine=n_refine,
+    )[0]
+
+
+def _shift_core_many(
+    references: Sequence[np.ndarray],
+    movings: Sequence[np.ndarray],
+    wrs: Sequence[np.ndarray | None],
+    wms: Sequence[np.ndarray | None],
+    *,
+    upsample_factor: int,
+    apodize: bool,
+    max_shift: float | None,
+    min_peak_ratio: float,
+    n_refine: int,
+) -> list[Shift]:
+    """:func:`_shift_core` for several pairs of frames of one shape (phase correlations stacked)."""
+    shape = references[0].shape
     win = _window(shape, apodize)
 
     def weighted(w, window):
         return window if w is None else window * w
 
-    a, wa = _prepare(reference, weighted(wr, win), dtype)
-    b, wb = _prepare(moving, weighted(wm, win), dtype)
-    s = _phase_correlate(
+    f32 = all(x.dtype == np.float32 for x in (*references, *movings))
+    dtype = np.float32 if f32 else np.float64
+    a, wa = _prepare(np.stack(references), np.stack([weighted(w, win) for w in wrs]), dtype)
+    b, wb = _prepare(np.stack(movings), np.stack([weighted(w, win) for w in wms]), dtype)
+    shifts = _phase_correlate_many(
         a,
         b,
         wa,
@@ -686,29 +766,32 @@ def _shift_core(
         max_shift=max_shift,
         parabolic=n_refine > 0 and upsample_factor > 1,
     )
-    if n_refine > 0 and upsample_factor > 1 and math.isfinite(s.dy) and math.isfinite(s.dx):
-        ls = _refine_ls(
-            reference.astype(np.float32),
-            moving.astype(np.float32),
-            wr,
-            wm,
-            s.dy,
-            s.dx,
-            n_iter=n_refine,
-        )
-        if ls is not None:
-            dy, dx, err = ls
-            if abs(dy - s.dy) <= 1.5 and abs(dx - s.dx) <= 1.5:
-                quant = 0.0 if upsample_factor > 1 else 1.0 / math.sqrt(12.0)
-                s = replace(s, dy=dy, dx=dx, error=math.hypot(err, quant))
-            else:
-                logger.debug("LS refinement wandered off (%.2f, %.2f); kept %s", dy, dx, s)
-    flags: list[str] = []
-    if not (math.isfinite(s.dy) and math.isfinite(s.dx)):
-        flags.append("not_finite")
-    if not s.peak_ratio >= min_peak_ratio:
-        flags.append("weak_peak")
-    return _with_flags(s, flags)
+    out = []
+    for s, reference, moving, wr, wm in zip(shifts, references, movings, wrs, wms, strict=True):
+        if n_refine > 0 and upsample_factor > 1 and math.isfinite(s.dy) and math.isfinite(s.dx):
+            ls = _refine_ls(
+                reference.astype(np.float32),
+                moving.astype(np.float32),
+                wr,
+                wm,
+                s.dy,
+                s.dx,
+                n_iter=n_refine,
+            )
+            if ls is not None:
+                dy, dx, err = ls
+                if abs(dy - s.dy) <= 1.5 and abs(dx - s.dx) <= 1.5:
+                    quant = 0.0 if upsample_factor > 1 else 1.0 / math.sqrt(12.0)
+                    s = replace(s, dy=dy, dx=dx, error=math.hypot(err, quant))
+                else:
+                    logger.debug("LS refinement wandered off (%.2f, %.2f); kept %s", dy, dx, s)
+        flags: list[str] = []
+        if not (math.isfinite(s.dy) and math.isfinite(s.dx)):
+            flags.append("not_finite")
+        if not s.peak_ratio >= min_peak_ratio:
+            flags.append("weak_peak")
+        out.append(_with_flags(s, flags))
+    return out
 
 
 def _with_flags(s: Shift, flags: Sequence[str]) -> Shift:
@@ -889,6 +972,7 @@ def estimate_row_drift(
     strips: list[Shift] = []
     centers: list[float] = []
     nan_shift = Shift(math.nan, math.nan, 0.0, 0.0, math.inf, math.inf, False, ("no_overlap",))
+    todo: dict[tuple[int, int], list] = {}  # strips to estimate, grouped by shape
     for r0 in starts:
         lo, hi = max(r0, iy), min(r0 + strip_height, n + iy)
         centers.append((r0 + r0 + strip_height - 1) / 2.0)
@@ -901,18 +985,23 @@ def estimate_row_drift(
         if ws is not None and not (ws > 0).any():
             strips.append(nan_shift)
             continue
-        s = _shift_core(
-            ref,
-            mov,
-            ws,
-            ws,
+        centers[-1] = (lo + hi - 1) / 2.0
+        todo.setdefault(mov.shape, []).append((len(strips), ref, mov, ws))
+        strips.append(nan_shift)
+    for group in todo.values():
+        idx, refs, movs, wss = zip(*group, strict=True)
+        res = _shift_core_many(
+            refs,
+            movs,
+            wss,
+            wss,
             upsample_factor=int(upsample_factor),
             max_shift=strip_height / 3.0,
             n_refine=10,
             **core,
         )
-        centers[-1] = (lo + hi - 1) / 2.0
-        strips.append(replace(s, dy=s.dy + iy, dx=s.dx + ix))
+        for i, s in zip(idx, res, strict=True):
+            strips[i] = replace(s, dy=s.dy + iy, dx=s.dx + ix)
     rows_c = np.asarray(centers)
     ok = np.array([s.ok for s in strips], dtype=bool)
     sdy = np.array([s.dy for s in strips])
