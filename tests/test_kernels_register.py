@@ -13,6 +13,7 @@ from ecafm.kernels.register import (
     Shift,
     apply_row_drift,
     apply_shift,
+    check_shift,
     compose_shifts,
     estimate_row_drift,
     estimate_shift,
@@ -163,6 +164,17 @@ def test_qc_accepts_precomputed_gradients():
     assert estimate_shift_qc(ref, mov, weights=stable, gradients=g) == s
     with pytest.raises(ValueError, match="gradients"):
         estimate_shift_qc(ref, mov, gradients=(g[0], g[1][:-1]))
+
+
+@pytest.mark.parametrize("replaced", [0.0, 1.0], ids=["good", "replaced100"])
+def test_check_shift_equals_estimate_shift_qc(replaced):
+    """QC flags deferred to an existing estimate are those of estimate_shift_qc."""
+    ref, mov, stable = _pair(8, shift=(3.2, 1.7), changed=replaced)
+    w = None if replaced else stable
+    s = estimate_shift(ref, mov, weights=w, min_peak_ratio=1.5)
+    assert check_shift(ref, mov, s, weights=w, min_peak_ratio=1.5) == \
+        estimate_shift_qc(ref, mov, weights=w, min_peak_ratio=1.5)
+    assert check_shift(ref, mov, s, weights=w, min_peak_ratio=1.5, prev=(s.dy + 20, s.dx)).flags[-1] == "jump"
 
 
 def test_gradient_magnitude_nan_safe():

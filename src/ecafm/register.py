@@ -85,7 +85,9 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
     """Rigid + per-row displacement of ``moving`` relative to ``reference`` on stable regions."""
     from ecafm.kernels.register import (
         apply_shift,
+        check_shift,
         estimate_row_drift,
+        estimate_shift,
         estimate_shift_qc,
         gradient_magnitude,
     )
@@ -96,7 +98,10 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
     kw = dict(max_jump_px=math.inf, min_peak_ratio=params.min_peak_ratio,
               max_disagreement_px=params.max_disagreement_px, upsample_factor=params.upsample_factor,
               gradients=(gradient_magnitude(ref, dtype=ref.dtype), gradient_magnitude(mov, dtype=mov.dtype)))
-    s0 = estimate_shift_qc(ref, mov, **kw)
+    # First pass on the whole frames; its QC flags matter only when it is the final estimate
+    # (no stable-region pass), so its gradient check is deferred to that case.
+    s0 = estimate_shift(ref, mov, min_peak_ratio=params.min_peak_ratio,
+                        upsample_factor=params.upsample_factor)
     weights = moving_weights = None
     if math.isfinite(s0.dy) and math.isfinite(s0.dx):
         aligned, valid = apply_shift(mov, -s0.dy, -s0.dx)
@@ -111,7 +116,7 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
                 weights = stable_ref
                 moving_weights = np.nan_to_num(apply_shift(stable_ref, s0.dy, s0.dx)[0], nan=0.0)
     s = estimate_shift_qc(ref, mov, weights=weights, moving_weights=moving_weights, **kw) \
-        if weights is not None else s0
+        if weights is not None else check_shift(ref, mov, s0, **kw)
     flags = list(s.flags)
     ny = ref.shape[0]
     row_dy = np.full(ny, s.dy)

@@ -38,6 +38,7 @@ __all__ = [
     "Shift",
     "apply_row_drift",
     "apply_shift",
+    "check_shift",
     "compose_shifts",
     "estimate_row_drift",
     "estimate_shift",
@@ -874,19 +875,76 @@ def estimate_shift_qc(
     """
     reference, moving = _check_pair(reference, moving)
     _check_search(upsample_factor, None)
-    if gradients is None:
-        gradients = (gradient_magnitude(reference), gradient_magnitude(moving))
-    elif len(gradients) != 2 or any(np.shape(g) != reference.shape for g in gradients):
-        raise ValueError(f"gradients must be two arrays of the frame shape {reference.shape}")
+    gradients = _check_gradients(gradients, reference, moving)
     # weights validated and tapered once for both estimates
     wr, wm = _soft_weights(weights, moving_weights, reference.shape, _TAPER_SIGMA)
-    kw = dict(upsample_factor=int(upsample_factor), apodize=True, max_shift=None,
-              min_peak_ratio=min_peak_ratio)
-    s1 = _shift_core(reference, moving, wr, wm, n_refine=10, **kw)
+    s1 = _shift_core(reference, moving, wr, wm, n_refine=10, upsample_factor=int(upsample_factor),
+                     apodize=True, max_shift=None, min_peak_ratio=min_peak_ratio)
+    return _qc(s1, gradients, wr, wm, prev=prev, max_jump_px=max_jump_px,
+               min_peak_ratio=min_peak_ratio, max_disagreement_px=max_disagreement_px,
+               upsample_factor=int(upsample_factor))
+
+
+def check_shift(
+    reference: np.ndarray,
+    moving: np.ndarray,
+    shift: Shift,
+    *,
+    weights: np.ndarray | None = None,
+    moving_weights: np.ndarray | None = None,
+    prev: Shift | Sequence[float] | None = None,
+    max_jump_px: float = 10.0,
+    min_peak_ratio: float = 2.0,
+    max_disagreement_px: float = 1.0,
+    upsample_factor: int = 100,
+    gradients: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Shift:
+    """The quality flags of :func:`estimate_shift_qc` for an existing estimate.
+
+    ``check_shift(ref, mov, estimate_shift(ref, mov, **kw), **kw)`` equals
+    ``estimate_shift_qc(ref, mov, **kw)`` (same weights, ``min_peak_ratio`` and
+    ``upsample_factor``); a caller that needs the flags only for some estimates can defer
+    the gradient check.
+
+    Parameters
+    ----------
+    reference, moving : ndarray, shape (y, x)
+        The frames ``shift`` was estimated on.
+    shift : Shift
+        From :func:`estimate_shift` on these frames and weights.
+    weights, moving_weights, prev, max_jump_px, min_peak_ratio, max_disagreement_px, upsample_factor, gradients
+        As in :func:`estimate_shift_qc`.
+
+    Returns
+    -------
+    Shift
+        ``shift`` with the combined flags.
+    """
+    reference, moving = _check_pair(reference, moving)
+    _check_search(upsample_factor, None)
+    gradients = _check_gradients(gradients, reference, moving)
+    wr, wm = _soft_weights(weights, moving_weights, reference.shape, _TAPER_SIGMA)
+    return _qc(shift, gradients, wr, wm, prev=prev, max_jump_px=max_jump_px,
+               min_peak_ratio=min_peak_ratio, max_disagreement_px=max_disagreement_px,
+               upsample_factor=int(upsample_factor))
+
+
+def _check_gradients(gradients, reference: np.ndarray, moving: np.ndarray):
+    if gradients is None:
+        return (gradient_magnitude(reference), gradient_magnitude(moving))
+    if len(gradients) != 2 or any(np.shape(g) != reference.shape for g in gradients):
+        raise ValueError(f"gradients must be two arrays of the frame shape {reference.shape}")
+    return gradients
+
+
+def _qc(s1: Shift, gradients, wr, wm, *, prev, max_jump_px: float, min_peak_ratio: float,
+        max_disagreement_px: float, upsample_factor: int) -> Shift:
+    """Flags of :func:`estimate_shift_qc` for the height estimate ``s1`` (tapered weights)."""
     # The second estimate only checks agreement at the max_disagreement_px scale (1 px by
     # default): the DFT-upsampled peak (1/upsample_factor px) is precise enough for that, so
     # the robust least-squares refinement (most of the cost) is skipped for it.
-    s2 = _shift_core(*gradients, wr, wm, n_refine=0, **kw)
+    s2 = _shift_core(*gradients, wr, wm, n_refine=0, upsample_factor=upsample_factor,
+                     apodize=True, max_shift=None, min_peak_ratio=min_peak_ratio)
     flags = list(s1.flags)
     if "weak_peak" in s2.flags:
         flags.append("weak_peak")
