@@ -20,7 +20,7 @@ def test_cube_from_frames_and_log(tmp_path):
     d = make_dataset(tmp_path / "ds", n_frames=8, n_cycles=2, half_s=100.0, zero_frames=(5,))
     rec = _ingest(d, tmp_path / "c.zarr", qc_table=tmp_path / "qc.tsv")
     ds = open_cube(tmp_path / "c.zarr")
-    assert dict(ds.sizes) == {"frame": 8, "y": 32, "x": 32}
+    assert dict(ds.sizes) == {"frame": 8, "y": 32, "x": 32, "row": 32}
     assert ds["height"].dtype == np.float32 and ds["height"].attrs["units"] == "nm"
     assert ds["height"].encoding["chunks"] == (1, 32, 32)
     assert ds["x"].attrs["units"] == "nm" and ds["time"].attrs["units"] == "s"
@@ -38,6 +38,16 @@ def test_cube_from_frames_and_log(tmp_path):
     # Charge: +10 uA while plating, -10 uA while stripping (cumulative, C).
     q = np.where(expect_half % 2 == 0, (mid % 100) * 1e-5, (100 - mid % 100) * 1e-5)
     np.testing.assert_allclose(ds["charge"].values, q, atol=2e-7)
+    # Charge of every scan line (its middle) and at the frame end, from the same log: the
+    # lines of a frame are 0.1 s apart, so a plating frame gains 1e-6 C per line.
+    def q_at(t):
+        h = (t // 100).astype(int)
+        return np.where(h % 2 == 0, (t % 100) * 1e-5, (100 - t % 100) * 1e-5)
+
+    t_rows = d["times"][:, None] + 0.1 * (np.arange(32) + 0.5)[None, :]
+    assert ds["row_charge"].dims == ("frame", "row") and ds["row_charge"].attrs["units"] == "C"
+    np.testing.assert_allclose(ds["row_charge"].values, q_at(t_rows), atol=2e-7)
+    np.testing.assert_allclose(ds["charge_end"].values, q_at(d["times"] + 3.2), atol=2e-7)
     # QC: the all-zero frame is flagged, not fatal.
     assert ds["frame_ok"].values.tolist() == [i != 5 for i in range(8)]
     qc = pd.read_csv(tmp_path / "qc.tsv", sep="\t")

@@ -144,6 +144,23 @@ def _frame_times(frames: list[RawFrame], sheet, ec_start: _dt.datetime | None,
     return secs + clock_offset_s, ("log start" if ec_start is not None else "first frame")
 
 
+def row_charges(eclog, times: np.ndarray, line_time: np.ndarray, ny: int) -> tuple[np.ndarray, np.ndarray]:
+    """Charge from the log at the middle of every scan line, and at the end of every frame.
+
+    Material comes and goes while a frame is scanned, so each line shows the electrode at its
+    own charge; the segmentation brings every frame to the charge at its end with these
+    (they follow the log through cut-offs and rests, which no constant-current model does).
+    Lines or frame ends outside the log, or frames without a line time, are NaN.
+    """
+    t_log = eclog.data["time_s"].to_numpy(np.float64)
+    q_log = eclog.data["charge_C"].to_numpy(np.float64)
+    lt = np.asarray(line_time, np.float64)[:, None]
+    t_rows = np.asarray(times, np.float64)[:, None] + lt * (np.arange(ny) + 0.5)[None, :]
+    t_end = np.asarray(times, np.float64) + lt[:, 0] * ny
+    interp = lambda t: np.interp(t, t_log, q_log, left=np.nan, right=np.nan)  # noqa: E731
+    return interp(t_rows), interp(t_end)
+
+
 def ingest(
     sources: Sequence[str | Path],
     out: str | Path,
@@ -214,6 +231,8 @@ def ingest(
     phase = np.full(n, PHASE_CODES["unknown"], np.int8)
     charge = np.full(n, np.nan)
     potential = np.full(n, np.nan)
+    row_charge = np.full((n, ny), np.nan)
+    charge_end = np.full(n, np.nan)
     if eclog is not None:
         from ecafm.io.echem import frame_electrochemistry
 
@@ -233,6 +252,7 @@ def ingest(
         phase[:] = [PHASE_CODES[p] for p in ec["phase"]]
         charge[:] = ec["charge_C"].to_numpy()
         potential[:] = ec["potential_V"].to_numpy()
+        row_charge, charge_end = row_charges(eclog, times, line_time, ny)
     elif sheet is not None:
         by = sheet.set_index("path")
         for i, f in enumerate(frames):
@@ -276,6 +296,11 @@ def ingest(
                                    "flag_meanings": " ".join(PHASE_CODES)}),
         "charge": ("frame", charge, {"units": "C", "long_name": "cumulative charge passed at mid-frame"}),
         "potential": ("frame", potential, {"units": "V", "long_name": "potential at mid-frame"}),
+        "charge_end": ("frame", charge_end, {"units": "C", "long_name": "cumulative charge passed at "
+                                             "the end of the frame (from the log; NaN without one)"}),
+        "row_charge": (("frame", "row"), row_charge,
+                       {"units": "C", "long_name": "cumulative charge passed when each scan line of the "
+                        "raw frame was at its middle (from the log; NaN without one)"}),
         "frame_ok": ("frame", np.array([q["ok"] for q in qcs]), {"long_name": "passed ingest QC"}),
         "source_index": ("frame", np.array([f.index for f in frames], np.int32),
                          {"long_name": "frame index within its source file"}),

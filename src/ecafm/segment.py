@@ -89,6 +89,9 @@ class _Frames:
     line_time: np.ndarray
     charge: np.ndarray
     sigma_r: np.ndarray  #: (n,) px
+    rows: np.ndarray  #: (n, ny) raw scan line shown by each registered row (drift included)
+    q_rows: np.ndarray  #: (n, ny) charge from the log when each registered row was scanned, or NaN
+    q_end: np.ndarray  #: (n,) charge from the log at the end of the frame, or NaN
 
 
 def _kinds(ds: xr.Dataset, first_plate_frame: int) -> np.ndarray:
@@ -127,11 +130,26 @@ def _load(ds: xr.Dataset, tf: xr.Dataset, h_ref: np.ndarray, fp: int) -> _Frames
     err = tf["error_px"].sel(frame=ds["frame"].values).values.astype(np.float64)
     for i in range(h.shape[0]):  # common height datum and tilt: stable pixels at the reference
         h[i] = kc.align_to_reference(h[i], h_ref)
+    # Registered row r shows raw scan line r + shift_y(r) (the drift moved it there): that line's
+    # scan time, not r's, says how much charge had passed when it was imaged.
+    n, ny = h.shape[:2]
+    y0 = int(tf.attrs["common_field_px"][0])
+    ref_rows = y0 + np.arange(ny)
+    sy = tf["shift_y"].sel(frame=ds["frame"].values).values[:, ref_rows]
+    rows = ref_rows[None, :] + np.nan_to_num(sy)
+    q_rows = np.full((n, ny), np.nan)
+    q_end = np.full(n, np.nan)
+    if "row_charge" in ds.coords and "charge_end" in ds.coords:  # cubes from ecafm >= 0.2 with a log
+        rc = ds["row_charge"].values
+        q_end = ds["charge_end"].values.astype(np.float64)
+        for i in range(n):
+            if np.isfinite(rc[i]).all():
+                q_rows[i] = np.interp(rows[i], np.arange(rc.shape[1]), rc[i])
     return _Frames(h=h, valid=ds["valid"].values.astype(bool),
                    usable=(ds["frame_ok"].values & ds["registration_ok"].values).astype(bool),
                    kind=_kinds(ds, fp), frame=ds["frame"].values, time=ds["time"].values,
                    line_time=ds["line_time"].values, charge=ds["charge"].values,
-                   sigma_r=np.nan_to_num(err, nan=1.0))
+                   sigma_r=np.nan_to_num(err, nan=1.0), rows=rows, q_rows=q_rows, q_end=q_end)
 
 
 def _concat(parts: list[_Frames]) -> _Frames:
@@ -158,16 +176,20 @@ def _change_pass(allf: _Frames, params: SegmentParams, min_area: int
     return chg, sig_d
 
 
-def _rectify(allf: _Frames, run: np.ndarray, moved: np.ndarray, rows: np.ndarray, n_rows: int
+def _rectify(allf: _Frames, run: np.ndarray, moved: np.ndarray, n_rows: int
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Frames at the charge of their end (last frame of a half-cycle: at the half-cycle's end).
+    """Every frame brought to the charge at its end; returns the heights and each run's end charge.
 
-    Charge of each row: linear in time from the half-cycle's first two frames (constant
-    current), clipped to the half-cycle's end charge (a stripping may stop mid-frame). End
-    charge of a plating: last frame's mid charge plus half a frame of current; of a stripping:
-    the same, or, when the next plating is known, its first frame's mid charge minus half a
-    frame of plating current (whichever is higher: the stripping may have stopped early).
-    Returns the rectified heights and the end charge of every half-cycle run.
+    The lines of a frame are scanned one after another while material comes and goes with the
+    charge passed. Each registered row is interpolated (the last frame of a half-cycle:
+    extrapolated) towards the same row of the neighbouring frame of its half-cycle, in charge.
+    The charge of each row is the log's charge when the raw line shown there (drift included)
+    was scanned, and the target is the log's charge at the frame's end (``row_charge`` and
+    ``charge_end`` of the cube): cut-offs and rests are followed as they happened. Cubes
+    without them (no log) fall back to a constant-current model: row charge linear in time
+    from the half-cycle's first two frames, clipped to the half-cycle's end charge (last frame's
+    mid charge plus half a frame of current; for a stripping followed by a plating, at least
+    the plating's first mid charge minus half a frame of its current).
     """
     h = allf.h.copy()
     n_runs = int(run.max()) + 1
@@ -194,7 +216,12 @@ def _rectify(allf: _Frames, run: np.ndarray, moved: np.ndarray, rows: np.ndarray
             run_end[r] = max(end, q_next)
     for r in range(n_runs):
         idx, kind, cur, _, mid0 = info[r]
-        if kind == PRE or idx.size < 2 or cur == 0:
+        if kind == PRE or idx.size < 2:
+            continue
+        logged = bool(np.isfinite(allf.q_rows[idx]).all() and np.isfinite(allf.q_end[idx]).all())
+        if logged:
+            run_end[r] = float(allf.q_end[idx[-1]])
+        elif cur == 0:
             continue
         end = run_end[r]
         q0 = float(allf.charge[idx[0]])
@@ -203,12 +230,19 @@ def _rectify(allf: _Frames, run: np.ndarray, moved: np.ndarray, rows: np.ndarray
         def q_of(t, q0=q0, cur=cur, mid0=mid0, end=end, lim=lim):
             return lim(q0 + cur * (t - mid0), end)
 
+        # a frame's worth of charge: steps much smaller than this are rests, not growth
+        q_frame = float(np.nanmax(np.abs(np.diff(allf.q_end[idx])))) if logged else abs(cur) * n_rows \
+            * float(np.nanmedian(allf.line_time[idx]))
         for k, i in enumerate(idx):
-            q_rows = q_of(allf.time[i] + rows * allf.line_time[i])
             last = k == idx.size - 1
-            target = float(end if last else q_of(allf.time[i] + n_rows * allf.line_time[i]))
             o = idx[k - 1] if last else idx[k + 1]
-            q_o = q_of(allf.time[o] + rows * allf.line_time[o])
+            if logged:
+                q_rows, q_o, target = allf.q_rows[i], allf.q_rows[o].copy(), float(allf.q_end[i])
+            else:
+                q_rows = q_of(allf.time[i] + allf.rows[i] * allf.line_time[i])
+                q_o = q_of(allf.time[o] + allf.rows[o] * allf.line_time[o])
+                target = float(end if last else q_of(allf.time[i] + n_rows * allf.line_time[i]))
+            q_o[np.abs(q_o - q_rows) < 1e-3 * q_frame] = q_rows[np.abs(q_o - q_rows) < 1e-3 * q_frame]
             ch = kc.dilate_mask(moved[i] | moved[o] if last else moved[o])
             h[i] = kc.rectify_rows(allf.h[i], allf.h[o], q_rows, q_o, target, changed=ch,
                                    max_factor=2.0 if last else 1.0)
@@ -339,7 +373,6 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     y0 = int(transforms.attrs["common_field_px"][0])
     n_rows = int(transforms.sizes["y"])
     ny, nx = h_ref.shape
-    rows = y0 + np.arange(ny, dtype=np.float64)
 
     c_fr = _load(cur, transforms, h_ref, fp)
     p_fr = _load(prev, transforms, h_ref, fp) if prev is not None else None
@@ -360,7 +393,7 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     chg, sig_d = _change_pass(allf, params, min_area)
     # rectify every frame to the charge at its end (rows are scanned one after another), then
     # label changes again on the rectified frames
-    h_rect, run_end = _rectify(allf, run, chg != 0, rows, n_rows)
+    h_rect, run_end = _rectify(allf, run, chg != 0, n_rows)
     allf.h = h_rect
     chg, sig_d = _change_pass(allf, params, min_area)
     moved = chg != 0
