@@ -170,10 +170,11 @@ def _check_weights(weights: np.ndarray | None, shape: tuple[int, ...], name: str
 
 
 @lru_cache(maxsize=16)
-def _window(shape: tuple[int, int], apodize: bool) -> np.ndarray:
+def _window(shape: tuple[int, int], apodize: bool, dtype=np.float64) -> np.ndarray:
+    """Apodization window (cached: never modify the returned array)."""
     if not apodize:
-        return np.ones(shape)
-    return np.outer(tukey(shape[0], _TUKEY_ALPHA), tukey(shape[1], _TUKEY_ALPHA))
+        return np.ones(shape, dtype=dtype)
+    return np.outer(tukey(shape[0], _TUKEY_ALPHA), tukey(shape[1], _TUKEY_ALPHA)).astype(dtype)
 
 
 def _tukey_at(t: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -225,8 +226,8 @@ def _prepare(img: np.ndarray, weight: np.ndarray, dtype) -> tuple[np.ndarray, np
     # weighted plane (offset and tilt) removal from moments: every sum over pixels of
     # weight * u**a * v**b (* img) is a row or column sum followed by a dot product
     n, m = img.shape[-2:]
-    u = np.linspace(-1.0, 1.0, m)
-    v = np.linspace(-1.0, 1.0, n)
+    u = np.linspace(-1.0, 1.0, m, dtype=weight.dtype)
+    v = np.linspace(-1.0, 1.0, n, dtype=weight.dtype)
     cw, rw = weight.sum(axis=-2), weight.sum(axis=-1)
     sw = cw.sum(axis=-1)
     if not (sw > 0).all():
@@ -749,13 +750,14 @@ def _shift_core_many(
 ) -> list[Shift]:
     """:func:`_shift_core` for several pairs of frames of one shape (phase correlations stacked)."""
     shape = references[0].shape
-    win = _window(shape, apodize)
-
-    def weighted(w, window):
-        return window if w is None else window * w
-
     f32 = all(x.dtype == np.float32 for x in (*references, *movings))
     dtype = np.float32 if f32 else np.float64
+    # float32 frames: window, weights and plane removal in float32 as well
+    win = _window(shape, apodize, dtype)
+
+    def weighted(w, window):
+        return window if w is None else np.multiply(window, w, dtype=dtype)
+
     a, wa = _prepare(np.stack(references), np.stack([weighted(w, win) for w in wrs]), dtype)
     b, wb = _prepare(np.stack(movings), np.stack([weighted(w, win) for w in wms]), dtype)
     shifts = _phase_correlate_many(
