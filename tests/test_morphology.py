@@ -63,3 +63,26 @@ def test_windows_and_tiles():
     assert sq[1] / sq[0] == pytest.approx(4, rel=0.15)
     with pytest.raises(ValueError, match="at least 4x4"):
         patch_descriptors(np.zeros((2, 10)), 1.0)
+
+
+def test_tophat_pits_ignore_broad_valleys_of_a_rough_texture():
+    """Porosity proxy from pit_mask: small deep pits count, broad texture valleys do not."""
+    from ecafm.kernels.morphology import pit_mask
+
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[0:128, 0:128]
+    h = 30.0 * np.sin(2 * np.pi * xx / 32) * np.sin(2 * np.pi * yy / 32)  # valleys 30 nm deep, 16 px wide
+    h += rng.normal(0, 0.5, h.shape)
+    pits = [(20, 20), (60, 90), (100, 40), (90, 100)]
+    for cy, cx in pits:
+        h[cy:cy + 2, cx:cx + 2] -= 15.0  # 2 x 2 px pits, 15 nm deep
+    m = pit_mask(h, 20.0, radius_nm=30.0, depth_nm=8.0)  # disk of 1 px
+    assert m.sum() == 4 * 4
+    assert all(m[cy, cx] for cy, cx in pits)
+    # the relative rule (2 Sq below the patch mean) counts valley bottoms and misses pits on crests
+    d_rel = patch_descriptors(h, 20.0)
+    assert abs(d_rel["porosity_proxy"] * h.size - 16) > 8
+    d = descriptors_at(h, np.array([[64.0, 64.0]]), window_px=127, pixel_nm=20.0,
+                       pit_radius_nm=30.0, pit_depth_nm=8.0)[0]
+    assert d[DESCRIPTORS.index("porosity_proxy")] == pytest.approx(16 / 127**2)
+    assert d[DESCRIPTORS.index("pit_density_per_um2")] == pytest.approx(4 / (127 * 0.02) ** 2)

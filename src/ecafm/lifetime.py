@@ -37,6 +37,8 @@ class LifetimeParams:
     """Config key ``lifetime``."""
 
     window_px: tuple[int, ...] = (9, 17, 33)
+    pit_radius_nm: float = 60.0
+    pit_depth_nm: float = 10.0
     dead_fraction: float = 0.5
     sensitivity_fractions: tuple[float, ...] = (0.3, 0.5, 0.7)
     block_nm: float = 1000.0
@@ -71,7 +73,8 @@ def dead_cycles(sites: pd.DataFrame, site_cycles: pd.DataFrame, fraction: float)
 
 # --------------------------------------------------------------------------- descriptors
 def site_descriptors(sites: pd.DataFrame, h_ref: np.ndarray, h_peak: np.ndarray, pixel_nm: float,
-                     windows: tuple[int, ...]) -> pd.DataFrame:
+                     windows: tuple[int, ...], *, pit_radius_nm: float | None = None,
+                     pit_depth_nm: float | None = None) -> pd.DataFrame:
     """Initial-morphology descriptors per site at each window size, before and after plating 1.
 
     Column names: ``{descriptor}_w{window}_{pre|p1}``; plus the confounders ``log_size``
@@ -83,7 +86,8 @@ def site_descriptors(sites: pd.DataFrame, h_ref: np.ndarray, h_peak: np.ndarray,
     out = {"site": sites["site"].to_numpy()}
     for w in windows:
         for tag, h in (("pre", h_ref), ("p1", h_peak)):
-            d = descriptors_at(h, centers, window_px=w, pixel_nm=pixel_nm)
+            d = descriptors_at(h, centers, window_px=w, pixel_nm=pixel_nm,
+                               pit_radius_nm=pit_radius_nm, pit_depth_nm=pit_depth_nm)
             for k, name in enumerate(DESCRIPTORS):
                 out[f"{name}_w{w}_{tag}"] = d[:, k]
     vol = sites["birth_volume_nm3"].to_numpy(float)
@@ -218,7 +222,8 @@ def analyse(sites: pd.DataFrame, site_cycles: pd.DataFrame, cycles: pd.DataFrame
                 "sensitivity": empty, "balance": bal}
     sites = sites.copy()
     sites["dead_cycle"] = dead_cycles(sites, site_cycles, params.dead_fraction)
-    desc = site_descriptors(sites, h_ref, h_peak, pixel_nm, tuple(params.window_px))
+    desc = site_descriptors(sites, h_ref, h_peak, pixel_nm, tuple(params.window_px),
+                            pit_radius_nm=params.pit_radius_nm, pit_depth_nm=params.pit_depth_nm)
     lts = {e: lifetime_table(sites, e) for e in ENDPOINTS}
     mid = params.window_px[len(params.window_px) // 2]
     primary = [f"{d}_w{mid}_pre" for d in PRIMARY]

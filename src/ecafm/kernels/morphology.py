@@ -99,21 +99,58 @@ def patch_descriptors(patch: np.ndarray, pixel_nm: float, *, pit_k: float = 2.0)
     return out
 
 
-def descriptors_at(height: np.ndarray, centers_yx: np.ndarray, *, window_px: int, pixel_nm: float) -> np.ndarray:
+def pit_mask(height: np.ndarray, pixel_nm: float, *, radius_nm: float, depth_nm: float) -> np.ndarray:
+    """Pits: pixels deeper than ``depth_nm`` below a grey-scale closing with a disk (black top-hat).
+
+    The disk has radius ``floor(radius_nm / pixel_nm)`` px (at least 1). The closing fills
+    depressions narrower than the disk (pits; wider pits count by their cores) but follows the
+    broader valleys of the surface texture, so the top-hat is the depth of the pits alone. A
+    larger disk also fills texture valleys: on the generator (pits of 60 nm radius, texture
+    correlation length 100 nm, 39 nm pixels) a 2 px disk ranks true porosity with Spearman
+    0.3, a 1 px disk 0.6-0.85. NaN pixels are never pits.
+    """
+    from skimage.morphology import black_tophat, disk
+
+    h = np.asarray(height, float)
+    ok = np.isfinite(h)
+    z = np.where(ok, h, np.nanmedian(h) if ok.any() else 0.0)
+    r = max(1, int(np.floor(radius_nm / pixel_nm)))
+    return ok & (black_tophat(z, disk(r)) > depth_nm)
+
+
+def descriptors_at(height: np.ndarray, centers_yx: np.ndarray, *, window_px: int, pixel_nm: float,
+                   pit_radius_nm: float | None = None, pit_depth_nm: float | None = None) -> np.ndarray:
     """Descriptors of square windows (side ``window_px``) centred on each (y, x); shape (n, 12).
 
     Windows are clipped at the frame edge (the clipped size is a confounder the caller records).
+    With ``pit_radius_nm`` and ``pit_depth_nm``, pits are found once on the whole frame
+    (:func:`pit_mask`) and ``porosity_proxy`` is the pit-area fraction of the window,
+    ``pit_density_per_um2`` the number of pits touching it per area. Without them, pits are
+    the patch's own pixels deeper than 2 Sq (a relative rule that also counts the valleys of
+    a rough texture: on the generator it ranks true porosity with Spearman 0.1-0.2, the
+    top-hat rule 0.6-0.85).
     """
     h = np.asarray(height, float)
     c = np.atleast_2d(np.asarray(centers_yx, float))
     half = window_px // 2
     out = np.full((len(c), len(DESCRIPTORS)), np.nan)
+    pits = lab = None
+    if pit_radius_nm is not None and pit_depth_nm is not None:
+        pits = pit_mask(h, pixel_nm, radius_nm=pit_radius_nm, depth_nm=pit_depth_nm)
+        lab, _ = ndi.label(pits)
+    jd, jp = DESCRIPTORS.index("pit_density_per_um2"), DESCRIPTORS.index("porosity_proxy")
     for i, (y, x) in enumerate(c):
         y0, y1 = max(0, int(round(y)) - half), min(h.shape[0], int(round(y)) + half + 1)
         x0, x1 = max(0, int(round(x)) - half), min(h.shape[1], int(round(x)) + half + 1)
         if y1 - y0 >= 4 and x1 - x0 >= 4:
             d = patch_descriptors(h[y0:y1, x0:x1], pixel_nm)
             out[i] = [d[k] for k in DESCRIPTORS]
+            if pits is not None:
+                ok = np.isfinite(h[y0:y1, x0:x1])
+                n_ok = max(int(ok.sum()), 1)
+                out[i, jp] = float(pits[y0:y1, x0:x1].sum() / n_ok)
+                n_pits = np.unique(lab[y0:y1, x0:x1]).size - (0 in lab[y0:y1, x0:x1])
+                out[i, jd] = float(n_pits / (n_ok * (pixel_nm / 1000.0) ** 2))
     return out
 
 
