@@ -313,3 +313,21 @@ def test_compose_accepts_shift_objects():
 def test_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_trend_outliers_finds_strips_snapped_to_zero_shift():
+    """Three strips at zero shift among strips at -1.67 px (a real bench-s pair) are rejected."""
+    from ecafm.kernels.robust import trend_outliers
+
+    rows = 15.5 + 16.0 * np.arange(15)
+    dx = np.array([-1.70, -1.72, -1.68, -1.67, -1.67, -1.66, -0.07, -0.06, -0.09, -1.67, -1.66,
+                   -1.65, -1.64, -1.65, -1.66])
+    dy = -0.40 + 0.0015 * (rows - rows[0])  # smooth drift within the frame: kept
+    bad = trend_outliers(rows, (dy, dx), np.ones(15, bool))
+    assert bad.tolist() == [i in (6, 7, 8) for i in range(15)]
+    # creep at the frame start (0.55 px above the line at the first strip) is drift, not an outlier
+    creep = dx.copy()
+    creep[[6, 7, 8]] = -1.67
+    creep[0] += 0.55
+    assert not trend_outliers(rows, (dy, creep), np.ones(15, bool)).any()
+    assert not trend_outliers(rows[:3], (dy[:3], dx[:3]), np.ones(3, bool)).any()  # too few
