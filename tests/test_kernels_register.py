@@ -331,3 +331,37 @@ def test_trend_outliers_finds_strips_snapped_to_zero_shift():
     creep[0] += 0.55
     assert not trend_outliers(rows, (dy, creep), np.ones(15, bool)).any()
     assert not trend_outliers(rows[:3], (dy[:3], dx[:3]), np.ones(3, bool)).any()  # too few
+
+
+# --------------------------------------------------------------------------- fast method
+
+
+def test_fast_small_shifts_and_sign_convention():
+    """register.method fast: consecutive-frame shifts (<= 1.5 px) to <= 0.1 px RMS, same sign."""
+    from ecafm.kernels.register import estimate_fast, fast_spectra
+
+    errs = []
+    for seed in range(6):
+        truth = tuple(np.random.default_rng(1000 + seed).uniform(-1.5, 1.5, 2))
+        ref, mov, _ = _pair(seed, shift=truth, noise=0.7)
+        s, rd = estimate_fast(fast_spectra(ref), fast_spectra(mov), min_peak_ratio=1.5)
+        assert s.ok and rd is not None and rd.dy.shape == (ref.shape[0],)
+        errs.append((s.dy - truth[0]) ** 2 + (s.dx - truth[1]) ** 2)
+    assert np.sqrt(np.mean(errs)) <= 0.1
+    rng = np.random.default_rng(1)
+    ref = _field(rng, 128)
+    mov = ndi.shift(ref, (3.0, -5.0), order=1, mode="wrap")
+    s, _ = estimate_fast(fast_spectra(ref), fast_spectra(mov))
+    assert (s.dy, s.dx) == pytest.approx((3.0, -5.0), abs=0.1)
+
+
+@pytest.mark.parametrize("replaced", [1.0, 0.97], ids=["replaced100", "replaced97"])
+def test_fast_flags_replaced_frame(replaced):
+    from ecafm.kernels.register import estimate_fast, fast_spectra
+
+    ref, mov, _ = _pair(6, shift=(4.0, 2.0), changed=replaced, noise=0.7)
+    s, rd = estimate_fast(fast_spectra(ref), fast_spectra(mov), min_peak_ratio=1.5)
+    assert not s.ok and "weak_peak" in s.flags and rd is None
+    good, _ = estimate_fast(fast_spectra(ref), fast_spectra(_pair(6, shift=(4.0, 2.0), noise=0.7)[1]),
+                            min_peak_ratio=1.5)
+    assert good.ok and np.hypot(good.dy - 4.0, good.dx - 2.0) < 0.15

@@ -98,3 +98,45 @@ def test_same_hashes_with_one_or_two_threads(tmp_path):
             p = run_level_register(cube, tmp_path / f"t{threads}", apply=True)
         recs.append({k: read_record(v)["artifact"]["logical_sha256"] for k, v in p.items()})
     assert recs[0] == recs[1]
+
+
+def test_fast_method_meets_targets_on_demo(tmp_path):
+    """register.method fast: SCIENCE.md targets on the demo preset against the generator truth."""
+    cube, truth = _synthetic_cube(tmp_path, "demo")
+    p = run_level_register(cube, tmp_path / "out", apply=False, register=RegisterParams(method="fast"))
+    tf = open_cube(p["transforms"]).load()
+    e = registration_errors(tf, truth)
+    assert e["failure_rate"] < 0.01, e
+    assert e["interframe_rms_px"] <= 0.1, e
+    assert e["row_rms_px"] <= 0.3, e
+    assert e["unflagged_failures"] == 0, e
+    within = open_cube(tmp_path / "out" / "within" / "cycle_0.zarr")
+    assert within.attrs["register_params"]["method"] == "fast"
+
+
+def test_fast_method_flags_replaced_texture(tmp_path):
+    """A frame whose texture is replaced (another seed's surface) is flagged and excluded."""
+    from ecafm.register import estimate_within_cycle, int_to_flags
+
+    cube, _ = _synthetic_cube(tmp_path, "demo")
+    _synthetic_cube(tmp_path / "other", "demo", seed=1)
+    p = run_level_register(cube, tmp_path / "out", apply=False, register=RegisterParams(method="fast"))
+    other = run_level_register(tmp_path / "other" / "cube.zarr", tmp_path / "out_other", apply=False)
+    lev = open_cube(p["transforms"].parent / "level" / "cycle_0.zarr").load()
+    foreign = open_cube(other["transforms"].parent / "level" / "cycle_0.zarr").load()
+    h = lev["height"].values.copy()
+    h[2] = foreign["height"].values[2]
+    lev["height"].values[:] = h
+    params = RegisterParams(method="fast")
+    res = estimate_within_cycle(lev, params=params)
+    flags = res["flags"].values
+    assert flags[2] != 0 and "weak_peak" in int_to_flags(int(flags[2])), flags
+    # the next frame is registered against the last good one (frame 1) and passes
+    assert flags[3] == 0 and int(res["ref_frame"].values[3]) == int(lev["frame"].values[1])
+    robust = estimate_within_cycle(lev, params=RegisterParams())
+    assert robust["flags"].values[2] != 0
+
+
+def test_register_method_is_validated():
+    with pytest.raises(ValueError, match="method"):
+        RegisterParams(method="quick")

@@ -55,6 +55,11 @@ class RegisterParams:
     max_jump_px: float = 10.0
     min_peak_ratio: float = 1.5
     max_disagreement_px: float = 1.0
+    method: str = "robust"
+
+    def __post_init__(self):
+        if self.method not in ("robust", "fast"):
+            raise ValueError(f"register.method must be 'robust' or 'fast', got {self.method!r}")
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,46 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
                       tuple(dict.fromkeys(flags)), np.asarray(row_dy, float), np.asarray(row_dx, float))
 
 
+def _fast_spectra(frame: np.ndarray, params: RegisterParams):
+    from ecafm.kernels.register import fast_spectra
+
+    return fast_spectra(_fill(frame), strip_height=params.strip_height if params.row_drift else None)
+
+
+def estimate_pair_fast(reference, moving, *, params: RegisterParams) -> PairResult:
+    """``register.method: fast``: one whitened phase correlation of the whole frames and one of
+    their strips (batched), from spectra computed once per frame (``reference`` and
+    ``moving`` are frames or :class:`~ecafm.kernels.register.FastSpectra`).
+
+    QC: ``weak_peak`` (whole-frame peak ratio), ``disagreement`` (whole-frame estimate vs the
+    mean of the strip estimates), ``jump`` later by :func:`_continuity`. No stable-region
+    pass: see the README for its accuracy.
+    """
+    from ecafm.kernels.register import FastSpectra, estimate_fast
+
+    fa = reference if isinstance(reference, FastSpectra) else _fast_spectra(reference, params)
+    fb = moving if isinstance(moving, FastSpectra) else _fast_spectra(moving, params)
+    s, rd = estimate_fast(fa, fb, min_peak_ratio=params.min_peak_ratio,
+                          max_disagreement_px=params.max_disagreement_px)
+    ny = fb.frame.shape[0]
+    row_dy, row_dx = np.full(ny, s.dy), np.full(ny, s.dx)
+    if params.row_drift and s.ok and rd is not None:
+        if rd.ok and math.hypot(np.mean(rd.dy) - s.dy, np.mean(rd.dx) - s.dx) <= max(0.5, 5 * s.error):
+            row_dy, row_dx = rd.dy, rd.dx
+        else:
+            log.info("row drift not used for this pair (strips ok: %s); rigid shift kept",
+                     int(rd.strip_ok.sum()))
+    return PairResult(float(s.dy), float(s.dx), float(s.error), float(s.crlb), float(s.peak_ratio),
+                      tuple(s.flags), np.asarray(row_dy, float), np.asarray(row_dx, float))
+
+
+def _pair(reference, moving, *, params: RegisterParams) -> PairResult:
+    """The pair estimate of ``params.method``."""
+    if params.method == "fast":
+        return estimate_pair_fast(reference, moving, params=params)
+    return estimate_pair(reference, moving, params=params)
+
+
 def _continuity(results: list[PairResult | None], max_jump: float) -> list[PairResult | None]:
     """Flag a pair whose shift jumps from the median of its neighbours' shifts."""
     vec = np.array([[r.dy, r.dx] if r is not None and r.ok else [np.nan, np.nan] for r in results])
@@ -153,6 +198,15 @@ def _continuity(results: list[PairResult | None], max_jump: float) -> list[PairR
     return out
 
 
+def _params_attr(params: RegisterParams) -> dict[str, Any]:
+    """Parameters recorded on the within-cycle estimates (the default method is left out, so
+    that robust outputs are identical to those from before the key existed)."""
+    d = asdict(params)
+    if d["method"] == "robust":
+        d.pop("method")
+    return d
+
+
 def _good_frames(ds: xr.Dataset) -> np.ndarray:
     h = ds["height"]
     finite = np.isfinite(h).any(dim=("y", "x")).values
@@ -167,9 +221,23 @@ def estimate_within_cycle(leveled: xr.Dataset, *, params: RegisterParams) -> xr.
     good = _good_frames(leveled)
     idx = np.flatnonzero(good)
     frames = leveled["height"]
-    tasks = [dask.delayed(estimate_pair)(frames[a].values, frames[b].values, params=params)
-             for a, b in zip(idx[:-1], idx[1:], strict=True)]
-    pairs = list(dask.compute(*tasks)) if tasks else []
+    if params.method == "fast":
+        # every frame's spectra once, used as 'moving' of one pair and 'reference' of the next
+        spectra: dict[int, Any] = {}
+
+        def spec(i: int):
+            if i not in spectra:
+                spectra[i] = _fast_spectra(frames[i].values, params)
+            return spectra[i]
+
+        pairs = [estimate_pair_fast(spec(int(a)), spec(int(b)), params=params)
+                 for a, b in zip(idx[:-1], idx[1:], strict=True)]
+        pair_of = lambda a, b: estimate_pair_fast(spec(a), spec(b), params=params)  # noqa: E731
+    else:
+        tasks = [dask.delayed(estimate_pair)(frames[a].values, frames[b].values, params=params)
+                 for a, b in zip(idx[:-1], idx[1:], strict=True)]
+        pairs = list(dask.compute(*tasks)) if tasks else []
+        pair_of = lambda a, b: estimate_pair(frames[a].values, frames[b].values, params=params)  # noqa: E731
     pairs = _continuity(pairs, params.max_jump_px)
     # A frame whose pair failed is excluded; the next frame is re-estimated against the last good.
     ref_of = {int(b): int(a) for a, b in zip(idx[:-1], idx[1:], strict=True)}
@@ -179,7 +247,7 @@ def estimate_within_cycle(leveled: xr.Dataset, *, params: RegisterParams) -> xr.
         b = int(b)
         r = pairs[k]
         if ref_of[b] != last_good:
-            r = estimate_pair(frames[last_good].values, frames[b].values, params=params)
+            r = pair_of(last_good, b)
             ref_of[b] = last_good
         result[b] = r
         if r.ok:
@@ -224,7 +292,7 @@ def estimate_within_cycle(leveled: xr.Dataset, *, params: RegisterParams) -> xr.
             "row_dx": (("frame", "y"), row_dx, {"units": "px", "long_name": "per-row shift vs ref_frame"}),
         },
         coords=coords,
-        attrs={"stage": "register_within", "register_params": asdict(params)},
+        attrs={"stage": "register_within", "register_params": _params_attr(params)},
     )
 
 
@@ -242,7 +310,7 @@ def estimate_link(left: xr.Dataset, right: xr.Dataset, *, params: RegisterParams
     for kind in ("link", "direct"):
         if kind in specs:
             a, b, fa, fb = specs[kind]
-            r = estimate_pair(a, b, params=params)
+            r = _pair(a, b, params=params)
             rows[kind] = (fa, fb, r.dy, r.dx, r.error, r.peak_ratio, flags_to_int(r.flags), r.row_dy, r.row_dx)
         else:
             rows[kind] = (-1, -1, np.nan, np.nan, np.nan, np.nan, FLAG_BITS["unlinked"],

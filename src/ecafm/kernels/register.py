@@ -1306,3 +1306,377 @@ def loop_closure_error(
     if c.shape != (2,):
         raise ValueError(f"closing must be a Shift or (dy, dx), got shape {c.shape}")
     return compose_shifts(pairwise)[-1] - c
+
+
+# --------------------------------------------------------------------------- fast method
+#
+# One phase correlation per frame pair from spectra computed once per frame: every frame's
+# apodized, plane-removed whole frame and horizontal strips are transformed and whitened
+# once (SNR-weighted, so that the cross-power of two frames is one complex product), and each
+# frame serves as ``moving`` of one pair and ``reference`` of the next. Subpixel peaks come
+# from Newton iterations on the trigonometric interpolant of the correlation surface (the
+# continuous form of DFT upsampling), divided by the autocorrelation of the apodization
+# window (which otherwise pulls the peak towards zero shift). No stable-region weighting and no
+# least-squares refinement: see ``register.method`` in the README for the accuracy trade-off.
+
+
+@dataclass(frozen=True)
+class FastSpectra:
+    """Whitened spectra of one frame for :func:`estimate_fast` (from :func:`fast_spectra`).
+
+    Attributes
+    ----------
+    frame : ndarray of float32, shape (y, x)
+        The finite frame (kept for strips at a row offset).
+    whole : ndarray of complex64, shape (y, x // 2 + 1)
+        Whitened, SNR-weighted half spectrum of the apodized, plane-removed frame.
+    strips : ndarray of complex64, shape (n_strips, strip_height, x // 2 + 1) or None
+        The same for the horizontal strips starting at ``starts``.
+    starts : ndarray of int
+        First row of every strip.
+    noise_var : float
+        White-noise variance per pixel (from the spectrum's high-frequency corner).
+    grad_energy : float
+        Sum of the squared signal gradient over the apodized frame (worse axis).
+    """
+
+    frame: np.ndarray
+    whole: np.ndarray
+    strips: np.ndarray | None
+    starts: np.ndarray
+    noise_var: float
+    grad_energy: float
+
+
+@lru_cache(maxsize=16)
+def _fast_basis(rows: int, m: int):
+    """Separable Tukey windows (float32), plane basis and inverse normal matrix of the
+    window-weighted plane fit (offset, tilt in x, tilt in y) for frames of ``rows`` x ``m``."""
+    wy, wx = tukey(rows, _TUKEY_ALPHA), tukey(m, _TUKEY_ALPHA)
+    u, v = np.linspace(-1.0, 1.0, m), np.linspace(-1.0, 1.0, rows)
+    bx = np.stack([wx, wx * u], axis=1)  # (m, 2)
+    by = np.stack([wy, wy * v], axis=0)  # (2, rows)
+    sx = (wx.sum(), (wx * u).sum(), (wx * u * u).sum())
+    sy = (wy.sum(), (wy * v).sum(), (wy * v * v).sum())
+    amat = np.array([[sy[0] * sx[0], sy[0] * sx[1], sy[1] * sx[0]],
+                     [sy[0] * sx[1], sy[0] * sx[2], sy[1] * sx[1]],
+                     [sy[1] * sx[0], sy[1] * sx[1], sy[2] * sx[0]]])
+    f = np.float32
+    sum_w2 = float((wy**2).sum() * (wx**2).sum())
+    return (wy.astype(f), wx.astype(f), u.astype(f), v.astype(f), bx.astype(f), by.astype(f),
+            np.linalg.inv(amat).T, sum_w2)
+
+
+def _fast_windowed(z: np.ndarray) -> np.ndarray:
+    """``(z - plane) * window`` for a frame (n, m) or a stack of strips (k, h, m); the plane
+    is the window-weighted least-squares plane of each image (moments by two small products)."""
+    rows, m = z.shape[-2:]
+    wy, wx, u, v, bx, by, ainv_t, _ = _fast_basis(rows, m)
+    t = by @ (z @ bx)  # (..., 2, 2): sums of w z, w z u (row 0); w z v (row 1)
+    rhs = np.stack([t[..., 0, 0], t[..., 0, 1], t[..., 1, 0]], axis=-1).astype(np.float64)
+    c = (rhs @ ainv_t).astype(np.float32)
+    out = z - (c[..., 0, None] + c[..., 2, None] * v)[..., :, None]
+    out -= (c[..., 1, None] * u)[..., None, :]
+    out *= wy[:, None]
+    out *= wx
+    return out
+
+
+_FAST_SMOOTH = False
+_FAST_ENVELOPE = True
+_FAST_PRESHIFT_PX = 1
+
+
+def _fast_whiten(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``F |F|**-0.5 s / (1 + s)``, s the per-bin SNR of the power over the noise floor
+    (half whitening: the product of two frames' spectra is ``|F_a F_b|**0.5`` times the phase
+    times the SNR weights): (weighted spectrum, power, noise per bin)."""
+    p = f.real * f.real
+    p += f.imag * f.imag
+    n, mh = p.shape[-2:]
+    m = 2 * (mh - 1)
+    y0 = math.ceil(0.375 * n)
+    corner = p[..., y0 : n - y0 + 1, math.ceil(0.375 * m) :]
+    if corner.size:
+        flat = corner.reshape(*p.shape[:-2], -1).copy()
+        k = flat.shape[-1] // 2
+        flat.partition(k, axis=-1)
+        noise = flat[..., k] / math.log(2.0)
+    else:
+        noise = np.zeros(p.shape[:-2], np.float32)
+    noise = np.maximum(noise, p.max(axis=(-2, -1)) * 1e-12).astype(np.float32)
+    if _FAST_SMOOTH:
+        q = p + np.roll(p, 1, axis=-2)
+        q += np.roll(p, -1, axis=-2)
+        q *= np.float32(1.0 / 3.0)
+    else:
+        q = p
+    s = q - noise[..., None, None]
+    np.maximum(s, 0.0, out=s)
+    d = p + np.float32(1e-30)
+    r4 = np.sqrt(np.sqrt(d))  # p**0.25
+    if q is not p:
+        d = q + np.float32(1e-30)
+    d *= r4
+    s /= d  # (q - noise)+ / q / p**0.25
+    return f * s, p, noise
+
+
+def fast_spectra(frame: np.ndarray, *, strip_height: int | None = 32, overlap: float = 0.0) -> FastSpectra:
+    """Whitened spectra of one frame (whole and strips) for :func:`estimate_fast`.
+
+    Parameters
+    ----------
+    frame : ndarray, shape (y, x)
+        Leveled heights; NaN filled with the median. Processed in float32.
+    strip_height : int or None
+        Rows per strip for the row drift (``None``: whole frame only).
+    overlap : float
+        Fractional overlap of consecutive strips, in [0, 1).
+    """
+    z = _check_image(frame, "frame")
+    z = z.astype(np.float32, copy=False)
+    finite = np.isfinite(z)
+    if not finite.all():
+        z = np.where(finite, z, np.median(z[finite]) if finite.any() else 0.0).astype(np.float32)
+    n, m = z.shape
+    g, p, noise = _fast_whiten(sfft.rfft2(_fast_windowed(z), workers=1))
+    # noise variance per pixel and the gradient energy of the signal (for the CRLB)
+    sum_w2 = _fast_basis(n, m)[-1]
+    noise_var = float(noise) / sum_w2
+    sig = np.maximum(p - noise, 0.0) * _hermitian_weights(m, np.float32)[None, :]
+    ky = 2 * np.pi * sfft.fftfreq(n)
+    kx = 2 * np.pi * np.arange(p.shape[-1]) / m
+    grad = min(float(sig.sum(axis=-1) @ ky**2), float(sig.sum(axis=-2) @ kx**2)) / (n * m)
+    strips, starts = None, np.zeros(0, int)
+    if strip_height is not None and 8 <= strip_height <= n // 2:
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
+        starts = _strip_starts(n, strip_height, overlap)
+        strips = _fast_strips(z, starts, strip_height)
+    return FastSpectra(z, g, strips, starts, noise_var, grad)
+
+
+def _strip_starts(n: int, h: int, overlap: float) -> np.ndarray:
+    step = max(1, round(h * (1 - overlap)))
+    starts = list(range(0, n - h + 1, step))
+    if starts[-1] != n - h:
+        starts.append(n - h)
+    return np.asarray(starts)
+
+
+def _fast_strips(z: np.ndarray, starts: np.ndarray, h: int) -> np.ndarray:
+    n, m = z.shape
+    if len(starts) * h == n and (np.diff(starts) == h).all():
+        zs = z.reshape(-1, h, m)
+    else:
+        zs = np.stack([z[s : s + h] for s in starts])
+    return _fast_whiten(sfft.rfft2(_fast_windowed(zs), axes=(-2, -1), workers=1))[0]
+
+
+@lru_cache(maxsize=32)
+def _window_autocorr(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Power spectrum of the Tukey window (its autocorrelation's Fourier series) and the
+    angular frequencies."""
+    w = tukey(n, _TUKEY_ALPHA)
+    return np.abs(np.fft.fft(w)) ** 2 / n, 2 * np.pi * np.fft.fftfreq(n)
+
+
+def _log_envelope(n: int, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and second derivative of log A(d), A the window autocorrelation, at lags d."""
+    p, k = _window_autocorr(n)
+    e = np.exp(1j * np.outer(d, k)) * p
+    a0 = e.sum(axis=1).real
+    a1 = (e @ (1j * k)).real
+    a2 = (e @ (-(k**2))).real
+    g = a1 / a0
+    return g, a2 / a0 - g * g
+
+
+def _newton_peak(r: np.ndarray, y: np.ndarray, x: np.ndarray, *, n_iter: int = 6,
+                 tol: float = 1e-4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maximum of ``c / (A_y A_x)`` near ``(y, x)``, c the trigonometric interpolant of
+    ``irfft2(r)`` and A the apodization window's autocorrelation, for a stack of half spectra
+    ``r`` (k, n, m // 2 + 1): Newton iterations on the log, each one matrix product per
+    spectrum for c and its first and second derivatives. Returns y, x and c there."""
+    k, n, mh = r.shape
+    m = 2 * (mh - 1)
+    ky = (2 * np.pi / n) * sfft.fftfreq(n, 1.0 / n)
+    kx = (2 * np.pi / m) * np.arange(mh)
+    wk = _hermitian_weights(m, np.float64)
+    y, x = np.array(y, float), np.array(x, float)
+    c = np.zeros(k)
+    active = np.ones(k, bool)
+    for _ in range(n_iter):
+        ex = np.exp(1j * np.outer(x, kx)) * wk
+        ex3 = np.stack([ex, 1j * kx * ex, -(kx**2) * ex], axis=-1).astype(r.dtype)  # (k, mh, 3)
+        ey = np.exp(1j * np.outer(y, ky))
+        ey3 = np.stack([ey, 1j * ky * ey, -(ky**2) * ey], axis=1).astype(r.dtype)  # (k, 3, n)
+        mm = (ey3 @ (r @ ex3)).real.astype(np.float64) / (n * m)  # d^a/dy^a d^b/dx^b c
+        c = mm[:, 0, 0]
+        cp = np.maximum(c, 1e-30)
+        gy, gx = mm[:, 1, 0] / cp, mm[:, 0, 1] / cp
+        hyy = mm[:, 2, 0] / cp - gy * gy
+        hxx = mm[:, 0, 2] / cp - gx * gx
+        hxy = mm[:, 1, 1] / cp - gx * gy
+        if _FAST_ENVELOPE:
+            ly, lyy = _log_envelope(n, y)
+            lx, lxx = _log_envelope(m, x)
+            gy, gx, hyy, hxx = gy - ly, gx - lx, hyy - lyy, hxx - lxx
+        det = hyy * hxx - hxy * hxy
+        good = (det > 0) & (hyy < 0) & (c > 0)
+        safe = np.where(good, det, 1.0)
+        sy = np.where(good, -(hxx * gy - hxy * gx) / safe, 0.0)
+        sx = np.where(good, -(hyy * gx - hxy * gy) / safe, 0.0)
+        sy = np.clip(sy, -0.5, 0.5) * active
+        sx = np.clip(sx, -0.5, 0.5) * active
+        y += sy
+        x += sx
+        active &= (np.abs(sy) >= tol) | (np.abs(sx) >= tol)
+        if not active.any():
+            break
+    return y, x, c
+
+
+def _integer_peaks(c: np.ndarray, center: tuple[float, float] | None = None,
+                   max_shift: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer peak (wrapped to signed shifts) and peak ratio of every surface of a stack
+    (k, n, m), optionally only within ``max_shift`` of ``center``. ``c`` is modified."""
+    k, n, m = c.shape
+    if max_shift is not None:
+        iy = (np.arange(n) - center[0] + n / 2) % n - n / 2
+        ix = (np.arange(m) - center[1] + m / 2) % m - m / 2
+        allowed = (np.abs(iy)[:, None] <= max_shift) & (np.abs(ix)[None, :] <= max_shift)
+        c[:, ~allowed] = -np.inf
+    flat = c.reshape(k, -1).argmax(axis=1)
+    py, px = np.divmod(flat, m)
+    top = c[np.arange(k), py, px].astype(np.float64)
+    e = _PEAK_EXCLUSION_PX
+    off = np.arange(-e, e + 1)
+    rows = (py[:, None] + off) % n  # (k, 2e+1)
+    cols = (px[:, None] + off) % m
+    c[np.arange(k)[:, None, None], rows[:, :, None], cols[:, None, :]] = -np.inf
+    second = c.reshape(k, -1).max(axis=1).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(second > 0, top / second, np.inf)
+    py = np.where(py > n // 2, py - n, py)
+    px = np.where(px > m // 2, px - m, px)
+    return py.astype(np.float64), px.astype(np.float64), ratio
+
+
+def _parabolic(c: np.ndarray, py: np.ndarray, px: np.ndarray):
+    """3-point parabola per axis around integer peaks of surfaces c (k, n, m) (unmodified)."""
+    k, n, m = c.shape
+    i = np.arange(k)
+    yi, xi = py.astype(int) % n, px.astype(int) % m
+    c0 = c[i, yi, xi].astype(np.float64)
+    ym, yp = c[i, (yi - 1) % n, xi], c[i, (yi + 1) % n, xi]
+    xm, xp = c[i, yi, (xi - 1) % m], c[i, yi, (xi + 1) % m]
+    dy_den, dx_den = ym - 2 * c0 + yp, xm - 2 * c0 + xp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ddy = np.where(dy_den < 0, np.clip(0.5 * (ym - yp) / dy_den, -0.5, 0.5), 0.0)
+        ddx = np.where(dx_den < 0, np.clip(0.5 * (xm - xp) / dx_den, -0.5, 0.5), 0.0)
+    return py + ddy, px + ddx
+
+
+def estimate_fast(
+    reference: FastSpectra,
+    moving: FastSpectra,
+    *,
+    min_peak_ratio: float = 2.0,
+    max_disagreement_px: float = 1.0,
+    strip_max_shift: float | None = None,
+) -> tuple[Shift, RowDrift | None]:
+    """Fast shift and row drift of ``moving`` relative to ``reference`` from cached spectra.
+
+    Whole frames: whitened cross-power (one complex product), one inverse real FFT, integer
+    peak and ``peak_ratio`` from that surface, subpixel peak by Newton iterations on its
+    trigonometric interpolant corrected for the apodization window. Strips: the same, batched,
+    searched within ``strip_max_shift`` (default a third of the strip height) of the
+    whole-frame shift; when the whole-frame shift is 1 px or more along y, the reference
+    strips are recomputed at the rows the moving strips came from (one extra batched FFT).
+
+    QC flags of the returned :class:`Shift`: ``"weak_peak"`` (whole-frame ``peak_ratio`` below
+    ``min_peak_ratio``), ``"disagreement"`` (the mean of the usable strip estimates differs
+    from the whole-frame estimate by more than ``max_disagreement_px``), ``"not_finite"``.
+    ``error`` is twice the Cramer-Rao-type bound ``crlb``.
+
+    Returns
+    -------
+    (Shift, RowDrift or None)
+        Same sign convention as :func:`estimate_shift`; the row drift is None when either
+        frame has no strips.
+    """
+    if reference.frame.shape != moving.frame.shape:
+        raise ValueError(f"frame shapes differ: {reference.frame.shape} and {moving.frame.shape}")
+    n, m = moving.frame.shape
+    r = moving.whole * reference.whole.conj()
+    c = sfft.irfft2(r, s=(n, m), workers=1)[None]
+    py, px, ratio = _integer_peaks(c.copy())
+    y0, x0 = _parabolic(c, py, px)
+    dy, dx, peak = _newton_peak(r[None], y0, x0)
+    dy, dx = float(dy[0]), float(dx[0])
+    if abs(dy - py[0]) > 1.5 or abs(dx - px[0]) > 1.5:  # Newton wandered off: parabola
+        dy, dx = float(y0[0]), float(x0[0])
+    g = reference.grad_energy
+    crlb = math.sqrt((reference.noise_var + moving.noise_var) / g) if g > 0 else math.inf
+    flags: list[str] = []
+    if not (math.isfinite(dy) and math.isfinite(dx)):
+        flags.append("not_finite")
+    if not ratio[0] >= min_peak_ratio:
+        flags.append("weak_peak")
+    rd = None
+    if moving.strips is not None and reference.strips is not None and not flags:
+        rd = _fast_row_drift(reference, moving, dy, dx, min_peak_ratio=min_peak_ratio,
+                             max_shift=strip_max_shift)
+        if rd.ok:
+            ok = rd.strip_ok
+            mean = (float(np.mean([s.dy for s, o in zip(rd.strips, ok, strict=True) if o])),
+                    float(np.mean([s.dx for s, o in zip(rd.strips, ok, strict=True) if o])))
+            if math.hypot(mean[0] - dy, mean[1] - dx) > max_disagreement_px:
+                flags.append("disagreement")
+    s = Shift(dy=dy, dx=dx, peak_ratio=float(ratio[0]), peak=float(peak[0]),
+              error=_ERROR_FACTOR * crlb, crlb=crlb, ok=True)
+    return _with_flags(s, flags), rd
+
+
+def _fast_row_drift(reference: FastSpectra, moving: FastSpectra, dy: float, dx: float, *,
+                    min_peak_ratio: float, max_shift: float | None) -> RowDrift:
+    n, m = moving.frame.shape
+    starts = moving.starts
+    h = moving.strips.shape[1]
+    iy = round(dy)
+    if abs(iy) < _FAST_PRESHIFT_PX and np.array_equal(reference.starts, starts):
+        ref_strips, pre = reference.strips, np.zeros(len(starts))
+    else:
+        # reference strips at the rows the moving strips saw (clamped to the frame)
+        ref_starts = np.clip(starts - iy, 0, n - h)
+        ref_strips = _fast_strips(reference.frame, ref_starts, h)
+        pre = (starts - ref_starts).astype(np.float64)
+    rs = moving.strips * ref_strips.conj()
+    cs = sfft.irfft2(rs, s=(h, m), axes=(-2, -1), workers=1)
+    lim = h / 3.0 if max_shift is None else max_shift
+    k = len(starts)
+    sy, sx, sratio = np.empty(k), np.empty(k), np.empty(k)
+    # the search window differs per strip only through the pre-shift: group by it
+    for p in np.unique(pre):
+        sel = np.flatnonzero(pre == p)
+        a, b, q = _integer_peaks(cs[sel].copy(), center=(dy - p, dx), max_shift=lim)
+        sy[sel], sx[sel], sratio[sel] = a, b, q
+    y0, x0 = _parabolic(cs, sy, sx)
+    ny_, nx_, _ = _newton_peak(rs, y0, x0)
+    wander = (np.abs(ny_ - sy) > 1.5) | (np.abs(nx_ - sx) > 1.5)
+    ny_, nx_ = np.where(wander, y0, ny_), np.where(wander, x0, nx_)
+    ny_ += pre
+    ok = (sratio >= min_peak_ratio) & np.isfinite(ny_) & np.isfinite(nx_)
+    centers = starts + (h - 1) / 2.0
+    strips = tuple(Shift(float(a), float(b), float(q), 0.0, 0.0, 0.0, bool(o),
+                         () if o else ("weak_peak",))
+                   for a, b, q, o in zip(ny_, nx_, sratio, ok, strict=True))
+    rows = np.arange(n, dtype=np.float64)
+    if ok.sum() >= 2:
+        ry = _interp_rows(rows, centers[ok], ny_[ok], None, "linear")
+        rx = _interp_rows(rows, centers[ok], nx_[ok], None, "linear")
+    else:
+        ry, rx = np.full(n, dy), np.full(n, dx)
+    return RowDrift(dy=ry, dx=rx, strip_rows=centers.astype(np.float64), strips=strips, strip_ok=ok)
