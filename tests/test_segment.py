@@ -173,3 +173,28 @@ def test_growth_tracking_splits_caps_that_merge_at_the_peak(rng):
     agree = max((lab[inside] == truth[inside]).mean(),
                 (lab[inside] == 3 - truth[inside]).mean())
     assert agree > 0.9
+
+
+def test_tip_erosion_undoes_the_dilation_of_a_steep_cap():
+    """A cap imaged by a paraboloid tip looks a pixel wider; the erosion by that tip takes back
+    most of the added volume (not the whole ring: the tip never reached the cap's foot)."""
+    from scipy import ndimage as ndi
+
+    from ecafm.kernels.change import tip_erode
+
+    px, radius = 39.0, 10.0
+    yy, xx = np.mgrid[0:41, 0:41] - 20.0
+    surface = np.clip(600.0 * (1 - (yy**2 + xx**2) / 4.5**2), 0, None)  # 600 nm tall, 4.5 px
+    r = 2
+    uy, ux = np.mgrid[-r:r + 1, -r:r + 1]
+    tip = -(uy**2 + ux**2) * px**2 / (2 * radius)  # tip surface below its apex
+    foot = uy**2 + ux**2 <= r * r
+    image = ndi.grey_dilation(surface, footprint=foot, structure=tip)
+    assert (image > 4).sum() >= (surface > 4).sum() + 20  # a ring of about a pixel
+    restored = tip_erode(image, radius, px)
+    # an upper bound of the surface (the tip cannot reach into the cap's foot corner), below the
+    # image, and most of the dilation gone
+    assert (restored >= surface - 1e-9).all() and (restored <= image + 1e-9).all()
+    assert np.abs(restored - surface).sum() < 0.35 * np.abs(image - surface).sum()  # 0.28 here
+    flat = np.random.default_rng(0).normal(0, 1.0, (32, 32))
+    np.testing.assert_array_equal(tip_erode(flat, radius, px), flat)  # noise is never touched

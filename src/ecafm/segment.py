@@ -57,6 +57,7 @@ class SegmentParams:
     k_low: float = 2.0
     min_area_px: int = 4
     tip_radius_nm: float = 10.0
+    tip_deconvolution: bool = True
     film_nm: float = 4.0
     pit_radius_px: int = 0
     creep_rows: int = 0
@@ -110,7 +111,7 @@ def first_plating_frame(cycle0: xr.Dataset) -> int:
     return int(cycle0["frame"].values[idx[0]])
 
 
-def reference_height(cycle0: xr.Dataset) -> tuple[np.ndarray, int]:
+def reference_height(cycle0: xr.Dataset, tip_radius_nm: float = 0.0) -> tuple[np.ndarray, int]:
     """h_ref: the last usable frame before the first plating (else the first usable frame)."""
     fp = first_plating_frame(cycle0)
     usable = cycle0["frame_ok"].values & cycle0["registration_ok"].values
@@ -121,15 +122,24 @@ def reference_height(cycle0: xr.Dataset) -> tuple[np.ndarray, int]:
         log.warning("no usable frame before the first plating; h_ref = frame %d", int(fr[cand[0]]))
         cand = cand[:1]
     i = int(cand[-1])
-    return cycle0["height"].values[i].astype(np.float64), int(fr[i])
+    return _tip(cycle0["height"].values[i].astype(np.float64), cycle0, tip_radius_nm), int(fr[i])
 
 
-def _load(ds: xr.Dataset, tf: xr.Dataset, h_ref: np.ndarray, fp: int) -> _Frames:
+def _tip(h: np.ndarray, ds: xr.Dataset, tip_radius_nm: float) -> np.ndarray:
+    """Frame with the tip's dilation undone (:func:`ecafm.kernels.change.tip_erode`); 0 = as is."""
+    if not tip_radius_nm > 0:
+        return h
+    px = float(np.asarray(ds.attrs["pixel_size_nm"], float).ravel()[0])
+    return kc.tip_erode(h, tip_radius_nm, px)
+
+
+def _load(ds: xr.Dataset, tf: xr.Dataset, h_ref: np.ndarray, fp: int, tip_radius_nm: float = 0.0
+          ) -> _Frames:
     ds = ds.load()
     h = ds["height"].values.astype(np.float64)
     err = tf["error_px"].sel(frame=ds["frame"].values).values.astype(np.float64)
     for i in range(h.shape[0]):  # common height datum and tilt: stable pixels at the reference
-        h[i] = kc.align_to_reference(h[i], h_ref)
+        h[i] = kc.align_to_reference(_tip(h[i], ds, tip_radius_nm), h_ref)
     # Registered row r shows raw scan line r + shift_y(r) (the drift moved it there): that line's
     # scan time, not r's, says how much charge had passed when it was imaged.
     n, ny = h.shape[:2]
@@ -367,16 +377,17 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
         if np.asarray(cur.attrs["pixel_size_nm"]).size > 1 else px * px
     cpv = get_metal(metal).charge_per_nm3_C
     min_area = params.min_area(px)
-    h_ref, ref_frame = reference_height(cycle0.load())
+    tip = params.tip_radius_nm if params.tip_deconvolution else 0.0
+    h_ref, ref_frame = reference_height(cycle0.load(), tip)
     fp = first_plating_frame(cycle0)
     err_ref = float(np.nan_to_num(transforms["error_px"].sel(frame=ref_frame).values))
     y0 = int(transforms.attrs["common_field_px"][0])
     n_rows = int(transforms.sizes["y"])
     ny, nx = h_ref.shape
 
-    c_fr = _load(cur, transforms, h_ref, fp)
-    p_fr = _load(prev, transforms, h_ref, fp) if prev is not None else None
-    n_fr = _load(nxt, transforms, h_ref, fp) if nxt is not None else None
+    c_fr = _load(cur, transforms, h_ref, fp, tip)
+    p_fr = _load(prev, transforms, h_ref, fp, tip) if prev is not None else None
+    n_fr = _load(nxt, transforms, h_ref, fp, tip) if nxt is not None else None
     n_cur = len(c_fr.frame)
     n_prev = 0 if p_fr is None else len(p_fr.frame)
     parts = [p for p in (p_fr, c_fr) if p is not None]
