@@ -33,6 +33,8 @@ import scipy.fft as sfft
 from scipy import ndimage as ndi
 from scipy.signal.windows import tukey
 
+from ecafm.kernels.robust import trend_outliers
+
 __all__ = [
     "RowDrift",
     "Shift",
@@ -1066,6 +1068,12 @@ def estimate_row_drift(
     ok = np.array([s.ok for s in strips], dtype=bool)
     sdy = np.array([s.dy for s in strips])
     sdx = np.array([s.dx for s in strips])
+    # A strip whose peak snapped to the zero-shift peak of masked borders has a strong peak and
+    # no flag, but sits a whole shift away from the smooth drift of its neighbours.
+    bad = trend_outliers(rows_c, (sdy, sdx), ok)
+    if bad.any():
+        logger.debug("row drift: strips %s leave the drift trend; not used", np.flatnonzero(bad).tolist())
+        ok &= ~bad
     serr = np.array([s.error for s in strips])
     rows = np.arange(n, dtype=np.float64)
     if ok.sum() == 0:
