@@ -198,3 +198,22 @@ def test_tip_erosion_undoes_the_dilation_of_a_steep_cap():
     assert np.abs(restored - surface).sum() < 0.35 * np.abs(image - surface).sum()  # 0.28 here
     flat = np.random.default_rng(0).normal(0, 1.0, (32, 32))
     np.testing.assert_array_equal(tip_erode(flat, radius, px), flat)  # noise is never touched
+
+
+def test_row_offsets_found_when_most_of_a_row_changed():
+    """Rows 70% covered by deposits: the row median is far off, the unchanged cluster is not."""
+    from ecafm.kernels.change import _row_offsets, align_to_reference
+
+    rng = np.random.default_rng(5)
+    ny, nx = 64, 100
+    ref = rng.normal(0, 1.0, (ny, nx))
+    offsets = rng.normal(0, 3.0, ny)
+    cur = ref + rng.normal(0, 0.7, (ny, nx)) + offsets[:, None]
+    dep = np.zeros((ny, nx))
+    dep[:, 30:] = np.linspace(5, 150, 70)[None, :]  # a broad ramp of deposit heights, 70% of each row
+    cur += dep
+    est = _row_offsets(cur - ref)[:, 0]
+    assert np.abs(est - offsets).max() < 0.6
+    assert np.abs(np.median(cur - ref, axis=1) - offsets).min() > 5  # what the median gives
+    out = align_to_reference(cur, ref)
+    assert np.abs(np.median((out - ref)[:, :30], axis=1)).max() < 0.6

@@ -80,12 +80,15 @@ def robust_offset(d: np.ndarray, mask: np.ndarray | None = None) -> float:
 
 def align_to_reference(h: np.ndarray, h_ref: np.ndarray, *, n_iter: int = 4,
                        clip: float = 3.0, rows: bool = True) -> np.ndarray:
-    """``h`` minus the plane that best fits ``h - h_ref`` on stable pixels (same datum, tilt),
-    then (``rows``) minus the median offset of each line's stable pixels.
+    """``h`` minus the plane that best fits ``h - h_ref`` on unchanged pixels (same datum, tilt),
+    then (``rows``) minus each line's offset on its unchanged pixels (:func:`_row_offsets`).
 
     Leveling fits each frame on its own background, so two frames can differ by an offset and
-    a small tilt; deposits and voids are excluded by iterative clipping at ``clip`` robust
-    sigmas of the residual.
+    a small tilt (and, where a cluster of deposits covers most of some rows, by row offsets of
+    tens of nm). Unchanged pixels: within ``clip`` noise sigmas of the plane, starting from the
+    frame's densest cluster of ``h - h_ref``, never from its median, which late in
+    the cycling sits in the deposits (:func:`_cluster_center`). The noise comes from differences of neighbouring pixels
+    along the rows, where the texture cancels.
     """
     h = _check2d("h", h).astype(np.float64)
     d = h - h_ref
@@ -94,31 +97,84 @@ def align_to_reference(h: np.ndarray, h_ref: np.ndarray, *, n_iter: int = 4,
     A = np.column_stack([np.ones(d.size), (yy.ravel() - ny / 2) / ny, (xx.ravel() - nx / 2) / nx])
     v = d.ravel()
     sel = np.isfinite(v)
-    coef = np.array([robust_offset(v[sel]), 0.0, 0.0]) if sel.any() else np.zeros(3)
-    for _ in range(n_iter):
-        r = v - A @ coef
-        s = robust_sigma(r, sel)
-        if not np.isfinite(s) or s <= 0:
-            break
-        use = sel & (np.abs(r - np.nanmedian(r[sel])) < clip * s)
-        if use.sum() < 10:
-            break
-        coef = np.linalg.lstsq(A[use], v[use], rcond=None)[0]
+    noise = _pixel_noise(d)
+    if sel.any() and noise <= 1e-9 * (float(np.nanmax(np.abs(v[sel]))) + 1.0):
+        noise = 0.0
+    if not sel.any():
+        coef = np.zeros(3)
+    elif noise > 0:
+        coef = np.array([_cluster_center(v[sel], noise), 0.0, 0.0])
+        use = sel & (np.abs(v - coef[0]) < clip * noise)
+        for _ in range(n_iter):
+            if use.sum() < 10:
+                break
+            coef = np.linalg.lstsq(A[use], v[use], rcond=None)[0]
+            r = v - A @ coef
+            use = sel & (np.abs(r) < clip * noise)
+    else:  # noise-free differences (synthetic): clip around the median
+        coef = np.array([robust_offset(v[sel]), 0.0, 0.0])
+        for _ in range(n_iter):
+            r = v - A @ coef
+            s = robust_sigma(r, sel)
+            if not np.isfinite(s) or s <= 0:
+                break
+            use = sel & (np.abs(r - np.nanmedian(r[sel])) < clip * s)
+            if use.sum() < 10:
+                break
+            coef = np.linalg.lstsq(A[use], v[use], rcond=None)[0]
     out = h - (A @ coef).reshape(ny, nx)
     if rows:  # per-line offsets left by line-wise leveling (rows with deposits shift)
-        r = out - h_ref
-        s = robust_sigma(r, np.isfinite(r))
-        if np.isfinite(s) and s > 0:
-            stable = np.isfinite(r) & (np.abs(r) < clip * s)
-            cnt = stable.sum(axis=1)
-            good = cnt >= 10
-            if good.any():
-                med = np.array([np.median(r[i, stable[i]]) if good[i] else np.nan
-                                for i in range(ny)])
-                # rows without enough stable pixels: interpolate their neighbours' offsets
-                med = np.interp(np.arange(ny), np.flatnonzero(good), med[good])
-                out -= med[:, None]
+        out -= _row_offsets(out - h_ref)
     return out
+
+
+def _pixel_noise(r: np.ndarray) -> float:
+    """Noise sigma of a difference image from differences of neighbouring pixels along rows."""
+    dxr = np.diff(r, axis=1)
+    dxr = dxr[np.isfinite(dxr)]
+    if not dxr.size:
+        return 0.0
+    return 1.4826 * float(np.median(np.abs(dxr - np.median(dxr)))) / np.sqrt(2.0)
+
+
+def _cluster_center(v: np.ndarray, noise: float) -> float:
+    """Centre of the densest cluster of the values: the window of width 4 ``noise`` (at least
+    1% of the 10-90% spread) that holds the most values, refined to the median of the values
+    within 2 ``noise`` of its median. The unchanged pixels of a difference image are such a
+    cluster even when they are a minority: changed pixels spread over tens of nm."""
+    v = np.sort(v[np.isfinite(v)])
+    n = v.size
+    if n == 0:
+        return float("nan")
+    w = max(2.0 * noise, 0.01 * float(v[int(0.9 * (n - 1))] - v[int(0.1 * (n - 1))]), 1e-12)
+    counts = np.searchsorted(v, v + 2.0 * w, side="right") - np.arange(n)
+    j = int(np.argmax(counts))
+    c0 = float(np.median(v[j:j + counts[j]]))
+    near = v[np.abs(v - c0) <= w]
+    return float(np.median(near)) if near.size >= 3 else c0
+
+
+def _row_offsets(r: np.ndarray, *, min_px: int = 10) -> np.ndarray:
+    """Offset of every row of a difference image ``r`` from its unchanged pixels, shape (ny, 1).
+
+    Where much of a row changed (a cluster of deposits late in the cycling; the line-wise
+    leveling of such a frame also shifts whole rows by tens of nm), neither the row median nor
+    a clip around the frame's median finds the unchanged pixels. They are the row's tightest
+    cluster (:func:`_cluster_center`). Rows with fewer than ``min_px`` pixels take their
+    neighbours' offsets.
+    """
+    ny = r.shape[0]
+    noise = _pixel_noise(r)
+    med = np.full(ny, np.nan)
+    for i in range(ny):
+        row = r[i][np.isfinite(r[i])]
+        if row.size >= min_px:
+            med[i] = _cluster_center(row, noise)
+    good = np.isfinite(med)
+    if not good.any():
+        return np.zeros((ny, 1))
+    med = np.interp(np.arange(ny), np.flatnonzero(good), med[good])
+    return med[:, None]
 
 
 def rectify_rows(h: np.ndarray, h_other: np.ndarray, q_rows: np.ndarray, q_other: np.ndarray,
