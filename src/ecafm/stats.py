@@ -216,15 +216,41 @@ def spearman_block_bootstrap(x: np.ndarray, y: np.ndarray, xy_pos: np.ndarray, *
     blk = blk.ravel()
     members = [np.flatnonzero(blk == b) for b in range(blk.max() + 1)]
     rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(members), len(members))
-        idx = np.concatenate([members[b] for b in pick])
-        if np.ptp(x[idx]) > 0 and np.ptp(y[idx]) > 0:
-            boots.append(stats.spearmanr(x[idx], y[idx])[0])
-    lo, hi = np.nanquantile(boots, [0.025, 0.975]) if boots else (np.nan, np.nan)
+    picks = [np.concatenate([members[b] for b in rng.integers(0, len(members), len(members))])
+             for _ in range(n_boot)]
+    boots = _spearman_rows(x, y, picks)
+    lo, hi = np.nanquantile(boots, [0.025, 0.975]) if boots.size else (np.nan, np.nan)
     return {"rho": float(rho), "p": float(p), "ci_low": float(lo), "ci_high": float(hi),
             "n": int(ok.sum()), "n_blocks": len(members)}
+
+
+def _spearman_rows(x: np.ndarray, y: np.ndarray, picks: list[np.ndarray]) -> np.ndarray:
+    """Spearman rho of ``(x[idx], y[idx])`` for every index array of ``picks``, in one pass.
+
+    The resamples (of unequal length) are padded with NaN into one array, ranked along the rows
+    with average ranks for ties (``scipy.stats.rankdata``, NaN left out) and correlated row by
+    row: the same numbers as ``scipy.stats.spearmanr`` per resample, without its per-call cost
+    (the block bootstrap of the lifetime stage made 46,000 such calls). Resamples in which x
+    or y is constant are dropped, as spearmanr would return NaN for them.
+    """
+    from scipy import stats
+
+    if not picks:
+        return np.zeros(0)
+    m = max(len(p) for p in picks)
+    xs = np.full((len(picks), m), np.nan)
+    ys = np.full((len(picks), m), np.nan)
+    for i, p in enumerate(picks):
+        xs[i, : len(p)] = x[p]
+        ys[i, : len(p)] = y[p]
+    keep = (np.nanmax(xs, 1) > np.nanmin(xs, 1)) & (np.nanmax(ys, 1) > np.nanmin(ys, 1))
+    rx = stats.rankdata(xs[keep], axis=1, nan_policy="omit")
+    ry = stats.rankdata(ys[keep], axis=1, nan_policy="omit")
+    dx = rx - np.nanmean(rx, axis=1, keepdims=True)
+    dy = ry - np.nanmean(ry, axis=1, keepdims=True)
+    num = np.nansum(dx * dy, axis=1)
+    den = np.sqrt(np.nansum(dx * dx, axis=1) * np.nansum(dy * dy, axis=1))
+    return num / den
 
 
 def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
