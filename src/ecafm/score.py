@@ -217,31 +217,18 @@ def site_scores(labels: xr.Dataset, segs: list[xr.Dataset], truth: xr.Dataset, g
     """
     tp = n_pred = n_true = tp_r = n_true_r = 0
     for seg in segs:
-        c = int(seg.attrs["cycle"])
-        plate = np.flatnonzero(seg["kind"].values == 1)
-        if plate.size == 0:
+        peak = _peak_labels(seg, labels, truth, grid)
+        if peak is None:
             continue
-        f = int(seg["frame"].values[plate[-1]])
-        t = grid(truth["site_label"][f].values)
-        t = np.where(np.isin(grid(truth["class_map"][f].values), (T_ACTIVE, T_DORMANT, T_DEAD)),
-                     t, 0)
-        p = labels["site_label"].sel(cycle=c).values
-        ok = seg["state"].values[plate[-1]] != 0
-        t, p = np.where(ok, t, 0), np.where(ok, p, 0)
+        t, p = peak
         ids_t, area_t = np.unique(t[t > 0], return_counts=True)
-        ids_p, area_p = np.unique(p[p > 0], return_counts=True)
         n_true += ids_t.size
-        n_pred += ids_p.size
+        n_pred += np.unique(p[p > 0]).size
         resolvable = set(ids_t[area_t >= int(seg.attrs.get("min_area_px", 1))].tolist())
         n_true_r += len(resolvable)
-        sel = (t > 0) & (p > 0)
-        pairs, inter = np.unique(np.stack([t[sel], p[sel]]), axis=1, return_counts=True)
-        at = dict(zip(ids_t.tolist(), area_t.tolist(), strict=True))
-        ap = dict(zip(ids_p.tolist(), area_p.tolist(), strict=True))
-        for (a, b), n in zip(pairs.T.tolist(), inter.tolist(), strict=True):
-            if n / (at[a] + ap[b] - n) >= iou_min:
-                tp += 1
-                tp_r += a in resolvable
+        matches = _match_sites(t, p, iou_min)
+        tp += len(matches)
+        tp_r += sum(a in resolvable for a in matches.values())
     return {"site_f1": _f1(tp, n_pred - tp, n_true - tp), "sites_true": n_true,
             "sites_pred": n_pred, "sites_matched": tp,
             "site_f1_resolvable": _f1(tp_r, n_pred - tp_r, n_true_r - tp_r),
@@ -302,6 +289,22 @@ def volume_scores(cycles: pd.DataFrame, segs: list[xr.Dataset], truth: xr.Datase
     return out
 
 
+def _peak_labels(seg: xr.Dataset, labels: xr.Dataset, truth: xr.Dataset, grid: TruthGrid
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+    """True and predicted site labels at the cycle's plating peak (last plating frame), on the
+    registered grid; the truth only where it is a deposit (active, dormant or dead Li), both
+    only where the prediction is not UNCERTAIN. None for a cycle without a plating frame."""
+    plate = np.flatnonzero(seg["kind"].values == 1)
+    if plate.size == 0:
+        return None
+    f = int(seg["frame"].values[plate[-1]])
+    t = grid(truth["site_label"][f].values)
+    t = np.where(np.isin(grid(truth["class_map"][f].values), (T_ACTIVE, T_DORMANT, T_DEAD)), t, 0)
+    p = labels["site_label"].sel(cycle=int(seg.attrs["cycle"])).values
+    ok = seg["state"].values[plate[-1]] != 0
+    return np.where(ok, t, 0), np.where(ok, p, 0)
+
+
 def _match_sites(t: np.ndarray, p: np.ndarray, iou_min: float) -> dict[int, int]:
     """One-to-one matches {predicted id: truth id} of two label maps at IoU >= ``iou_min`` (>= 0.5)."""
     sel = (t > 0) & (p > 0)
@@ -336,22 +339,14 @@ def lifetime_scores(labels: xr.Dataset, sites: pd.DataFrame, segs: list[xr.Datas
     """
     from lifelines.utils import concordance_index
 
-    peak: dict[int, int] = {}
-    ok: dict[int, np.ndarray] = {}
-    for seg in segs:
-        plate = np.flatnonzero(seg["kind"].values == 1)
-        if plate.size:
-            peak[int(seg.attrs["cycle"])] = int(seg["frame"].values[plate[-1]])
-            ok[int(seg.attrs["cycle"])] = seg["state"].values[plate[-1]] != 0
-    last = max(peak) if peak else 0
+    last = max(int(sg.attrs["cycle"]) for sg in segs)
     pred_to_true: dict[int, int] = {}
-    for c, f in peak.items():
-        t = grid(truth["site_label"][f].values)
-        t = np.where(np.isin(grid(truth["class_map"][f].values), (T_ACTIVE, T_DORMANT, T_DEAD)) & ok[c],
-                     t, 0)
-        p = np.where(ok[c], labels["site_label"].sel(cycle=c).values, 0)
-        born = set(sites.loc[sites["birth_cycle"] == c, "site"].tolist())
-        for b, a in _match_sites(t, p, iou_min).items():
+    for seg in segs:
+        peak = _peak_labels(seg, labels, truth, grid)
+        if peak is None:
+            continue
+        born = set(sites.loc[sites["birth_cycle"] == int(seg.attrs["cycle"]), "site"].tolist())
+        for b, a in _match_sites(*peak, iou_min).items():
             if b in born and b not in pred_to_true:
                 pred_to_true[b] = a
     if not pred_to_true:

@@ -149,7 +149,7 @@ def _load(ds: xr.Dataset, tf: xr.Dataset, h_ref: np.ndarray, fp: int, tip_radius
     rows = ref_rows[None, :] + np.nan_to_num(sy)
     q_rows = np.full((n, ny), np.nan)
     q_end = np.full(n, np.nan)
-    if "row_charge" in ds.coords and "charge_end" in ds.coords:  # cubes from ecafm >= 0.2 with a log
+    if "row_charge" in ds.coords and "charge_end" in ds.coords:  # absent in cubes ingested before them
         rc = ds["row_charge"].values
         q_end = ds["charge_end"].values.astype(np.float64)
         for i in range(n):
@@ -247,12 +247,12 @@ def _rectify(allf: _Frames, run: np.ndarray, moved: np.ndarray, n_rows: int
             last = k == idx.size - 1
             o = idx[k - 1] if last else idx[k + 1]
             if logged:
-                q_rows, q_o, target = allf.q_rows[i], allf.q_rows[o].copy(), float(allf.q_end[i])
+                q_rows, q_o, target = allf.q_rows[i], allf.q_rows[o], float(allf.q_end[i])
             else:
                 q_rows = q_of(allf.time[i] + allf.rows[i] * allf.line_time[i])
                 q_o = q_of(allf.time[o] + allf.rows[o] * allf.line_time[o])
                 target = float(end if last else q_of(allf.time[i] + n_rows * allf.line_time[i]))
-            q_o[np.abs(q_o - q_rows) < 1e-3 * q_frame] = q_rows[np.abs(q_o - q_rows) < 1e-3 * q_frame]
+            q_o = np.where(np.abs(q_o - q_rows) < 1e-3 * q_frame, q_rows, q_o)  # rests: no step
             ch = kc.dilate_mask(moved[i] | moved[o] if last else moved[o])
             h[i] = kc.rectify_rows(allf.h[i], allf.h[o], q_rows, q_o, target, changed=ch,
                                    max_factor=2.0 if last else 1.0)

@@ -159,7 +159,7 @@ def _row_offsets(r: np.ndarray, *, min_px: int = 10) -> np.ndarray:
 
     Where much of a row changed (a cluster of deposits late in the cycling; the line-wise
     leveling of such a frame also shifts whole rows by tens of nm), neither the row median nor
-    a clip around the frame's median finds the unchanged pixels. They are the row's tightest
+    a clip around the frame's median finds the unchanged pixels. They are the row's densest
     cluster (:func:`_cluster_center`). Rows with fewer than ``min_px`` pixels take their
     neighbours' offsets.
     """

@@ -294,22 +294,9 @@ def _stages(upsample_factor: int) -> list[int]:
     return out
 
 
-def _phase_correlate(
-    a: np.ndarray,
-    b: np.ndarray,
-    wa: np.ndarray,
-    wb: np.ndarray,
-    *,
-    upsample_factor: int,
-    max_shift: float | None,
-    center: tuple[float, float] = (0.0, 0.0),
-    parabolic: bool = False,
-) -> Shift:
-    """Phase correlation of one pair of prepared frames (see :func:`_phase_correlate_many`)."""
-    return _phase_correlate_many(
-        a[None], b[None], wa[None], wb[None], upsample_factor=upsample_factor,
-        max_shift=max_shift, center=center, parabolic=parabolic,
-    )[0]
+def _phase_correlate(a: np.ndarray, b: np.ndarray, wa: np.ndarray, wb: np.ndarray, **kw) -> Shift:
+    """Phase correlation of one pair of prepared frames (keywords of :func:`_phase_correlate_many`)."""
+    return _phase_correlate_many(a[None], b[None], wa[None], wb[None], **kw)[0]
 
 
 def _phase_correlate_many(
