@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 
 def one_seed(preset: str, seed: int, work: Path, noise: float | None) -> dict:
     from ecafm.ingest import ingest
-    from ecafm.lifetime import hazard_models, lifetime_table, run_lifetime
+    from ecafm.lifetime import LifetimeParams, hazard_models, lifetime_table, run_lifetime
     from ecafm.pipeline import run_level_register, run_segment_sites
     from ecafm.score import TruthGrid, score_run
     from ecafm.store import Step, open_cube
@@ -81,8 +81,8 @@ def one_seed(preset: str, seed: int, work: Path, noise: float | None) -> dict:
         "or_proxy": float(row["ratio_per_sd"].iloc[0]) if len(row) else float("nan"),
         "p_proxy": float(row["p"].iloc[0]) if len(row) else float("nan"),
         "or_true_covariates": float(hz_true["ratio_per_sd"].iloc[0]) if len(hz_true) else float("nan"),
-        "proxy_vs_true_porosity_spearman": float(spearmanr(d["porosity_proxy_w17_pre"], d["true_porosity"],
-                                                           nan_policy="omit")[0]),
+        "proxy_vs_true_porosity_spearman": float(spearmanr(
+            d[f"porosity_proxy_w{LifetimeParams().primary_window}_pre"], d["true_porosity"], nan_policy="omit")[0]),
         **{k: float(sc[k]) for k in ("ce_max_abs_err_pp", "lifetime_exact_cycle", "lifetime_cindex",
                                      "site_f1", "rel_err_plated", "rel_err_stripped", "rel_err_dead")},
     }

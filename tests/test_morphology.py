@@ -49,7 +49,7 @@ def test_pits_and_porosity():
         z[cy - 3:cy + 4, cx - 3:cx + 4] = -20.0
     d = patch_descriptors(z, 10.0)  # 1 um x 1 um
     assert d["pit_density_per_um2"] == pytest.approx(3.0)
-    assert d["porosity_proxy"] == pytest.approx(3 * 49 / 1e4, rel=0.05)
+    assert d["pit_fraction"] == pytest.approx(3 * 49 / 1e4, rel=0.05)
 
 
 def test_windows_and_tiles():
@@ -81,8 +81,49 @@ def test_tophat_pits_ignore_broad_valleys_of_a_rough_texture():
     assert all(m[cy, cx] for cy, cx in pits)
     # the relative rule (2 Sq below the patch mean) counts valley bottoms and misses pits on crests
     d_rel = patch_descriptors(h, 20.0)
-    assert abs(d_rel["porosity_proxy"] * h.size - 16) > 8
+    assert abs(d_rel["pit_fraction"] * h.size - 16) > 8
     d = descriptors_at(h, np.array([[64.0, 64.0]]), window_px=127, pixel_nm=20.0,
                        pit_radius_nm=30.0, pit_depth_nm=8.0)[0]
-    assert d[DESCRIPTORS.index("porosity_proxy")] == pytest.approx(16 / 127**2)
+    assert d[DESCRIPTORS.index("pit_fraction")] == pytest.approx(16 / 127**2)
     assert d[DESCRIPTORS.index("pit_density_per_um2")] == pytest.approx(4 / (127 * 0.02) ** 2)
+
+
+def _pitted(rng, sq_nm: float, n_pits: int, n: int = 128) -> np.ndarray:
+    """Gaussian texture of RMS ``sq_nm`` (corr. ~2 px) with ``n_pits`` paraboloid pits 15 nm deep, 2 px radius."""
+    z = ndi.gaussian_filter(rng.normal(size=(n, n)), 1.0)
+    z *= sq_nm / z.std()
+    yy, xx = np.mgrid[0:n, 0:n]
+    for cy, cx in rng.uniform(4, n - 4, size=(n_pits, 2)):
+        z -= 15.0 * np.sqrt(np.clip(1 - ((yy - cy) ** 2 + (xx - cx) ** 2) / 4.0, 0, None))
+    return z
+
+
+def test_porosity_proxy_is_blind_to_roughness_and_grows_with_pits():
+    """Pit asymmetry: ~0 for pit-free textures of any roughness, rising with the pit count."""
+    from ecafm.kernels.morphology import pit_asymmetry, tophat_energy
+
+    def proxy(z):
+        eb, ew = tophat_energy(z, 40.0, radius_nm=80.0)
+        return pit_asymmetry(eb.sum(), ew.sum(), z.size)
+
+    rng = np.random.default_rng(5)
+    smooth, rough = proxy(_pitted(rng, 2.0, 0)), proxy(_pitted(rng, 10.0, 0))
+    assert abs(smooth) < 0.1 and abs(rough) < 0.1  # a 5x rougher texture stays at 0
+    few, many = proxy(_pitted(rng, 4.0, 60)), proxy(_pitted(rng, 4.0, 240))
+    assert 0.2 < few < many - 0.2
+    # the fixed-depth pit fraction counts a rough texture's valleys as pits; the asymmetry does not
+    from ecafm.kernels.morphology import pit_mask
+
+    bare_rough = _pitted(rng, 10.0, 0)
+    assert pit_mask(bare_rough, 40.0, radius_nm=40.0, depth_nm=10.0).mean() > 0.01
+    assert abs(proxy(bare_rough)) < 0.1
+    assert pit_asymmetry(0.0, 0.0, 100) == 0.0  # a flat window is not porous
+
+
+def test_sq_upper_measures_the_texture_apart_from_its_pits():
+    rng = np.random.default_rng(6)
+    bare, pitted = _pitted(rng, 5.0, 0), _pitted(rng, 5.0, 150)
+    d0, d1 = patch_descriptors(bare, 40.0), patch_descriptors(pitted, 40.0)
+    assert d0["Sq_upper"] == pytest.approx(d0["Sq"], rel=0.05)  # symmetric surface: the same as Sq
+    assert d1["Sq"] > 1.15 * d0["Sq"]  # pits (7% of the area) inflate Sq by over 15%
+    assert d1["Sq_upper"] == pytest.approx(5.0, rel=0.07)  # Sq_upper by a few % (median shift)

@@ -29,7 +29,9 @@ from ecafm.kernels.morphology import DESCRIPTORS, descriptors_at
 log = logging.getLogger(__name__)
 
 ENDPOINTS = ("inactivation", "dead", "void")
-PRIMARY = ("porosity_proxy", "Sq")
+#: covariates of the hazard models: the pit asymmetry and the pit-robust roughness (pits inflate
+#: plain Sq, so with Sq beside it part of the porosity effect is credited to roughness)
+PRIMARY = ("porosity_proxy", "Sq_upper")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class LifetimeParams:
     """Config key ``lifetime``."""
 
     window_px: tuple[int, ...] = (9, 17, 33)
+    #: window of the hazard models' covariates; None = the largest of ``window_px``
+    primary_window_px: int | None = None
     pit_radius_nm: float = 60.0
     pit_depth_nm: float = 10.0
     dead_fraction: float = 0.5
@@ -44,6 +48,15 @@ class LifetimeParams:
     block_nm: float = 1000.0
     n_boot: int = 300
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.primary_window_px is not None and self.primary_window_px not in self.window_px:
+            raise ValueError(f"lifetime.primary_window_px={self.primary_window_px} is not one of "
+                             f"lifetime.window_px={list(self.window_px)}: add it there or set it to null")
+
+    @property
+    def primary_window(self) -> int:
+        return self.primary_window_px if self.primary_window_px is not None else max(self.window_px)
 
 
 # --------------------------------------------------------------------------- lifetimes
@@ -225,8 +238,7 @@ def analyse(sites: pd.DataFrame, site_cycles: pd.DataFrame, cycles: pd.DataFrame
     desc = site_descriptors(sites, h_ref, h_peak, pixel_nm, tuple(params.window_px),
                             pit_radius_nm=params.pit_radius_nm, pit_depth_nm=params.pit_depth_nm)
     lts = {e: lifetime_table(sites, e) for e in ENDPOINTS}
-    mid = params.window_px[len(params.window_px) // 2]
-    primary = [f"{d}_w{mid}_pre" for d in PRIMARY]
+    primary = [f"{d}_w{params.primary_window}_pre" for d in PRIMARY]
     hazards = []
     for e, lt in lts.items():
         h = hazard_models(lt, desc, primary)
