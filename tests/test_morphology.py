@@ -127,3 +127,13 @@ def test_sq_upper_measures_the_texture_apart_from_its_pits():
     assert d0["Sq_upper"] == pytest.approx(d0["Sq"], rel=0.05)  # symmetric surface: the same as Sq
     assert d1["Sq"] > 1.15 * d0["Sq"]  # pits (7% of the area) inflate Sq by over 15%
     assert d1["Sq_upper"] == pytest.approx(5.0, rel=0.07)  # Sq_upper by a few % (median shift)
+
+
+def test_crest_rms_scales_with_the_texture_and_ignores_pits():
+    rng = np.random.default_rng(7)
+    a, b = patch_descriptors(_pitted(rng, 3.0, 0), 40.0, pit_radius_nm=80.0), \
+        patch_descriptors(_pitted(rng, 6.0, 0), 40.0, pit_radius_nm=80.0)
+    assert b["crest_rms"] / a["crest_rms"] == pytest.approx(2.0, rel=0.1)  # linear in the amplitude
+    c = patch_descriptors(_pitted(rng, 6.0, 150), 40.0, pit_radius_nm=80.0)
+    assert c["crest_rms"] == pytest.approx(b["crest_rms"], rel=0.1)  # pits add black energy only
+    assert c["Sq"] > 1.15 * b["Sq"]

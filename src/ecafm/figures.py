@@ -243,7 +243,7 @@ def plot_lifetimes(summary: str | Path, balance: str | Path, out: str | Path, *,
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
     km = s.get("kaplan_meier", {})
     for ax, key, label in ((axes[0, 0], "porosity_proxy", "initial porosity proxy (pit asymmetry)"),
-                           (axes[0, 1], "Sq_upper", "initial roughness Sq_upper")):
+                           (axes[0, 1], "crest_rms", "initial crest roughness")):
         k = next((k for k in km if k.startswith("inactivation:") and f":{key}_" in k), None)
         if k is None:
             ax.text(0.5, 0.5, "too few events for Kaplan-Meier", ha="center", transform=ax.transAxes)

@@ -29,9 +29,10 @@ from ecafm.kernels.morphology import DESCRIPTORS, descriptors_at
 log = logging.getLogger(__name__)
 
 ENDPOINTS = ("inactivation", "dead", "void")
-#: covariates of the hazard models: the pit asymmetry and the pit-robust roughness (pits inflate
-#: plain Sq, so with Sq beside it part of the porosity effect is credited to roughness)
-PRIMARY = ("porosity_proxy", "Sq_upper")
+#: covariates of the hazard models: the pit asymmetry and the crest roughness, both from the same
+#: black and white top-hats (pits inflate plain Sq, so with Sq beside it part of the porosity
+#: effect is credited to roughness)
+PRIMARY = ("porosity_proxy", "crest_rms")
 
 
 @dataclass(frozen=True)

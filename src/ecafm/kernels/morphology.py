@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 DESCRIPTORS = ("Sq", "Sq_upper", "Sa", "Ssk", "Sku_excess", "Sz", "Sdr", "mean_slope", "mean_curvature",
-               "corr_length_nm", "hurst", "pit_density_per_um2", "pit_fraction", "porosity_proxy")
+               "corr_length_nm", "hurst", "pit_density_per_um2", "pit_fraction", "porosity_proxy", "crest_rms")
 
 #: energy floor (nm^2 per pixel) of the top-hat ratio, so a flat patch has asymmetry 0, not NaN
 _EPS_NM2 = 1e-6
@@ -104,7 +104,9 @@ def patch_descriptors(patch: np.ndarray, pixel_nm: float, *, pit_k: float = 2.0,
     Returns
     -------
     dict with :data:`DESCRIPTORS` (heights nm, slopes dimensionless, curvature 1/nm, densities
-    per um^2, pit fraction = area fraction of pits, porosity proxy = :func:`pit_asymmetry`).
+    per um^2, pit fraction = area fraction of pits, porosity proxy = :func:`pit_asymmetry`,
+    crest RMS = RMS of the white top-hat of the same disk, nm: the fine-scale roughness of the
+    crests, blind to pits).
     ``Sq_upper`` is the RMS of the heights above the median about the median: equal to Sq on a
     symmetric surface and blind to pits, so it measures the texture's roughness apart from them.
     """
@@ -141,6 +143,7 @@ def patch_descriptors(patch: np.ndarray, pixel_nm: float, *, pit_k: float = 2.0,
     out["pit_fraction"] = float(pits.sum() / ok.sum())
     eb, ew = tophat_energy(p, pixel_nm, radius_nm=pit_radius_nm if pit_radius_nm else pixel_nm)
     out["porosity_proxy"] = pit_asymmetry(float(eb.sum()), float(ew.sum()), int(ok.sum()))
+    out["crest_rms"] = float(np.sqrt(ew.sum() / ok.sum()))
     return out
 
 
@@ -165,7 +168,7 @@ def pit_mask(height: np.ndarray, pixel_nm: float, *, radius_nm: float, depth_nm:
 
 def descriptors_at(height: np.ndarray, centers_yx: np.ndarray, *, window_px: int, pixel_nm: float,
                    pit_radius_nm: float | None = None, pit_depth_nm: float | None = None) -> np.ndarray:
-    """Descriptors of square windows (side ``window_px``) centred on each (y, x); shape (n, 14).
+    """Descriptors of square windows (side ``window_px``) centred on each (y, x); shape (n, 15).
 
     Windows are clipped at the frame edge (the clipped size is a confounder the caller records).
     With ``pit_radius_nm`` and ``pit_depth_nm``, pits are found once on the whole frame
@@ -186,7 +189,7 @@ def descriptors_at(height: np.ndarray, centers_yx: np.ndarray, *, window_px: int
         lab, _ = ndi.label(pits)
         eb, ew = tophat_energy(h, pixel_nm, radius_nm=pit_radius_nm)
     jd, jf = DESCRIPTORS.index("pit_density_per_um2"), DESCRIPTORS.index("pit_fraction")
-    jp = DESCRIPTORS.index("porosity_proxy")
+    jp, jc = DESCRIPTORS.index("porosity_proxy"), DESCRIPTORS.index("crest_rms")
     for i, (y, x) in enumerate(c):
         y0, y1 = max(0, int(round(y)) - half), min(h.shape[0], int(round(y)) + half + 1)
         x0, x1 = max(0, int(round(x)) - half), min(h.shape[1], int(round(x)) + half + 1)
@@ -197,7 +200,9 @@ def descriptors_at(height: np.ndarray, centers_yx: np.ndarray, *, window_px: int
                 ok = np.isfinite(h[y0:y1, x0:x1])
                 n_ok = max(int(ok.sum()), 1)
                 out[i, jf] = float(pits[y0:y1, x0:x1].sum() / n_ok)
-                out[i, jp] = pit_asymmetry(float(eb[y0:y1, x0:x1].sum()), float(ew[y0:y1, x0:x1].sum()), n_ok)
+                e_white = float(ew[y0:y1, x0:x1].sum())
+                out[i, jp] = pit_asymmetry(float(eb[y0:y1, x0:x1].sum()), e_white, n_ok)
+                out[i, jc] = float(np.sqrt(e_white / n_ok))
                 n_pits = np.unique(lab[y0:y1, x0:x1]).size - (0 in lab[y0:y1, x0:x1])
                 out[i, jd] = float(n_pits / (n_ok * (pixel_nm / 1000.0) ** 2))
     return out
