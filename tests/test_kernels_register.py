@@ -198,7 +198,7 @@ def _drift_pair(seed, n=192, noise=0.5):
     return ref, mov, dy, dx
 
 
-@pytest.mark.parametrize("interpolation", ["linear", "spline"])
+@pytest.mark.parametrize("interpolation", ["auto", "quadratic", "linear", "spline"])
 def test_row_drift_rms_error(interpolation):
     ref, mov, dy, dx = _drift_pair(0)
     rd = estimate_row_drift(ref, mov, strip_height=32, overlap=0.5, interpolation=interpolation)
@@ -365,3 +365,36 @@ def test_fast_flags_replaced_frame(replaced):
     good, _ = estimate_fast(fast_spectra(ref), fast_spectra(_pair(6, shift=(4.0, 2.0), noise=0.7)[1]),
                             min_peak_ratio=1.5)
     assert good.ok and np.hypot(good.dy - 4.0, good.dx - 2.0) < 0.15
+
+
+def test_robust_row_fit_ignores_strips_off_the_drift_line():
+    """Strips knocked off by new deposit get no weight; interpolating through them does."""
+    from ecafm.kernels.register import _interp_rows, robust_row_fit
+
+    rng = np.random.default_rng(11)
+    rows = np.arange(512, dtype=float)
+    xc = np.arange(15.5, 512, 16.0)
+    truth = lambda r: -0.65 + 0.0004 * (r - 256)  # noqa: E731  (the generator's kind: linear in time)
+    yc = truth(xc) + rng.normal(0, 0.03, xc.size)
+    bad = rng.choice(xc.size, 6, replace=False)
+    yc[bad] += rng.choice([-1, 1], 6) * rng.uniform(0.3, 0.7, 6)  # 6 of 31 strips 0.3-0.7 px off
+    rms = lambda f: float(np.sqrt(np.mean((f - truth(rows)) ** 2)))  # noqa: E731
+    fit = robust_row_fit(rows, xc, yc, "auto")
+    assert rms(fit) < 0.03
+    assert rms(_interp_rows(rows, xc, yc, np.ones_like(yc), "linear")) > 3 * rms(fit)
+
+
+def test_robust_row_fit_auto_takes_the_quadratic_only_when_curved():
+    from ecafm.kernels.register import robust_row_fit
+
+    rng = np.random.default_rng(12)
+    rows = np.arange(256, dtype=float)
+    xc = np.arange(15.5, 256, 16.0)
+    s = (xc - 127.5) / 127.5
+    line = 0.2 + 0.5 * s + rng.normal(0, 0.02, xc.size)
+    assert np.allclose(robust_row_fit(rows, xc, line, "auto"), robust_row_fit(rows, xc, line, "line"))
+    curved = 0.2 + 0.5 * s + 1.5 * s**2 + rng.normal(0, 0.02, xc.size)
+    q = robust_row_fit(rows, xc, curved, "auto")
+    sr = (rows - 127.5) / 127.5
+    assert np.sqrt(np.mean((q - (0.2 + 0.5 * sr + 1.5 * sr**2)) ** 2)) < 0.03
+    assert robust_row_fit(rows, xc[:1], curved[:1]).tolist() == [curved[0]] * 256

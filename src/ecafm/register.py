@@ -56,8 +56,13 @@ class RegisterParams:
     min_peak_ratio: float = 1.5
     max_disagreement_px: float = 1.0
     method: str = "robust"
+    row_model: str = "auto"
 
     def __post_init__(self):
+        from ecafm.kernels.register import ROW_MODELS
+
+        if self.row_model not in ROW_MODELS:
+            raise ValueError(f"register.row_model must be one of {ROW_MODELS}, got {self.row_model!r}")
         if self.method not in ("robust", "fast"):
             raise ValueError(f"register.method must be 'robust' or 'fast', got {self.method!r}")
 
@@ -128,7 +133,7 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
     row_dx = np.full(ny, s.dx)
     if params.row_drift and s.ok and ny >= 2 * params.strip_height:
         rd = estimate_row_drift(ref, mov, strip_height=params.strip_height, weights=moving_weights,
-                                upsample_factor=params.upsample_factor,
+                                upsample_factor=params.upsample_factor, interpolation=params.row_model,
                                 min_peak_ratio=params.min_peak_ratio)
         usable = rd.ok and np.isfinite(rd.dy).all() and np.isfinite(rd.dx).all()
         if usable and math.hypot(np.mean(rd.dy) - s.dy, np.mean(rd.dx) - s.dx) <= max(0.5, 5 * s.error):

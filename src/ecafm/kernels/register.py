@@ -43,6 +43,7 @@ __all__ = [
     "check_shift",
     "compose_shifts",
     "estimate_row_drift",
+    "robust_row_fit",
     "estimate_shift",
     "estimate_shift_qc",
     "gradient_magnitude",
@@ -964,15 +965,15 @@ def estimate_row_drift(
     weights: np.ndarray | None = None,
     upsample_factor: int = 100,
     min_peak_ratio: float = 2.0,
-    interpolation: Literal["linear", "spline"] = "linear",
+    interpolation: Literal["auto", "line", "quadratic", "linear", "spline"] = "auto",
 ) -> RowDrift:
     """Drift within a raster frame by strip-wise registration.
 
     ``moving`` is cut into horizontal strips (``strip_height`` rows, overlapping by
     ``overlap``); after a global integer pre-shift from :func:`estimate_shift` on the whole
     frames, each strip is registered against the matching rows of ``reference``. Strip
-    estimates that pass QC are assigned to the strip's centre row and interpolated to every
-    row (linear with linear extrapolation, or a smoothing spline weighted by the strip errors).
+    estimates that pass QC are assigned to the strip's centre row and carried to every row by
+    a robust fit of a smooth drift model (default) or by interpolation.
 
     Parameters
     ----------
@@ -987,8 +988,16 @@ def estimate_row_drift(
         tapered at the excluded regions once on the whole frame, each strip uses its part.
     upsample_factor, min_peak_ratio : optional
         As in :func:`estimate_shift`.
-    interpolation : {"linear", "spline"}
-        How strip estimates are carried to every row.
+    interpolation : {"auto", "line", "quadratic", "linear", "spline"}
+        How strip estimates are carried to every row. ``line`` / ``quadratic``: Tukey-biweight
+        fit of a polynomial in the row (:func:`robust_row_fit`), for drift whose velocity is
+        constant (or changes steadily) within a frame; ``auto``: the line, or the quadratic
+        when its curvature is significant (|t| > 4, at least 6 strips). ``linear``: piecewise
+        linear through every strip (linear extrapolation); ``spline``: a smoothing spline
+        weighted by the strip errors. Strip estimates scatter by up to 0.7 px on frames with
+        much new deposit (bench-m); interpolating through them put that scatter into the row
+        profile (per-row error 0.22 px RMS on bench-m cycles 1-3, 0.13 on bench-s), the robust
+        line does not (0.029 and 0.017 px).
 
     Returns
     -------
@@ -1003,8 +1012,8 @@ def estimate_row_drift(
         raise ValueError(f"strip_height must be in 8..{n} (frame rows), got {strip_height!r}")
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
-    if interpolation not in ("linear", "spline"):
-        raise ValueError(f"interpolation must be 'linear' or 'spline', got {interpolation!r}")
+    if interpolation not in ROW_MODELS:
+        raise ValueError(f"interpolation must be one of {ROW_MODELS}, got {interpolation!r}")
     _check_search(upsample_factor, None)
     w = _check_weights(weights, reference.shape, "weights")
     # the weights are tapered at the excluded regions once, on the whole frame; the strips
@@ -1069,10 +1078,74 @@ def estimate_row_drift(
     elif ok.sum() == 1:
         dy = np.full(n, sdy[ok][0])
         dx = np.full(n, sdx[ok][0])
-    else:
+    elif interpolation in ("linear", "spline"):
         dy = _interp_rows(rows, rows_c[ok], sdy[ok], serr[ok], interpolation)
         dx = _interp_rows(rows, rows_c[ok], sdx[ok], serr[ok], interpolation)
+    else:
+        dy = robust_row_fit(rows, rows_c[ok], sdy[ok], interpolation)
+        dx = robust_row_fit(rows, rows_c[ok], sdx[ok], interpolation)
     return RowDrift(dy=dy, dx=dx, strip_rows=rows_c, strips=tuple(strips), strip_ok=ok)
+
+
+ROW_MODELS = ("auto", "line", "quadratic", "linear", "spline")
+
+
+def _biweight_poly(xs: np.ndarray, y: np.ndarray, deg: int, n_iter: int = 30):
+    """Tukey-biweight (c = 4.685) polynomial fit by IRLS from a Theil-Sen line start.
+
+    Returns coefficients (highest power first), their covariance and the robust scale.
+    """
+    from scipy.stats import theilslopes
+
+    X = np.vander(xs, deg + 1)
+    slope, icpt, *_ = theilslopes(y, xs)
+    r = y - (icpt + slope * xs)
+    w = np.ones_like(y)
+    coef = np.zeros(deg + 1)
+    scale = 1e-3
+    for _ in range(n_iter):
+        scale = max(1.4826 * float(np.median(np.abs(r))), 1e-3)  # px; floor: exact data
+        u = r / (4.685 * scale)
+        w = np.where(np.abs(u) < 1, (1 - u * u) ** 2, 0.0)
+        if (w > 0).sum() <= deg:
+            w = np.ones_like(y)
+        sw = np.sqrt(w)
+        new = np.linalg.lstsq(X * sw[:, None], y * sw, rcond=None)[0]
+        r = y - X @ new
+        if np.allclose(new, coef, atol=1e-6):
+            coef = new
+            break
+        coef = new
+    xtwx = (X * w[:, None]).T @ X
+    cov = scale**2 * np.linalg.pinv(xtwx)
+    return coef, cov, scale
+
+
+def robust_row_fit(rows: np.ndarray, xc: np.ndarray, yc: np.ndarray, model: str = "auto") -> np.ndarray:
+    """Drift per row from strip estimates ``yc`` at rows ``xc``: a robust line or quadratic.
+
+    Within one frame the drift is smooth: thermal drift moves at a nearly constant velocity over
+    a frame's minutes, so the per-row displacement between two frames is close to a line in the
+    row (the generator's is exactly one), and a steadily changing velocity gives a quadratic.
+    The biweight gives strips far off the fit (new deposit, weak texture) no weight. ``auto``
+    keeps the quadratic only when its curvature is significant (|t| > 4) on at least 6 strips.
+    Fewer than 3 strips: their mean (1) or the straight line through them (2).
+    """
+    rows = np.asarray(rows, np.float64)
+    xc, yc = np.asarray(xc, np.float64), np.asarray(yc, np.float64)
+    if xc.size == 1:
+        return np.full(rows.shape, yc[0])
+    mid, half = 0.5 * (rows[0] + rows[-1]), max(0.5 * (rows[-1] - rows[0]), 1.0)
+    xs, rs = (xc - mid) / half, (rows - mid) / half
+    if xc.size == 2:
+        return np.polyval(np.polyfit(xs, yc, 1), rs)
+    coef, _, _ = _biweight_poly(xs, yc, 1)
+    if model == "quadratic" or (model == "auto" and xc.size >= 6):
+        c2, cov2, _ = _biweight_poly(xs, yc, 2)
+        t = c2[0] / np.sqrt(max(cov2[0, 0], 1e-30))
+        if model == "quadratic" or abs(t) > 4.0:
+            coef = c2
+    return np.polyval(coef, rs)
 
 
 def _interp_rows(rows, xc, yc, err, method: str) -> np.ndarray:
