@@ -242,9 +242,14 @@ def plot_lifetimes(summary: str | Path, balance: str | Path, out: str | Path, *,
         b = pd.DataFrame({"cycle": [], "ce_volumetric": [], "ce_volumetric_with_voids": [], "residue_nm3": []})
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
     km = s.get("kaplan_meier", {})
+    # the endpoint with the most events (on the demo: dead-Li conversion, 45 against 7 inactivations)
+    ev = s.get("events", {})
+    endpoint = max(("dead", "inactivation", "void"), key=lambda e: ev.get(e, 0))
+    what = {"dead": "free of dead-Li conversion", "inactivation": "still active", "void": "free of voids"}
+    title = {"dead": "dead-Li conversion", "inactivation": "inactivation", "void": "void failure"}
     for ax, key, label in ((axes[0, 0], "porosity_proxy", "initial porosity proxy (pit asymmetry)"),
                            (axes[0, 1], "crest_rms", "initial crest roughness")):
-        k = next((k for k in km if k.startswith("inactivation:") and f":{key}_" in k), None)
+        k = next((k for k in km if k.startswith(f"{endpoint}:") and f":{key}_" in k), None)
         if k is None:
             ax.text(0.5, 0.5, "too few events for Kaplan-Meier", ha="center", transform=ax.transAxes)
         else:
@@ -253,10 +258,10 @@ def plot_lifetimes(summary: str | Path, balance: str | Path, out: str | Path, *,
                     d = km[k]["groups"][g]
                     ax.step(d["timeline"], d["survival"], where="post", color=col,
                             label=f"{g} tertile (n={d['n']}, events {d['events']})")
-            ax.set_title(f"inactivation by {label}: log-rank p = {km[k]['logrank_p']:.3g}", fontsize=10)
+            ax.set_title(f"{title[endpoint]} by {label}: log-rank p = {km[k]['logrank_p']:.3g}", fontsize=10)
             ax.legend(fontsize=8)
         ax.set_xlabel("cycle")
-        ax.set_ylabel("fraction of sites still active")
+        ax.set_ylabel(f"fraction of sites {what[endpoint]}")
         ax.set_ylim(-0.02, 1.02)
     ax = axes[1, 0]
     ax.plot(b["cycle"], 100 * b["ce_volumetric_with_voids"], "o-", label="volumetric (AFM, incl. voids)")
