@@ -217,3 +217,29 @@ def test_row_offsets_found_when_most_of_a_row_changed():
     assert np.abs(np.median(cur - ref, axis=1) - offsets).min() > 5  # what the median gives
     out = align_to_reference(cur, ref)
     assert np.abs(np.median((out - ref)[:, :30], axis=1)).max() < 0.6
+
+
+def test_cluster_centers_of_all_rows_match_the_per_row_definition():
+    """The vectorized densest-cluster centres equal the definition, row by row (NaN included)."""
+    from ecafm.kernels.change import _cluster_centers
+
+    def reference(v, noise):  # the definition, written out plainly
+        v = np.sort(v[np.isfinite(v)])
+        n = v.size
+        w = max(2.0 * noise, 0.01 * float(v[int(0.9 * (n - 1))] - v[int(0.1 * (n - 1))]), 1e-12)
+        counts = np.searchsorted(v, v + 2.0 * w, side="right") - np.arange(n)
+        j = int(np.argmax(counts))
+        c0 = float(np.median(v[j:j + counts[j]]))
+        near = v[np.abs(v - c0) <= w]
+        return float(np.median(near)) if near.size >= 3 else c0
+
+    rng = np.random.default_rng(21)
+    r = rng.normal(0, 0.5, (40, 97))
+    r[:, :50] += rng.uniform(5, 60, (40, 50))  # a changed majority: the cluster is the minority
+    r[rng.random(r.shape) < 0.1] = np.nan
+    r[3, 5:] = np.nan  # a row with too few values
+    got = _cluster_centers(r, 0.5, min_px=10)
+    assert np.isnan(got[3])
+    want = np.array([reference(r[i], 0.5) if np.isfinite(r[i]).sum() >= 10 else np.nan for i in range(40)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    assert np.all(np.abs(got[np.isfinite(got)]) < 0.6)  # the unchanged minority, not the median
