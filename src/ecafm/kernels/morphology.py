@@ -86,7 +86,7 @@ def pit_asymmetry(black_energy: float, white_energy: float, n_px: int) -> float:
 
 
 def patch_descriptors(patch: np.ndarray, pixel_nm: float, *, pit_k: float = 2.0,
-                      pit_radius_nm: float | None = None) -> dict[str, float]:
+                      pit_radius_nm: float | None = None, tophat: bool = True) -> dict[str, float]:
     """Areal descriptors of one height patch.
 
     Parameters
@@ -100,6 +100,9 @@ def patch_descriptors(patch: np.ndarray, pixel_nm: float, *, pit_k: float = 2.0,
         ``pit_fraction``).
     pit_radius_nm : float, optional
         Disk of the top-hats of ``porosity_proxy`` (:func:`pit_asymmetry`); default one pixel.
+    tophat : bool
+        False: leave ``porosity_proxy`` and ``crest_rms`` NaN (the caller takes them from
+        top-hats of the whole frame, as :func:`descriptors_at` does).
 
     Returns
     -------
@@ -141,9 +144,12 @@ def patch_descriptors(patch: np.ndarray, pixel_nm: float, *, pit_k: float = 2.0,
     area_um2 = ok.sum() * (pixel_nm / 1000.0) ** 2
     out["pit_density_per_um2"] = float(n / area_um2) if area_um2 > 0 else float("nan")
     out["pit_fraction"] = float(pits.sum() / ok.sum())
-    eb, ew = tophat_energy(p, pixel_nm, radius_nm=pit_radius_nm if pit_radius_nm else pixel_nm)
-    out["porosity_proxy"] = pit_asymmetry(float(eb.sum()), float(ew.sum()), int(ok.sum()))
-    out["crest_rms"] = float(np.sqrt(ew.sum() / ok.sum()))
+    if tophat:
+        eb, ew = tophat_energy(p, pixel_nm, radius_nm=pit_radius_nm if pit_radius_nm else pixel_nm)
+        out["porosity_proxy"] = pit_asymmetry(float(eb.sum()), float(ew.sum()), int(ok.sum()))
+        out["crest_rms"] = float(np.sqrt(ew.sum() / ok.sum()))
+    else:
+        out["porosity_proxy"] = out["crest_rms"] = float("nan")
     return out
 
 
@@ -194,7 +200,7 @@ def descriptors_at(height: np.ndarray, centers_yx: np.ndarray, *, window_px: int
         y0, y1 = max(0, int(round(y)) - half), min(h.shape[0], int(round(y)) + half + 1)
         x0, x1 = max(0, int(round(x)) - half), min(h.shape[1], int(round(x)) + half + 1)
         if y1 - y0 >= 4 and x1 - x0 >= 4:
-            d = patch_descriptors(h[y0:y1, x0:x1], pixel_nm)
+            d = patch_descriptors(h[y0:y1, x0:x1], pixel_nm, tophat=pits is None)
             out[i] = [d[k] for k in DESCRIPTORS]
             if pits is not None:
                 ok = np.isfinite(h[y0:y1, x0:x1])
