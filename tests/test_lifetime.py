@@ -82,3 +82,25 @@ def test_lifetime_outputs_on_demo(tmp_path):
     true_ce = (np.asarray(truth.cycle_stripped) + np.asarray(truth.cycle_void)) / np.asarray(truth.cycle_plated)
     np.testing.assert_allclose(bal["ce_electrochemical"], true_ce, atol=0.01)
     assert bal["apparent_density_factor"].notna().all()
+
+
+def test_dead_conversion_needs_residue_and_left_behind_volume():
+    """Cycle 1 leaves half its plating behind with residue detected: dead. Cycle 0's 7% is not;
+    cycle 2 leaves a lot behind but without detected residue (live, unstripped): not dead."""
+    import pandas as pd
+
+    from ecafm.sites import dead_conversion
+
+    d = pd.DataFrame({"cycle": [0, 1, 2, 3],
+                      "plated_nm3": [1000.0, 1000.0, 1000.0, 1000.0],
+                      "residual_nm3": [70.0, 570.0, 1200.0, 1250.0],
+                      "residue_nm3": [0.0, 450.0, 0.0, 600.0],
+                      "detection_limit_nm3": [50.0, 50.0, 50.0, 50.0]})
+    assert dead_conversion(d, 0.4).tolist() == [False, True, False, False]
+    assert dead_conversion(d, 0.6).tolist() == [False, False, False, False]  # 500 left < 600
+    # lifetime.dead_cycles applies the same rule at other fractions, on decided cycles only
+    from ecafm.lifetime import dead_cycles
+
+    sc = d.assign(site=7)
+    assert dead_cycles(pd.DataFrame({"site": [7]}), sc, 0.4).tolist() == [1]
+    assert dead_cycles(pd.DataFrame({"site": [7]}), sc, 0.6).tolist() == [-1]

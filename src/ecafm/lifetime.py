@@ -44,7 +44,7 @@ class LifetimeParams:
     primary_window_px: int | None = None
     pit_radius_nm: float = 60.0
     pit_depth_nm: float = 10.0
-    dead_fraction: float = 0.5
+    dead_fraction: float = 0.4
     sensitivity_fractions: tuple[float, ...] = (0.3, 0.5, 0.7)
     block_nm: float = 1000.0
     n_boot: int = 300
@@ -77,12 +77,18 @@ def lifetime_table(sites: pd.DataFrame, endpoint: str) -> pd.DataFrame:
 
 
 def dead_cycles(sites: pd.DataFrame, site_cycles: pd.DataFrame, fraction: float) -> np.ndarray:
-    """Dead-Li conversion cycle per site for a residue threshold (fraction of peak plated volume)."""
-    peak = sites.set_index("site")["peak_plated_nm3"]
-    sc = site_cycles.copy()
-    sc["conv"] = sc["residue_nm3"].to_numpy() >= fraction * peak.reindex(sc["site"]).to_numpy()
-    first = sc[sc["conv"] & (sc["residue_nm3"] > 0)].groupby("site")["cycle"].min()
-    return first.reindex(sites["site"]).fillna(-1).to_numpy(int)
+    """Dead-Li conversion cycle per site at another ``fraction`` (:func:`ecafm.sites.dead_conversion`),
+    for the sensitivity table; only cycles whose residue rule was decided (followed by a plating)."""
+    from ecafm.sites import dead_conversion
+
+    decided = set(site_cycles["cycle"].unique().tolist())
+    decided.discard(max(decided, default=-1))
+    first = {}
+    for site, d in site_cycles.sort_values("cycle").groupby("site"):
+        hit = dead_conversion(d, fraction) & d["cycle"].isin(decided).to_numpy()
+        if hit.any():
+            first[site] = int(d["cycle"].to_numpy()[np.argmax(hit)])
+    return np.array([first.get(s, -1) for s in sites["site"]], int)
 
 
 # --------------------------------------------------------------------------- descriptors

@@ -68,7 +68,7 @@ class SegmentParams:
     min_overlap: float = 0.2
     tile_px: int = 16
     detection_k: float = 3.0
-    dead_fraction: float = 0.5
+    dead_fraction: float = 0.4
     void_fraction: float = 0.2
     residue_vote: float = 0.5
     residue_retention: float = 0.3
