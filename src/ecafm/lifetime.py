@@ -79,15 +79,12 @@ def lifetime_table(sites: pd.DataFrame, endpoint: str) -> pd.DataFrame:
 def dead_cycles(sites: pd.DataFrame, site_cycles: pd.DataFrame, fraction: float) -> np.ndarray:
     """Dead-Li conversion cycle per site at another ``fraction`` (:func:`ecafm.sites.dead_conversion`),
     for the sensitivity table; only cycles whose residue rule was decided (followed by a plating)."""
-    from ecafm.sites import dead_conversion
+    from ecafm.sites import _first_true, dead_conversion
 
-    decided = set(site_cycles["cycle"].unique().tolist())
-    decided.discard(max(decided, default=-1))
-    first = {}
-    for site, d in site_cycles.sort_values("cycle").groupby("site"):
-        hit = dead_conversion(d, fraction) & d["cycle"].isin(decided).to_numpy()
-        if hit.any():
-            first[site] = int(d["cycle"].to_numpy()[np.argmax(hit)])
+    last = site_cycles["cycle"].max()
+    first = {site: _first_true(dead_conversion(d, fraction) & (d["cycle"] < last).to_numpy(),
+                               d["cycle"].to_numpy())
+             for site, d in site_cycles.sort_values("cycle").groupby("site")}
     return np.array([first.get(s, -1) for s in sites["site"]], int)
 
 

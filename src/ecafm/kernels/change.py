@@ -183,9 +183,8 @@ def _cluster_centers(r: np.ndarray, noise: float, *, min_px: int) -> np.ndarray:
     base = (np.arange(rows.size) * lift)[:, None]
     keys = np.where(valid, srt + base, base + lift * 0.5)  # padding above every real value
     flat = keys.ravel()
-    hi = np.searchsorted(flat, (np.where(valid, srt, 0.0) + 2.0 * w[:, None] + base).ravel(), side="right")
+    hi = np.searchsorted(flat, (fill + 2.0 * w[:, None] + base).ravel(), side="right")
     counts = hi.reshape(rows.size, nx) - (np.arange(rows.size)[:, None] * nx) - np.arange(nx)[None, :]
-    counts = np.minimum(counts, n[:, None] - np.arange(nx)[None, :])
     counts = np.where(valid, counts, -1)
     j = counts.argmax(axis=1)
     c0 = _sorted_median(srt, j, counts[k, j])
