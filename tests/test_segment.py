@@ -115,6 +115,30 @@ def test_watershed_splits_touching_caps_and_keeps_single_ones():
     assert len({lab[20, 20], lab[20, 33], lab[48, 48]}) == 3
 
 
+def test_neck_split_parts_overlapping_discs_and_leaves_single_shapes():
+    yy, xx = np.mgrid[0:40, 0:60]
+    a = np.hypot(yy - 20, xx - 18) <= 7
+    b = np.hypot(yy - 20, xx - 29) <= 7  # centres 11 px apart, radius 7: a neck of 2 x 5.7 px
+    lab = np.zeros((40, 60), np.int32)
+    lab[a | b] = 1
+    single = np.hypot(yy - 20, xx - 50) <= 6
+    lab[single] = 2
+    out = ks.split_necks(lab, dynamic_px=0.5, min_area=4)
+    assert out.max() == 3
+    assert out[20, 18] != out[20, 29]
+    assert len(np.unique(out[single])) == 1 and out[20, 50] not in (out[20, 18], out[20, 29])
+    # each piece is its disc up to the shared lens (split at the bisector x = 23.5)
+    for centre, half in ((18, xx <= 23), (29, xx >= 24)):
+        piece = out == out[20, centre]
+        truth = (a | b) & half
+        assert (piece & truth).sum() / (piece | truth).sum() > 0.9
+    # an ellipse has no neck: one site; a disabled split changes nothing
+    ell = np.zeros((40, 60), np.int32)
+    ell[((yy - 20) / 6.0) ** 2 + ((xx - 30) / 14.0) ** 2 <= 1] = 1
+    assert ks.split_necks(ell, dynamic_px=0.5).max() == 1
+    np.testing.assert_array_equal(ks.split_necks(lab, dynamic_px=0), lab)
+
+
 def test_watershed_ignores_noise_bumps(rng):
     h = _cap((48, 48), 24, 24, 12, 50) + rng.normal(0, 0.3, (48, 48))
     assert ks.segment_sites(h, h > 2.0, marker_h=2.0).max() == 1

@@ -16,9 +16,10 @@ The residue rule (``docs/SCIENCE.md``), as implemented: a pixel above the refere
 than ``max(tau_ref, film_nm)``) is INACTIVE_RESIDUE in a frame when it stays STATIC from that
 frame through the rest of the stripping half-cycle and the whole next plating half-cycle (in a
 plating frame of cycle c: STATIC through the whole plating of cycle c, which is the "next
-plating" of the stripping of cycle c-1). Material that shrinks while a stripping is still
-running is therefore not residue in the frames where it still changes; it becomes residue
-from the frame where it stops, once the next plating confirms it.
+plating" of the stripping of cycle c-1). With the site-level rule (``residue_retention`` > 0,
+the default, :func:`_site_residue`) a site that converts in a stripping is ACTIVE_DEPOSIT in
+all of that stripping's frames (it shrinks through it) and residue from the next plating on;
+``state_end`` carries the residue left at the trough, which volumes are taken of.
 
 End states: the rows of a frame are scanned one after another, so the last frame of a
 half-cycle misses part of it. ``h_peak`` (end of plating) and ``h_trough`` (end of stripping)
@@ -65,6 +66,7 @@ class SegmentParams:
     marker_min_distance_px: int = 2
     marker_smooth_px: float = 0.0
     site_markers: str = "growth"
+    neck_dynamic_px: float = 0.5
     min_overlap: float = 0.2
     tile_px: int = 16
     detection_k: float = 3.0
@@ -278,14 +280,20 @@ def _site_residue(allf: _Frames, run: np.ndarray, run_kind: np.ndarray, moved: n
 
     A pixel of a residue site is INACTIVE_RESIDUE in a frame while the residue is the dominant
     material there: ``h - h_trough <= h_trough - h_ref`` (a neighbour's cap growing on top is
-    thinner than the residue). In stripping frames but the last (rectified to the stripping's
-    end, when the current has stopped) the site's core must also stay STATIC from that frame
-    on: the live part of a converting site strips first.
+    thinner than the residue). In the frames of the stripping itself only sites that did not
+    take part in it are residue (residue at the previous trough already, or idle): a site that
+    converts in this stripping loses volume through it, so it is ACTIVE_DEPOSIT there ("GROW or
+    SHRINK in this half-cycle"; SCIENCE's residue is STATIC through the whole stripping) and
+    becomes residue in the next plating's frames.
+
+    Returns the per-frame residue masks and, per trough frame index, the residue left at the
+    trough as the next plating decides it (the cycle's end state, which volumes are taken of).
     """
     from ecafm.kernels.sites import segment_sites
 
     n_all, ny, nx = allf.h.shape
     out = np.zeros((n_all, ny, nx), bool)
+    trough: dict[int, np.ndarray] = {}
     n_runs = len(run_kind)
     prev_dead = np.zeros((ny, nx), bool)
     for r in range(n_runs - 1):
@@ -334,15 +342,15 @@ def _site_residue(allf: _Frames, run: np.ndarray, run_kind: np.ndarray, moved: n
         dead = (keep >= params.residue_retention) & (~idle | static_next | was_dead)
         dead[0] = False
         prev_dead = dead[lab]
+        # took part in this stripping: lost volume and was not residue before
+        converting = dead & ~was_dead & ~idle
+        trough[t] = dead[lab]
         for i in frames:
             if run[i] not in (r, r + 1) or not allf.usable[i]:
                 continue
-            ok_site = dead.copy()
-            if run[i] == r and i != t:  # stripping frame: the core is STATIC from it on (the
-                # last one is rectified to the end of the stripping, when the current stopped)
-                ok_site &= 1.0 - frac(moved[i:t + 1].any(axis=0)) >= params.residue_vote
+            ok_site = dead & ~converting if run[i] == r else dead
             out[i] = ok_site[lab] & ((allf.h[i] - allf.h[t]) <= d)
-    return out
+    return out, trough
 
 def _growth_maps(allf: _Frames, frames, h_ref: np.ndarray) -> list[np.ndarray]:
     """Height above the reference before the plating and at each of its usable frames.
@@ -370,7 +378,7 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     ``h_ref``, ``h_start``, ``h_peak``, ``h_trough``, ``label_peak``, ``state_end``.
     """
     from ecafm.constants import get_metal
-    from ecafm.kernels.sites import segment_sites, segment_sites_growth
+    from ecafm.kernels.sites import segment_sites, segment_sites_growth, split_necks
 
     px = float(np.asarray(cur.attrs["pixel_size_nm"]).ravel()[0])
     a_px = float(np.prod(np.asarray(cur.attrs["pixel_size_nm"], float).ravel()[:2])) \
@@ -436,9 +444,9 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
         active[i] = a
 
     # ---------------------------------------------------------------- site-level residue
-    site_res = (_site_residue(allf, run, run_kind, moved, h_ref, params, min_area, err_ref,
-                              range(n_prev, n_prev + n_cur))
-                if params.residue_retention > 0 else None)
+    site_res, trough_res = (_site_residue(allf, run, run_kind, moved, h_ref, params, min_area,
+                                          err_ref, range(n_prev, n_prev + n_cur))
+                            if params.residue_retention > 0 else (None, {}))
 
     # ---------------------------------------------------------------- classes per frame
     state = np.full((n_cur, ny, nx), kc.UNCERTAIN, np.uint8)
@@ -447,6 +455,7 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     creep = np.zeros((ny, nx), bool)
     creep[: max(0, int(params.creep_rows) - y0)] = True
     tau_last_plate = None
+    state_end = None
     for j in range(n_cur):
         i = n_prev + j
         if not allf.usable[i]:
@@ -465,6 +474,10 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
         state[j] = kc.state_classes(allf.h[i], h_ref, tau_ref=tau, film_nm=params.film_nm,
                                     uncertain=~ok | creep, active=active[i], residue=res,
                                     pit=pit)
+        if i in trough_res:  # the cycle's end state: residue as the next plating decides it
+            state_end = kc.state_classes(allf.h[i], h_ref, tau_ref=tau, film_nm=params.film_nm,
+                                         uncertain=~ok | creep, active=active[i],
+                                         residue=trough_res[i], pit=pit)
         if allf.kind[i] == PLATE:
             tau_last_plate = tau
 
@@ -503,10 +516,13 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
                                    min_area=min_area, smooth_px=params.marker_smooth_px)
     else:
         raise ValueError(f"site_markers must be 'peak' or 'growth', got {params.site_markers!r}")
+    if params.neck_dynamic_px > 0:
+        label_peak = split_necks(label_peak, dynamic_px=params.neck_dynamic_px, min_area=min_area)
     site_lab = np.where(np.isin(state, (kc.VOID, kc.INACTIVE_RESIDUE, kc.ACTIVE_DEPOSIT,
                                         kc.DORMANT_DEPOSIT)), label_peak[None], 0).astype(np.int32)
     usable_cur = np.flatnonzero(c_fr.usable)
-    state_end = state[usable_cur[-1]] if usable_cur.size else state[-1]
+    if state_end is None:
+        state_end = state[usable_cur[-1]] if usable_cur.size else state[-1]
 
     dims3 = ("frame", "y", "x")
     out = xr.Dataset(
@@ -528,8 +544,9 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
                          "height at the end of the stripping (extrapolated in charge per row)"}),
             "label_peak": (("y", "x"), label_peak, {"long_name": "marker-watershed sites at the "
                            "plating peak (per-cycle numbering)"}),
-            "state_end": (("y", "x"), state_end, {"long_name": "state class of the last usable "
-                          "frame", "flag_values": list(range(6)),
+            "state_end": (("y", "x"), state_end, {"long_name": "state class at the end of the "
+                          "cycle (last usable frame; residue as the next plating decides it)",
+                          "flag_values": list(range(6)),
                           "flag_meanings": kc.CLASS_MEANINGS}),
         },
         coords={

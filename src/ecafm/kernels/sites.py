@@ -145,6 +145,69 @@ def segment_sites_growth(height: np.ndarray, mask: np.ndarray, growth: list[np.n
     return relabel(drop_small(lab, min_area))
 
 
+def split_necks(lab: np.ndarray, *, dynamic_px: float = 0.7, min_area: int = 4) -> np.ndarray:
+    """Split sites whose footprint is two or more overlapping discs joined by a neck.
+
+    Two caps that overlap add up to one concave bump with a single height maximum, so no
+    height watershed can part them; their footprint, though, is a union of discs whose distance
+    transform has one maximum per disc (the classic split of touching particles). Within each
+    site, regional maxima of the Euclidean distance to the site's edge with a dynamic of at
+    least ``dynamic_px`` (h-maxima) become markers of a watershed of the negated distance.
+    Pieces smaller than ``min_area`` go back to their neighbours (a site is never dropped).
+    """
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    lab = np.asarray(lab, np.int32)
+    if not lab.any() or dynamic_px <= 0:
+        return lab
+    # distance to the edge of each site (other sites count as edge: a neck between two
+    # sites already split stays split)
+    edge = np.ones((lab.shape[0] + 2, lab.shape[1] + 2), np.int32) * -1
+    edge[1:-1, 1:-1] = lab
+    inner = np.ones(edge.shape, bool)
+    for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+        inner &= np.roll(edge, (dy, dx), axis=(0, 1)) == edge
+    inner = inner[1:-1, 1:-1] & (lab > 0)
+    dist = ndi.distance_transform_edt(inner) + (lab > 0)
+    peaks = h_maxima(dist, dynamic_px).astype(bool) & (lab > 0)
+    mk, n = ndi.label(peaks, structure=np.ones((3, 3)))
+    if n == 0:
+        return lab
+    # markers per site: only sites with two or more are split
+    owner = np.zeros(n + 1, np.int64)
+    owner[mk[peaks]] = lab[peaks]
+    per_site = np.bincount(owner[1:], minlength=int(lab.max()) + 1)
+    split = per_site >= 2
+    split[0] = False
+    if not split.any():
+        return lab
+    sel = split[lab]
+    mk = np.where(sel & (mk > 0), mk + int(lab.max()), 0)
+    # each site split separately: the watershed never crosses from one site into another
+    pieces = watershed(-dist, markers=mk, mask=sel, connectivity=1)
+    pieces = np.where(sel & (pieces > 0), pieces, 0)
+    # a piece must stay inside its own site; small pieces merge back into the site's largest
+    out = np.where(sel, 0, lab).astype(np.int64)
+    nxt = int(lab.max()) + 1
+    for site in np.flatnonzero(split):
+        m = lab == site
+        ids, cnt = np.unique(pieces[m], return_counts=True)
+        keep = [(i, c) for i, c in zip(ids.tolist(), cnt.tolist(), strict=True) if i > 0 and c >= min_area]
+        if len(keep) < 2:
+            out[m] = site
+            continue
+        keep.sort(key=lambda z: -z[1])
+        big = keep[0][0]
+        for i, _ in keep:
+            tgt = site if i == big else nxt
+            nxt += i != big
+            out[m & (pieces == i)] = tgt
+        rest = m & (out == 0)
+        out[rest] = site
+    return relabel(out.astype(np.int32))
+
+
 def drop_small(lab: np.ndarray, min_area: int) -> np.ndarray:
     """Labels with fewer than ``min_area`` pixels set to background (0)."""
     if min_area <= 1:
