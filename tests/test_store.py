@@ -141,3 +141,18 @@ def test_stale_partial_of_a_killed_run_is_removed(tmp_path):
     write_cube(_cube(), tmp_path / "c.zarr", step=STEP)
     assert not stale.exists()
     assert {p.name for p in tmp_path.iterdir()} - {".versions"} == {"c.zarr", "c.zarr.prov.json"}
+
+
+def test_images_chunked_per_frame_profiles_in_one_chunk(tmp_path):
+    import zarr
+
+    ds = _cube(n=6)
+    ds["shift_y"] = (("frame", "y"), np.random.default_rng(1).normal(size=(6, 16)))
+    ds["ok"] = ("frame", np.ones(6, bool))
+    write_cube(ds, tmp_path / "c.zarr", step=STEP, frame_chunk=1)
+    g = zarr.open_group(tmp_path / "c.zarr", mode="r")
+    assert g["height"].chunks == (1, 16, 12)
+    assert g["shift_y"].chunks == (6, 16)
+    assert g["ok"].chunks == (6,)
+    back = open_cube(tmp_path / "c.zarr").load()
+    np.testing.assert_array_equal(back["shift_y"].values, ds["shift_y"].values)
