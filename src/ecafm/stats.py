@@ -227,30 +227,43 @@ def spearman_block_bootstrap(x: np.ndarray, y: np.ndarray, xy_pos: np.ndarray, *
 def _spearman_rows(x: np.ndarray, y: np.ndarray, picks: list[np.ndarray]) -> np.ndarray:
     """Spearman rho of ``(x[idx], y[idx])`` for every index array of ``picks``, in one pass.
 
-    The resamples (of unequal length) are padded with NaN into one array, ranked along the rows
-    with average ranks for ties (``scipy.stats.rankdata``, NaN left out) and correlated row by
-    row: the same numbers as ``scipy.stats.spearmanr`` per resample, without its per-call cost
-    (the block bootstrap of the lifetime stage made 46,000 such calls). Resamples in which x
+    A resample of the sites is a multiplicity ``w`` per site (how often the bootstrap drew it),
+    and its average ranks follow from the ORIGINAL order: sort the values once; the values
+    equal to the k-th distinct value get rank ``(sum of w below it) + (w of that value + 1) / 2``
+    (duplicates are ties, as ``scipy.stats.rankdata`` ranks them). Spearman's rho is then the
+    Pearson correlation of the ranks weighted by ``w``. Same numbers as ``scipy.stats.spearmanr``
+    per resample, with one sort for all resamples instead of two per resample (the lifetime
+    stage's 188 bootstraps of 500 resamples took 2.3 s, mostly in argsort). Resamples in which x
     or y is constant are dropped, as spearmanr would return NaN for them.
     """
-    from scipy import stats
-
     if not picks:
         return np.zeros(0)
-    m = max(len(p) for p in picks)
-    xs = np.full((len(picks), m), np.nan)
-    ys = np.full((len(picks), m), np.nan)
-    for i, p in enumerate(picks):
-        xs[i, : len(p)] = x[p]
-        ys[i, : len(p)] = y[p]
-    keep = (np.nanmax(xs, 1) > np.nanmin(xs, 1)) & (np.nanmax(ys, 1) > np.nanmin(ys, 1))
-    rx = stats.rankdata(xs[keep], axis=1, nan_policy="omit")
-    ry = stats.rankdata(ys[keep], axis=1, nan_policy="omit")
-    dx = rx - np.nanmean(rx, axis=1, keepdims=True)
-    dy = ry - np.nanmean(ry, axis=1, keepdims=True)
-    num = np.nansum(dx * dy, axis=1)
-    den = np.sqrt(np.nansum(dx * dx, axis=1) * np.nansum(dy * dy, axis=1))
-    return num / den
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    n = x.size
+    w = np.stack([np.bincount(np.asarray(p, np.int64), minlength=n) for p in picks]).astype(float)
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        order = np.argsort(v, kind="stable")
+        vs = v[order]
+        starts = np.flatnonzero(np.r_[True, vs[1:] != vs[:-1]])
+        wg = np.add.reduceat(w[:, order], starts, axis=1)  # multiplicity of each distinct value
+        rg = np.cumsum(wg, axis=1) - wg + (wg + 1.0) / 2.0
+        group = np.cumsum(np.r_[True, vs[1:] != vs[:-1]]) - 1
+        r = np.empty_like(w)
+        r[:, order] = rg[:, group]
+        return r
+
+    tot = w.sum(axis=1, keepdims=True)
+    rx, ry = ranks(x), ranks(y)
+    dx = rx - (w * rx).sum(axis=1, keepdims=True) / tot
+    dy = ry - (w * ry).sum(axis=1, keepdims=True) / tot
+    num = (w * dx * dy).sum(axis=1)
+    sxx = (w * dx * dx).sum(axis=1)
+    syy = (w * dy * dy).sum(axis=1)
+    # constant x or y in a resample: every rank equal (zero spread up to rounding)
+    keep = (sxx > 1e-9 * tot[:, 0] ** 3) & (syy > 1e-9 * tot[:, 0] ** 3)
+    return num[keep] / np.sqrt(sxx[keep] * syy[keep])
 
 
 def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
