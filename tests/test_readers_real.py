@@ -123,6 +123,17 @@ def test_gwy_against_gwyfile(real):
     assert f.pixel_size_nm[1] == pytest.approx(field.xreal * 1e9 / field.data.shape[1])
 
 
+def test_gwy_same_as_afmreader(real):
+    """The gwyfile path gives AFMReader's ``load_gwy`` image and pixel size (a second parser)."""
+    from AFMReader import gwy
+
+    path = real("gwy/PTO_110_Virgin0001.gwy")
+    img, px = gwy.load_gwy(path, channel="HeightRetrace")
+    f = read_frames(path, channel="HeightRetrace")[0]
+    np.testing.assert_allclose(f.height, img, rtol=1e-6, atol=1e-3)  # float32 in the frame
+    assert f.pixel_size_nm[1] == pytest.approx(px, rel=1e-12)
+
+
 def test_asd_movie(real):
     path = real("asd/asd_sample_0.asd")
     raw = path.read_bytes()
