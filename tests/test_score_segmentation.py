@@ -158,3 +158,13 @@ def test_lifetime_scores_exact_and_concordance_on_a_known_case():
     s = lifetime_scores(labels, wrong, segs, truth, grid)
     assert abs(s["lifetime_exact_cycle"] - 1 / 3) < 1e-12
     assert s["lifetime_cindex"] < 0.5
+
+
+def test_deposit_target_is_above_the_bound_of_threshold_classifiers(demo_1nm):
+    """The true-height classifier (``iou_*_bound``) is what the xfail of iou_deposit rests on:
+    on this grid even the noise-free true surface thresholded like the run scores below 0.9,
+    and the run stays below its bound."""
+    scores = demo_1nm[2]
+    assert 0.5 < scores["iou_deposit_bound"] < 0.9
+    assert scores["iou_deposit"] <= scores["iou_deposit_bound"]
+    assert scores["iou_residue"] <= scores["iou_residue_bound"]
