@@ -58,8 +58,6 @@ def one_seed(preset: str, seed: int, work: Path, noise: float | None) -> dict:
     hz = pd.read_csv(lt_paths["hazard"], sep="\t")
     row = hz[(hz["endpoint"] == "dead") & (hz["model"] == "discrete_logit")
              & hz["term"].str.startswith("porosity_proxy")]
-    row_rc = hz[(hz["endpoint"] == "dead") & (hz["model"] == "discrete_logit_rc")
-                & hz["term"].str.startswith("porosity_proxy")]
     # refit on the pipeline's lifetimes with the true covariates at the pipeline's site centres
     tf = open_cube(reg["transforms"]).load()
     ref = int(np.flatnonzero(tf["ok"].values)[0])
@@ -81,9 +79,6 @@ def one_seed(preset: str, seed: int, work: Path, noise: float | None) -> dict:
         "seed": seed,
         "true_or": float(truth.attrs["dead_odds_ratio_per_sd_porosity"]),
         "or_proxy": float(row["ratio_per_sd"].iloc[0]) if len(row) else float("nan"),
-        "or_proxy_rc": float(row_rc["ratio_per_sd"].iloc[0]) if len(row_rc) else float("nan"),
-        "reliability": float(row_rc["reliability"].iloc[0]) if len(row_rc) else float("nan"),
-        "attenuation": float(row_rc["attenuation"].iloc[0]) if len(row_rc) else float("nan"),
         "p_proxy": float(row["p"].iloc[0]) if len(row) else float("nan"),
         "or_true_covariates": float(hz_true["ratio_per_sd"].iloc[0]) if len(hz_true) else float("nan"),
         "proxy_vs_true_porosity_spearman": float(spearmanr(
@@ -122,11 +117,10 @@ def main(argv=None) -> int:
         gm = lambda v: float(np.exp(np.nanmean(np.log(v))))  # noqa: E731
         true_or = float(df["true_or"].iloc[0])
         print(f"\n{a.preset}, {len(df)} seeds (failed: {len(rows) - len(df)}); true OR {true_or:.3f}")
-        for col in ("or_proxy", "or_proxy_rc", "or_true_covariates"):
+        for col in ("or_proxy", "or_true_covariates"):
             print(f"  {col}: geometric mean {gm(df[col]):.3f} ({100 * (gm(df[col]) / true_or - 1):+.0f}%), "
                   f"right sign {100 * np.mean(df[col] > 1):.0f}% of seeds")
-        for col in ("reliability", "attenuation", "proxy_vs_true_porosity_spearman", "ce_max_abs_err_pp",
-                    "lifetime_exact_cycle",
+        for col in ("proxy_vs_true_porosity_spearman", "ce_max_abs_err_pp", "lifetime_exact_cycle",
                     "lifetime_cindex", "site_f1"):
             print(f"  {col}: median {df[col].median():.3f}, range {df[col].min():.3f}-{df[col].max():.3f}")
     return 0

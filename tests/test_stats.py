@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from ecafm.stats import (
-    attenuation_factor,
     benjamini_hochberg,
     concordance,
     fit_cox,
@@ -15,7 +14,6 @@ from ecafm.stats import (
     kaplan_meier_by_groups,
     person_period,
     spearman_block_bootstrap,
-    split_half_reliability,
     tertiles,
 )
 
@@ -110,44 +108,3 @@ def test_vectorised_bootstrap_spearman_equals_scipy_per_resample():
     got = _spearman_rows(x, y, picks)
     want = np.array([stats.spearmanr(x[p], y[p])[0] for p in picks[:-1]])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
-
-
-def test_split_half_reliability_and_regression_calibration_recover_the_true_odds_ratio():
-    """A covariate measured twice with independent errors: Spearman-Brown gives the reliability
-    of their mean, and the calibrated odds ratio per SD of the TRUE covariate comes back (as
-    close as the fit on the true covariate itself, for the same events)."""
-    from ecafm.lifetime import hazard_models
-
-    rng = np.random.default_rng(3)
-    n, s_err = 6000, 1.2
-    x0 = rng.normal(size=n)
-    x1 = 0.4 * x0 + np.sqrt(1 - 0.4**2) * rng.normal(size=n)  # error-free, correlated
-    p = 1 / (1 + np.exp(-(-2.5 + 0.8 * x0 + 0.3 * x1)))
-    exit_, event = np.full(n, 7), np.zeros(n, int)
-    for i in range(n):
-        hit = np.flatnonzero(rng.random(8) < p[i])
-        if hit.size:
-            exit_[i], event[i] = hit[0], 1
-    a = x0 + rng.normal(0, s_err, n)
-    b = x0 + rng.normal(0, s_err, n)
-    rel = split_half_reliability(a, b)
-    assert abs(rel - 1.0 / (1.0 + s_err**2 / 2)) < 0.03  # reliability of the mean of the halves
-    desc = pd.DataFrame({"site": np.arange(n), "w": (a + b) / 2, "t": x0, "z": x1,
-                         "log_size": rng.normal(size=n)})
-    life = pd.DataFrame({"site": np.arange(n), "entry": 0, "exit": exit_, "event": event})
-    h = hazard_models(life, desc, ["w", "z"], reliability={"w": rel})
-    ht = hazard_models(life, desc, ["t", "z"])
-
-    def log_or(tab, model, term):
-        return float(np.log(tab[(tab["model"] == model) & (tab["term"] == term)]["ratio_per_sd"].iloc[0]))
-
-    naive, rc = log_or(h, "discrete_logit", "w"), log_or(h, "discrete_logit_rc", "w")
-    on_truth = log_or(ht, "discrete_logit", "t")
-    assert naive < 0.75 * on_truth  # attenuated
-    assert abs(rc - on_truth) < 0.08 and abs(rc - 0.8) < 0.15  # calibrated
-    row = h[h["model"] == "discrete_logit_rc"].iloc[0]
-    assert row["ci_low"] < np.exp(rc) < row["ci_high"]
-    assert row["p"] == h[(h["model"] == "discrete_logit") & (h["term"] == "w")]["p"].iloc[0]
-    # without error there is nothing to correct; unrelated halves have no reliability
-    assert attenuation_factor(1.0, x0, x1[:, None]) == pytest.approx(1.0)
-    assert split_half_reliability(a, rng.normal(size=n)) < 0.1

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ecafm import stats
-from ecafm.kernels.morphology import DESCRIPTORS, descriptors_at, split_half_proxy
+from ecafm.kernels.morphology import DESCRIPTORS, descriptors_at
 
 log = logging.getLogger(__name__)
 
@@ -168,17 +168,8 @@ def _standardized(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     return out
 
 
-def hazard_models(lt: pd.DataFrame, desc: pd.DataFrame, covariates: list[str], *,
-                  reliability: dict[str, float] | None = None) -> pd.DataFrame:
-    """Discrete-time logistic (primary) and Cox hazard ratios per SD, with CIs and concordance.
-
-    ``reliability`` ({covariate: split-half reliability}) adds, for those covariates, rows of
-    model ``discrete_logit_rc``: the discrete-time odds ratio per SD of the TRUE value,
-    corrected for the measurement error of the covariate by regression calibration (log odds
-    ratio and its CI divided by the attenuation factor of :func:`ecafm.stats.attenuation_factor`
-    given the other covariates, over the square root of the reliability for the per-SD scale;
-    p unchanged), with the columns ``reliability`` and ``attenuation`` (the per-SD factor).
-    """
+def hazard_models(lt: pd.DataFrame, desc: pd.DataFrame, covariates: list[str]) -> pd.DataFrame:
+    """Discrete-time logistic (primary) and Cox hazard ratios per SD, with CIs and concordance."""
     d = lt.merge(desc, on="site")
     cols = [*covariates, "log_size"]
     d = d.dropna(subset=cols)
@@ -195,25 +186,6 @@ def hazard_models(lt: pd.DataFrame, desc: pd.DataFrame, covariates: list[str], *
         rows.append({"model": "discrete_logit", "term": r["term"], "ratio_per_sd": r["odds_ratio"],
                      "ci_low": r["or_ci_low"], "ci_high": r["or_ci_high"], "p": r["p"],
                      "concordance": c_index, "n_sites": len(d), "n_events": int(d["event"].sum())})
-    for term, rel in (reliability or {}).items():
-        r = t[t["term"] == term]
-        if not len(r) or not np.isfinite(rel):
-            continue
-        r = r.iloc[0]
-        others = d[[c for c in cols if c != term]].to_numpy(float)
-        # per unit the slope shrinks by the attenuation factor; per SD (the covariates are
-        # standardized on their observed SD, which holds the error variance too, while the
-        # truth is per SD of the true value, sqrt(reliability) of it) by factor / sqrt(rel)
-        f = stats.attenuation_factor(rel, d[term].to_numpy(float), others) / np.sqrt(rel)
-        if not np.isfinite(f):
-            log.warning("%s: reliability %.2f leaves no attenuation to correct for", term, rel)
-            continue
-        rows.append({"model": "discrete_logit_rc", "term": term,
-                     "ratio_per_sd": float(np.exp(np.log(r["odds_ratio"]) / f)),
-                     "ci_low": float(np.exp(np.log(r["or_ci_low"]) / f)),
-                     "ci_high": float(np.exp(np.log(r["or_ci_high"]) / f)), "p": r["p"],
-                     "concordance": c_index, "n_sites": len(d), "n_events": int(d["event"].sum()),
-                     "reliability": float(rel), "attenuation": f})
     try:
         cox = stats.fit_cox(d, cols, penalizer=0.01)
         for _, r in cox.iterrows():
@@ -271,16 +243,9 @@ def analyse(sites: pd.DataFrame, site_cycles: pd.DataFrame, cycles: pd.DataFrame
                             pit_radius_nm=params.pit_radius_nm, pit_depth_nm=params.pit_depth_nm)
     lts = {e: lifetime_table(sites, e) for e in ENDPOINTS}
     primary = [f"{d}_w{params.primary_window}_pre" for d in PRIMARY]
-    # split-half reliability of the porosity proxy on the pre-plating surface, for the
-    # regression-calibrated odds ratios
-    centers = np.c_[sites["y_nm"].to_numpy() / pixel_nm - 0.5, sites["x_nm"].to_numpy() / pixel_nm - 0.5]
-    halves = split_half_proxy(h_ref, centers, window_px=params.primary_window, pixel_nm=pixel_nm,
-                              pit_radius_nm=params.pit_radius_nm)
-    rel_por = stats.split_half_reliability(halves[:, 0], halves[:, 1])
-    reliability = {primary[0]: rel_por}
     hazards = []
     for e, lt in lts.items():
-        h = hazard_models(lt, desc, primary, reliability=reliability)
+        h = hazard_models(lt, desc, primary)
         if len(h):
             h.insert(0, "endpoint", e)
             hazards.append(h)
@@ -299,13 +264,12 @@ def analyse(sites: pd.DataFrame, site_cycles: pd.DataFrame, cycles: pd.DataFrame
     for f in params.sensitivity_fractions:
         s2 = sites.copy()
         s2["dead_cycle"] = dead_cycles(sites, site_cycles, f)
-        h = hazard_models(lifetime_table(s2, "dead"), desc, primary, reliability=reliability)
+        h = hazard_models(lifetime_table(s2, "dead"), desc, primary)
         if not len(h):
             log.info("dead-Li threshold %.2f: too few events for a hazard model", f)
             continue
-        for _, r in h[h["model"].isin(("discrete_logit", "discrete_logit_rc"))].iterrows():
-            sens.append({"dead_fraction_threshold": f, "model": r["model"], "term": r["term"],
-                         "ratio_per_sd": r["ratio_per_sd"],
+        for _, r in h[h["model"] == "discrete_logit"].iterrows():
+            sens.append({"dead_fraction_threshold": f, "term": r["term"], "ratio_per_sd": r["ratio_per_sd"],
                          "ci_low": r["ci_low"], "ci_high": r["ci_high"], "p": r["p"],
                          "n_events": r["n_events"]})
     bal = balance(cycles, ec, area_fraction=area_fraction)
@@ -315,7 +279,6 @@ def analyse(sites: pd.DataFrame, site_cycles: pd.DataFrame, cycles: pd.DataFrame
         "params": asdict(params),
         "n_sites": int(len(sites)),
         "events": {e: int(lt["event"].sum()) for e, lt in lts.items()},
-        "porosity_proxy_reliability": rel_por,
         "hazard": hazard.to_dict(orient="records"),
         "kaplan_meier": km,
         "balance": bal.to_dict(orient="records"),

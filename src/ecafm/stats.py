@@ -266,43 +266,6 @@ def _spearman_rows(x: np.ndarray, y: np.ndarray, picks: list[np.ndarray]) -> np.
     return num[keep] / np.sqrt(sxx[keep] * syy[keep])
 
 
-def split_half_reliability(a: np.ndarray, b: np.ndarray) -> float:
-    """Reliability of a measurement from two parallel halves (Spearman-Brown).
-
-    ``r`` = Pearson correlation of the halves across units; the whole measurement (both halves)
-    has reliability ``2 r / (1 + r)``: the fraction of its variance that is the true value's
-    (classical test theory; with independent errors of equal variance in the halves). NaN with
-    fewer than 10 complete pairs; 0 when the halves do not correlate positively.
-    """
-    a = np.asarray(a, float)
-    b = np.asarray(b, float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 10 or np.std(a[ok]) == 0 or np.std(b[ok]) == 0:
-        return float("nan")
-    r = float(np.corrcoef(a[ok], b[ok])[0, 1])
-    return 2.0 * r / (1.0 + r) if r > 0 else 0.0
-
-
-def attenuation_factor(reliability: float, x: np.ndarray, others: np.ndarray | None) -> float:
-    """How much measurement error shrinks the coefficient of ``x`` in a regression on ``x`` and
-    error-free ``others`` (regression calibration; Carroll et al., Measurement Error in
-    Nonlinear Models, 2nd ed., section 3.2): ``(lambda - R^2) / (1 - R^2)``, ``lambda`` the
-    reliability of ``x`` and ``R^2`` that of the regression of observed ``x`` on the others.
-    The coefficient estimated with the error-prone ``x`` is about this factor times the one on
-    the true value (exact for linear models, close for logistic ones with moderate effects).
-    NaN when the factor is not positive.
-    """
-    x = np.asarray(x, float)
-    r2 = 0.0
-    if others is not None and np.size(others):
-        z = np.column_stack([np.ones(len(x)), np.asarray(others, float)])
-        coef = np.linalg.lstsq(z, x, rcond=None)[0]
-        res = x - z @ coef
-        r2 = 1.0 - float(np.var(res)) / float(np.var(x)) if np.var(x) > 0 else 0.0
-    f = (reliability - r2) / (1.0 - r2) if r2 < 1 else float("nan")
-    return float(f) if np.isfinite(f) and f > 0 else float("nan")
-
-
 def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
     """BH-adjusted p values (scipy.stats.false_discovery_control)."""
     from scipy import stats

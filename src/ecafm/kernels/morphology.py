@@ -214,41 +214,6 @@ def descriptors_at(height: np.ndarray, centers_yx: np.ndarray, *, window_px: int
     return out
 
 
-def split_half_proxy(height: np.ndarray, centers_yx: np.ndarray, *, window_px: int,
-                     pixel_nm: float, pit_radius_nm: float, block_px: int | None = None
-                     ) -> np.ndarray:
-    """``porosity_proxy`` of each window measured twice, on the two colours of a checkerboard.
-
-    The frame is cut into blocks of ``block_px`` (default a quarter of the window, at least 4 px)
-    coloured like a checkerboard; each window's top-hat energies (:func:`tophat_energy`, as
-    :func:`descriptors_at` takes them) are summed over the pixels of each colour separately.
-    The two halves sample different pits of the same neighbourhood, so their agreement across
-    sites measures how reliably the window measures the porosity (split-half reliability, see
-    :func:`ecafm.stats.split_half_reliability`). Shape (n, 2); NaN for windows under 4 px.
-    """
-    h = np.asarray(height, float)
-    c = np.atleast_2d(np.asarray(centers_yx, float))
-    half = window_px // 2
-    b = int(block_px) if block_px else max(4, window_px // 4)
-    eb, ew = tophat_energy(h, pixel_nm, radius_nm=pit_radius_nm)
-    yy, xx = np.indices(h.shape)
-    colour = ((yy // b) + (xx // b)) % 2
-    ok = np.isfinite(h)
-    out = np.full((len(c), 2), np.nan)
-    for i, (y, x) in enumerate(c):
-        y0, y1 = max(0, int(round(y)) - half), min(h.shape[0], int(round(y)) + half + 1)
-        x0, x1 = max(0, int(round(x)) - half), min(h.shape[1], int(round(x)) + half + 1)
-        if y1 - y0 < 4 or x1 - x0 < 4:
-            continue
-        sl = (slice(y0, y1), slice(x0, x1))
-        for k in (0, 1):
-            m = ok[sl] & (colour[sl] == k)
-            if m.sum() >= 4:
-                out[i, k] = pit_asymmetry(float(eb[sl][m].sum()), float(ew[sl][m].sum()),
-                                          int(m.sum()))
-    return out
-
-
 def tile_centers(shape: tuple[int, int], tile_px: int) -> np.ndarray:
     """Centres (y, x) of a regular grid of non-overlapping tiles covering the frame."""
     ny, nx = shape
