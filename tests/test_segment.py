@@ -243,6 +243,37 @@ def test_row_offsets_found_when_most_of_a_row_changed():
     assert np.abs(np.median((out - ref)[:, :30], axis=1)).max() < 0.6
 
 
+def test_pixel_noise_holds_when_most_pixels_sit_on_deposit_flanks():
+    from ecafm.kernels.change import _pixel_noise
+
+    rng = np.random.default_rng(8)
+    ny, nx = 80, 120
+    d = rng.normal(0, 1.0, (ny, nx))
+    xx = np.arange(nx)
+    tri = 10.0 * (6 - np.abs(xx[:66] % 12 - 6))  # caps' flanks, 10 nm per px up and down
+    d[:, :66] += tri[None, :]  # 55% of the pixels
+    assert abs(_pixel_noise(d) - 1.0) < 0.3  # flank steps inside 3 sigma still add a little
+    mad = 1.4826 * np.median(np.abs(np.diff(d, axis=1))) / np.sqrt(2)  # the plain MAD: broken
+    assert mad > 3.0
+
+
+def test_rows_without_an_unchanged_cluster_take_their_neighbours_offsets():
+    """Rows 95% covered by caps: their densest window is a few flank pixels, not the
+    substrate; they take the offsets of the rows around them."""
+    from ecafm.kernels.change import _row_offsets
+
+    rng = np.random.default_rng(9)
+    ny, nx = 64, 100
+    offsets = np.linspace(-1.0, 2.0, ny)
+    r = rng.normal(0, 1.0, (ny, nx)) + offsets[:, None]
+    r[:, 60:] += np.linspace(5, 150, 40)[None, :]  # 40% deposit in every row
+    covered = slice(28, 34)
+    r[covered, 5:] = offsets[covered, None] + rng.uniform(100, 150, (6, 95))  # 5% substrate left
+    est = _row_offsets(r)[:, 0]
+    assert np.abs(est - offsets).max() < 0.6
+    assert np.abs(est[covered] - offsets[covered]).max() < 0.6
+
+
 def test_cluster_centers_of_all_rows_match_the_per_row_definition():
     """The vectorized densest-cluster centres equal the definition, row by row (NaN included)."""
     from ecafm.kernels.change import _cluster_centers
