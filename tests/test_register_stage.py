@@ -140,3 +140,45 @@ def test_fast_method_flags_replaced_texture(tmp_path):
 def test_register_method_is_validated():
     with pytest.raises(ValueError, match="method"):
         RegisterParams(method="quick")
+
+
+def test_failed_loop_closure_reanchors_the_next_cycle_and_flags_the_chain():
+    """A wrong pair without a flag inside cycle 0 (3 px off): the direct first -> first link
+    disagrees with the chain, so cycle 1 is anchored on the direct link and cycle 0's chained
+    frames are flagged instead of passing their error on to every later frame."""
+    import xarray as xr
+
+    from ecafm.register import compose_transforms
+
+    ny = 32
+
+    def within(frames, refs, dys):
+        n = len(frames)
+        return xr.Dataset(
+            {"ref_frame": ("frame", np.array(refs, np.int32)), "dy": ("frame", np.array(dys, float)),
+             "dx": ("frame", np.zeros(n)), "error": ("frame", np.full(n, 0.01)),
+             "flags": ("frame", np.zeros(n, np.int32)),
+             "row_dy": (("frame", "y"), np.repeat(np.array(dys, float)[:, None], ny, 1)),
+             "row_dx": (("frame", "y"), np.zeros((n, ny)))},
+            coords={"frame": np.array(frames), "y": np.arange(ny) * 10.0})
+
+    # true positions: -1 px in y per frame; the pair 1 -> 2 is wrong by +3 px
+    w0 = within([0, 1, 2], [-1, 0, 1], [0.0, -1.0, 2.0])
+    w1 = within([3, 4, 5], [-1, 3, 4], [0.0, -1.0, -1.0])
+    link = xr.Dataset(
+        {"from_frame": ("kind", np.array([2, 0], np.int32)), "to_frame": ("kind", np.array([3, 3], np.int32)),
+         "dy": ("kind", np.array([-1.0, -3.0])), "dx": ("kind", np.zeros(2)),
+         "error": ("kind", np.full(2, 0.01)), "flags": ("kind", np.zeros(2, np.int32)),
+         "row_dy": (("kind", "y"), np.repeat(np.array([-1.0, -3.0])[:, None], ny, 1)),
+         "row_dx": (("kind", "y"), np.zeros((2, ny)))},
+        coords={"kind": np.array([0, 1], np.int8), "y": np.arange(ny) * 10.0})
+    tf = compose_transforms([w0, w1], [link], pixel_size_nm=(10.0, 10.0), nx=32)
+    np.testing.assert_allclose(tf["dy_px"].sel(frame=[3, 4, 5]).values, [-3.0, -4.0, -5.0])
+    assert tf["ok"].sel(frame=[0, 3, 4, 5]).values.all()
+    assert not tf["ok"].sel(frame=[1, 2]).values.any()
+    assert float(tf["loop_closure_px"].values[1]) == pytest.approx(3.0)
+    # a consistent chain is left alone
+    w0_ok = within([0, 1, 2], [-1, 0, 1], [0.0, -1.0, -1.0])
+    tf2 = compose_transforms([w0_ok, w1], [link], pixel_size_nm=(10.0, 10.0), nx=32)
+    np.testing.assert_allclose(tf2["dy_px"].values, [0, -1, -2, -3, -4, -5])
+    assert tf2["ok"].values.all()

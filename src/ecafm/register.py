@@ -342,8 +342,18 @@ def estimate_link(left: xr.Dataset, right: xr.Dataset, *, params: RegisterParams
 
 
 def compose_transforms(within: list[xr.Dataset], links: list[xr.Dataset], *,
-                       pixel_size_nm: tuple[float, float], nx: int) -> xr.Dataset:
-    """Cumulative per-row displacement of every frame relative to the dataset's reference frame."""
+                       pixel_size_nm: tuple[float, float], nx: int,
+                       max_closure_px: float = 1.0) -> xr.Dataset:
+    """Cumulative per-row displacement of every frame relative to the dataset's reference frame.
+
+    Loop closure at each cycle start: the direct pair first(c-1) -> first(c) against the chain
+    first(c-1) -> ... -> last(c-1) -> first(c). When they differ by more than
+    ``max_closure_px``, a pair of cycle c-1 went wrong without a flag (bench-l: one pair 3.2
+    px off with a clean peak, and all 476 later frames inherited it). Cycle c is then anchored
+    on the direct pair instead, and the frames of cycle c-1 after its first are flagged
+    ``disagreement`` (which of them is wrong cannot be told), so nothing downstream treats them
+    as registered.
+    """
     frames = np.concatenate([w["frame"].values for w in within])
     ny = within[0].sizes["y"]
     n = frames.size
@@ -371,6 +381,16 @@ def compose_transforms(within: list[xr.Dataset], links: list[xr.Dataset], *,
                     chain = np.array([offset_y.mean() - D_y[pos[d_src]].mean(),
                                       offset_x.mean() - D_x[pos[d_src]].mean()])
                     closure[c] = float(np.hypot(*(chain - [lk["dy"].values[1], lk["dx"].values[1]])))
+                    if closure[c] > max_closure_px and np.isfinite(D_y[pos[d_src]]).all():
+                        log.warning("cycle %d: chain and direct link differ by %.2f px at its start; "
+                                    "anchored on the direct link, frames of cycle %d after its first "
+                                    "flagged", c, closure[c], c - 1)
+                        offset_y = D_y[pos[d_src]] + lk["row_dy"].values[1]
+                        offset_x = D_x[pos[d_src]] + lk["row_dx"].values[1]
+                        offset_var = var[pos[d_src]] + float(lk["error"].values[1]) ** 2
+                        for f in within[c - 1]["frame"].values:
+                            if int(f) != d_src:
+                                flags[pos[int(f)]] |= FLAG_BITS["disagreement"]
             else:
                 linked = False
                 log.warning("cycle link %d -> %d failed (flags %s): later frames excluded",
