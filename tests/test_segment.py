@@ -278,6 +278,10 @@ def test_rows_without_an_unchanged_cluster_take_their_neighbours_offsets():
     assert np.abs(est - offsets).max() < 1.0  # medians of 15-60 pixels of 1 nm noise
     assert np.abs(est[covered] - offsets[covered]).max() < 0.6
     assert np.abs(est[pushed] - offsets[pushed]).max() < 1.0
+    # no row with enough pixels: no offsets (and no failure)
+    few = np.full((6, 8), np.nan)
+    few[:, :3] = 1.0
+    np.testing.assert_array_equal(_row_offsets(few), np.zeros((6, 1)))
 
 
 def test_cluster_centers_of_all_rows_match_the_per_row_definition():

@@ -187,7 +187,7 @@ def _cluster_centers(r: np.ndarray, noise: float, *, min_px: int,
     out = np.full(ny, np.nan)
     rows = np.flatnonzero(n >= max(min_px, 1))
     if rows.size == 0:
-        return out
+        return (out, np.zeros(ny)) if return_support else out
     srt = np.sort(np.where(fin[rows], r[rows], np.inf), axis=1)
     n = n[rows]
     k = np.arange(rows.size)
