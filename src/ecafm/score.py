@@ -178,11 +178,11 @@ def class_scores(segs: list[xr.Dataset], truth: xr.Dataset, grid: TruthGrid) -> 
     from ecafm.kernels import change as kc
 
     cm = truth["class_map"]
-    inter = {"deposit": 0, "void": 0, "residue": 0}
+    classes = ("deposit", "void", "residue")
+    variants = ("", "_subpx", "_detectable", "_bound")
+    # pooled intersection and union pixel counts per (variant, class)
+    inter = {(v, k): 0 for v in variants for k in classes}
     union = dict(inter)
-    inter_s, union_s = dict(inter), dict(inter)
-    inter_d, union_d = dict(inter), dict(inter)
-    inter_b, union_b = dict(inter), dict(inter)
     codes = {"deposit": (T_ACTIVE, T_DORMANT), "void": (T_VOID,), "residue": (T_DEAD,)}
     ht = truth["height_true"]
     for seg in segs:
@@ -213,24 +213,14 @@ def class_scores(segs: list[xr.Dataset], truth: xr.Dataset, grid: TruthGrid) -> 
                      "residue": (p == kc.INACTIVE_RESIDUE, t == T_DEAD)}
             raw = cm[int(f)].values
             for k, (a, b) in pairs.items():
-                inter[k] += int((a & b & ok).sum())
-                union[k] += int(((a | b) & ok).sum())
                 sure = ok & ~grid.ambiguous(np.isin(raw, codes[k]))
-                inter_s[k] += int((a & b & sure).sum())
-                union_s[k] += int(((a | b) & sure).sum())
-                inter_d[k] += int((a & b & seen).sum())
-                union_d[k] += int(((a | b) & seen).sum())
-                o = np.isin(bound, codes[k])
-                inter_b[k] += int((o & b & ok).sum())
-                union_b[k] += int(((o | b) & ok).sum())
-    out = {f"iou_{k}": (inter[k] / union[k] if union[k] else float("nan")) for k in inter}
-    out.update({f"iou_{k}_subpx": (inter_s[k] / union_s[k] if union_s[k] else float("nan"))
-                for k in inter})
-    out.update({f"iou_{k}_detectable": (inter_d[k] / union_d[k] if union_d[k] else float("nan"))
-                for k in inter})
-    out.update({f"iou_{k}_bound": (inter_b[k] / union_b[k] if union_b[k] else float("nan"))
-                for k in inter})
-    return out
+                # (variant, prediction, pixels counted)
+                for v, pred, where in (("", a, ok), ("_subpx", a, sure), ("_detectable", a, seen),
+                                       ("_bound", np.isin(bound, codes[k]), ok)):
+                    inter[v, k] += int((pred & b & where).sum())
+                    union[v, k] += int(((pred | b) & where).sum())
+    return {f"iou_{k}{v}": (inter[v, k] / union[v, k] if union[v, k] else float("nan"))
+            for v in variants for k in classes}
 
 
 def site_scores(labels: xr.Dataset, segs: list[xr.Dataset], truth: xr.Dataset, grid: TruthGrid, *,

@@ -471,13 +471,11 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
         res = residue[i]
         if site_res is not None and decided[i]:
             res = site_res[i]
-        state[j] = kc.state_classes(allf.h[i], h_ref, tau_ref=tau, film_nm=params.film_nm,
-                                    uncertain=~ok | creep, active=active[i], residue=res,
-                                    pit=pit)
+        kw = dict(tau_ref=tau, film_nm=params.film_nm, uncertain=~ok | creep, active=active[i],
+                  pit=pit)
+        state[j] = kc.state_classes(allf.h[i], h_ref, residue=res, **kw)
         if i in trough_res:  # the cycle's end state: residue as the next plating decides it
-            state_end = kc.state_classes(allf.h[i], h_ref, tau_ref=tau, film_nm=params.film_nm,
-                                         uncertain=~ok | creep, active=active[i],
-                                         residue=trough_res[i], pit=pit)
+            state_end = kc.state_classes(allf.h[i], h_ref, residue=trough_res[i], **kw)
         if allf.kind[i] == PLATE:
             tau_last_plate = tau
 

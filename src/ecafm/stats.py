@@ -246,10 +246,10 @@ def _spearman_rows(x: np.ndarray, y: np.ndarray, picks: list[np.ndarray]) -> np.
     def ranks(v: np.ndarray) -> np.ndarray:
         order = np.argsort(v, kind="stable")
         vs = v[order]
-        starts = np.flatnonzero(np.r_[True, vs[1:] != vs[:-1]])
-        wg = np.add.reduceat(w[:, order], starts, axis=1)  # multiplicity of each distinct value
+        new_value = np.r_[True, vs[1:] != vs[:-1]]
+        wg = np.add.reduceat(w[:, order], np.flatnonzero(new_value), axis=1)  # per distinct value
         rg = np.cumsum(wg, axis=1) - wg + (wg + 1.0) / 2.0
-        group = np.cumsum(np.r_[True, vs[1:] != vs[:-1]]) - 1
+        group = np.cumsum(new_value) - 1
         r = np.empty_like(w)
         r[:, order] = rg[:, group]
         return r
