@@ -247,7 +247,7 @@ def plot_lifetimes(summary: str | Path, balance: str | Path, out: str | Path, *,
     endpoint = max(("dead", "inactivation", "void"), key=lambda e: ev.get(e, 0))
     what = {"dead": "free of dead-Li conversion", "inactivation": "still active", "void": "free of voids"}
     title = {"dead": "dead-Li conversion", "inactivation": "inactivation", "void": "void failure"}
-    for ax, key, label in ((axes[0, 0], "porosity_proxy", "initial porosity proxy (pit asymmetry)"),
+    for ax, key, label in ((axes[0, 0], "porosity_proxy", "initial porosity proxy (pit-area fraction)"),
                            (axes[0, 1], "crest_rms", "initial crest roughness")):
         k = next((k for k in km if k.startswith(f"{endpoint}:") and f":{key}_" in k), None)
         if k is None:

@@ -29,8 +29,8 @@ from ecafm.kernels.morphology import DESCRIPTORS, descriptors_at
 log = logging.getLogger(__name__)
 
 ENDPOINTS = ("inactivation", "dead", "void")
-#: covariates of the hazard models: the pit asymmetry and the crest roughness, both from the same
-#: black and white top-hats (pits inflate plain Sq, so with Sq beside it part of the porosity
+#: covariates of the hazard models: the texture-relative pit fraction and the crest roughness, from
+#: the same black and white top-hats (pits inflate plain Sq, so with Sq beside it part of the porosity
 #: effect is credited to roughness)
 PRIMARY = ("porosity_proxy", "crest_rms")
 
