@@ -36,7 +36,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 
 
-def one_seed(preset: str, seed: int, work: Path, noise: float | None) -> dict:
+def one_seed(preset: str, seed: int, work: Path, noise: float | None, segment: dict | None = None) -> dict:
     from ecafm.ingest import ingest
     from ecafm.lifetime import LifetimeParams, hazard_models, lifetime_table, run_lifetime
     from ecafm.pipeline import run_level_register, run_segment_sites
@@ -49,7 +49,9 @@ def one_seed(preset: str, seed: int, work: Path, noise: float | None) -> dict:
     ingest([root / "data" / "raw"], root / "cube.zarr", ec_log=root / "data" / "ec" / "log.mpt",
            frame_sheet=root / "data" / "frames.tsv")
     reg = run_level_register(root / "cube.zarr", root / "out", apply=True)
-    paths = run_segment_sites(reg, root / "out")
+    from ecafm.segment import SegmentParams
+
+    paths = run_segment_sites(reg, root / "out", segment=SegmentParams(**(segment or {})))
     lt_paths = run_lifetime(paths["sites"], paths["site_cycles"], paths["cycles"], paths["segments"][0],
                             root / "lifetime", ec_log=root / "data" / "ec" / "log.mpt",
                             electrode_area_cm2=1.0, step=Step("correlate_lifetimes"))
@@ -118,6 +120,8 @@ def main(argv=None) -> int:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--noise", type=float, default=None, help="override noise_nm")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--segment-set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="override segment parameters (config key segment), e.g. residue_retention=0.4")
     ap.add_argument("--summarize", type=Path, nargs="+", default=None, metavar="JSON",
                     help="only print the summary of earlier runs' JSON files (pooled)")
     a = ap.parse_args(argv)
@@ -126,6 +130,9 @@ def main(argv=None) -> int:
         return 0
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
+    import yaml
+
+    seg = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.segment_set)}
     out = a.out or HERE / "data" / f"lifetime_seeds_{a.preset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -133,7 +140,7 @@ def main(argv=None) -> int:
         for s in range(a.first_seed, a.first_seed + a.seeds):
             t0 = time.time()
             try:
-                r = one_seed(a.preset, s, Path(tmp), a.noise)
+                r = one_seed(a.preset, s, Path(tmp), a.noise, seg)
             except Exception as exc:  # a failed seed is reported, not hidden
                 r = {"seed": s, "error": f"{type(exc).__name__}: {exc}"}
             r["seconds"] = round(time.time() - t0, 1)
