@@ -73,7 +73,7 @@ class SegmentParams:
     dead_fraction: float = 0.4
     void_fraction: float = 0.2
     residue_vote: float = 0.5
-    residue_retention: float = 0.3
+    residue_retention: float = 0.35
 
     def min_area(self, pixel_nm: float) -> int:
         """Minimum changed area (px): config value, at least the tip footprint."""
@@ -272,7 +272,10 @@ def _site_residue(allf: _Frames, run: np.ndarray, run_kind: np.ndarray, moved: n
     A site is residue when
 
     - its volume history says it was not stripped: it kept at least ``residue_retention`` of
-      its volume above the reference at the plating peak (live Li strips to 1 - CE, a few %);
+      its volume above the reference at the plating peak, over the trough site's footprint.
+      Live Li strips to 1 - CE of its volume, but a cap shrinks to a core whose share of the
+      peak cap is large: a paraboloid cap keeps 0.23 of its peak volume over that core at CE
+      0.93 and 0.32 at CE 0.84, while dead Li (at least half the cap left) keeps 0.58 or more;
     - and it stayed inactive: either it lost part of its volume in this stripping and then
       stopped (a site that kept everything took no part in this cycle: it counts only when at
       least ``residue_vote`` of its core - pixels of at least half its height - stays STATIC
