@@ -35,16 +35,16 @@ def _xfail(measured: str, target: str):
 TARGETS = [
     pytest.param("change_f1", ">=", 0.9, id="change_f1"),
     pytest.param("iou_deposit", ">=", 0.9, id="iou_deposit",
-                 marks=_xfail("0.77 (demo seed 0, 1 nm; seed 1 0.79, ladder-1 0.77)", ">= 0.9")),
+                 marks=_xfail("0.815 (demo seed 0, 1 nm; seed 1 0.86, ladder-1 0.80)", ">= 0.9")),
     pytest.param("iou_void", ">=", 0.7, id="iou_void",
                  marks=_xfail("0.645 (demo seed 0, 1 nm; seed 1 0.72, ladder-1 0.645)", ">= 0.7")),
-    # converting sites ACTIVE through their stripping: 0.805 (demo seed 0), 0.80 (seed 1), 0.78 (ladder-1)
+    # converting sites ACTIVE through their stripping: 0.82 (demo seed 0), 0.83 (seed 1), 0.79 (ladder-1)
     pytest.param("iou_residue", ">=", 0.7, id="iou_residue"),
     pytest.param("site_f1", ">=", 0.9, id="site_f1",
                  marks=_xfail("0.66 (demo seed 0, 1 nm; seed 1 0.68, ladder-1 0.67)", ">= 0.9")),
     pytest.param("rel_err_plated", "<=", 0.05, id="V+"),
     pytest.param("rel_err_stripped", "<=", 0.05, id="V-"),
-    # site-level residue rule: 0.015 (demo seed 0), 0.005 (seed 1), 0.019 (ladder-1)
+    # site-level residue rule: 0.011 (demo seed 0), 0.002 (seed 1), 0.021 (ladder-1)
     pytest.param("rel_err_dead", "<=", 0.15, id="dead"),
     # per-cycle volumetric CE, worst cycle: 0.31 pp (demo seed 0, 1 nm), seed 1 0.74, ladder-1 0.79
     pytest.param("ce_max_abs_err_pp", "<=", 2.0, id="CE"),
@@ -161,9 +161,10 @@ def test_lifetime_scores_exact_and_concordance_on_a_known_case():
 
 
 def test_deposit_target_is_above_the_bound_of_threshold_classifiers(demo_1nm):
-    """The true-height classifier (``iou_*_bound``) is what the xfail of iou_deposit rests on:
-    on this grid even the noise-free true surface thresholded like the run scores below 0.9,
-    and the run stays below its bound."""
+    """The true-height classifier (``iou_*_bound``) on this data set (demo seed 0 at 1 nm): even
+    the noise-free true surface thresholded like the run scores below 0.9 (0.88), and the run
+    stays below its bound. Not so everywhere: on seed 1 the bound is 0.96 (the run 0.86), as
+    its sub-pixel registration offset puts fewer cap boundaries between samples."""
     scores = demo_1nm[2]
     assert 0.5 < scores["iou_deposit_bound"] < 0.9
     assert scores["iou_deposit"] <= scores["iou_deposit_bound"]

@@ -81,6 +81,11 @@ def test_state_classes_first_match_wins():
                            residue=residue)
     assert out.tolist() == [[kc.SUBSTRATE, kc.VOID, kc.INACTIVE_RESIDUE, kc.ACTIVE_DEPOSIT,
                              kc.DORMANT_DEPOSIT, kc.SUBSTRATE, kc.UNCERTAIN]]
+    # a film as thick as film_nm plus less than tau_ref of noise is not a deposit
+    film = kc.state_classes(np.array([[4.5, 5.5]]), np.zeros((1, 2)), tau_ref=1.0, film_nm=4.0,
+                            uncertain=np.zeros((1, 2), bool), active=np.ones((1, 2), bool),
+                            residue=np.zeros((1, 2), bool))
+    assert film.tolist() == [[kc.SUBSTRATE, kc.ACTIVE_DEPOSIT]]
 
 
 def test_align_to_reference_removes_offset_tilt_and_line_offsets(rng):

@@ -13,7 +13,8 @@ Inputs of the job of cycle c (all registered cubes on the common field of view):
 - ``transforms.zarr``: per-frame registration uncertainty ``error_px`` (sigma_r).
 
 The residue rule (``docs/SCIENCE.md``), as implemented: a pixel above the reference (by more
-than ``max(tau_ref, film_nm)``) is INACTIVE_RESIDUE in a frame when it stays STATIC from that
+than ``tau_ref + film_nm``, significantly above the thickest SEI film; site footprints, which
+volumes are summed over, use ``max(tau_ref, film_nm)``) is INACTIVE_RESIDUE in a frame when it stays STATIC from that
 frame through the rest of the stripping half-cycle and the whole next plating half-cycle (in a
 plating frame of cycle c: STATIC through the whole plating of cycle c, which is the "next
 plating" of the stripping of cycle c-1). With the site-level rule (``residue_retention`` > 0,
