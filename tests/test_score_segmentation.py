@@ -37,7 +37,7 @@ TARGETS = [
     pytest.param("iou_deposit", ">=", 0.9, id="iou_deposit",
                  marks=_xfail("0.815 (demo seed 0, 1 nm; seed 1 0.86, ladder-1 0.80)", ">= 0.9")),
     pytest.param("iou_void", ">=", 0.7, id="iou_void",
-                 marks=_xfail("0.645 (demo seed 0, 1 nm; seed 1 0.72, ladder-1 0.645)", ">= 0.7")),
+                 marks=_xfail("0.669 (demo seed 0, 1 nm; seed 1 0.74, ladder-1 0.69)", ">= 0.7")),
     # converting sites ACTIVE through their stripping: 0.82 (demo seed 0), 0.83 (seed 1), 0.79 (ladder-1)
     pytest.param("iou_residue", ">=", 0.7, id="iou_residue"),
     pytest.param("site_f1", ">=", 0.9, id="site_f1",

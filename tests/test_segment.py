@@ -313,3 +313,16 @@ def test_cluster_centers_of_all_rows_match_the_per_row_definition():
     want = np.array([reference(r[i], 0.5) if np.isfinite(r[i]).sum() >= 10 else np.nan for i in range(40)])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
     assert np.all(np.abs(got[np.isfinite(got)]) < 0.6)  # the unchanged minority, not the median
+
+
+def test_void_regions_below_the_minimum_area_are_substrate():
+    h = np.zeros((8, 8))
+    h[1, 1] = -10.0  # one pixel below the reference: the noise's tail
+    h[4:6, 4:6] = -10.0  # a 2 x 2 px void
+    args = dict(tau_ref=3.0, film_nm=4.0, uncertain=np.zeros(h.shape, bool),
+                active=np.zeros(h.shape, bool), residue=np.zeros(h.shape, bool))
+    out = kc.state_classes(h, np.zeros(h.shape), min_void_px=4, **args)
+    assert out[1, 1] == kc.SUBSTRATE
+    assert (out[4:6, 4:6] == kc.VOID).all()
+    assert (out == kc.VOID).sum() == 4
+    assert kc.state_classes(h, np.zeros(h.shape), **args)[1, 1] == kc.VOID  # default: no filter

@@ -476,7 +476,7 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
         if site_res is not None and decided[i]:
             res = site_res[i]
         kw = dict(tau_ref=tau, film_nm=params.film_nm, uncertain=~ok | creep, active=active[i],
-                  pit=pit)
+                  pit=pit, min_void_px=min_area)
         state[j] = kc.state_classes(allf.h[i], h_ref, residue=res, **kw)
         if i in trough_res:  # the cycle's end state: residue as the next plating decides it
             state_end = kc.state_classes(allf.h[i], h_ref, residue=trough_res[i], **kw)

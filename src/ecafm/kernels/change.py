@@ -371,7 +371,8 @@ def pits(h: np.ndarray, footprint: np.ndarray, *, radius_px: int, tau: np.ndarra
 
 def state_classes(h: np.ndarray, h_ref: np.ndarray, *, tau_ref: np.ndarray | float,
                   film_nm: float, uncertain: np.ndarray, active: np.ndarray,
-                  residue: np.ndarray, pit: np.ndarray | None = None) -> np.ndarray:
+                  residue: np.ndarray, pit: np.ndarray | None = None,
+                  min_void_px: int = 1) -> np.ndarray:
     """Per-pixel state class of one frame, first match wins.
 
     Parameters
@@ -393,6 +394,11 @@ def state_classes(h: np.ndarray, h_ref: np.ndarray, *, tau_ref: np.ndarray | flo
         half-cycle; pixels meeting the residue rule's time condition.
     pit : ndarray of bool, optional
         Pits inside a deposit footprint (:func:`pits`), counted as VOID.
+    min_void_px : int
+        VOID regions (8-connected) smaller than this are SUBSTRATE: like change labels, a void
+        must cover at least the tip footprint to be resolved. Single pixels below ``-tau_ref``
+        are the noise's one-sided tail (0.13% of pixels at k = 3 in every frame), which
+        outnumbered the true void pixels on the null preset (void IoU 0.42 -> 0.67 with 4 px).
 
     Returns
     -------
@@ -404,6 +410,9 @@ def state_classes(h: np.ndarray, h_ref: np.ndarray, *, tau_ref: np.ndarray | flo
     below = d < -np.asarray(tau_ref)
     if pit is not None:
         below = below | np.asarray(pit, bool)
+    if min_void_px > 1 and below.any():
+        lab, n = ndi.label(below, structure=np.ones((3, 3), bool))
+        below = below & (np.bincount(lab.ravel(), minlength=n + 1) >= min_void_px)[lab]
     out = np.full(h.shape, SUBSTRATE, np.uint8)
     out[above] = DORMANT_DEPOSIT
     out[above & np.asarray(active, bool)] = ACTIVE_DEPOSIT
