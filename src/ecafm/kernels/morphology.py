@@ -14,7 +14,6 @@ DESCRIPTORS = ("Sq", "Sq_upper", "Sa", "Ssk", "Sku_excess", "Sz", "Sdr", "mean_s
                "corr_length_nm", "hurst", "pit_density_per_um2", "pit_fraction", "porosity_proxy", "crest_rms")
 
 
-
 def _detrend(p: np.ndarray) -> np.ndarray:
     ny, nx = p.shape
     yy, xx = np.mgrid[0:ny, 0:nx]
