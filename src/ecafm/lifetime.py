@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ecafm import stats
-from ecafm.kernels.morphology import DESCRIPTORS, descriptors_at
+from ecafm.kernels.morphology import DESCRIPTORS, descriptors_at, relative_pits
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,13 @@ def site_descriptors(sites: pd.DataFrame, h_ref: np.ndarray, h_peak: np.ndarray,
     cx = sites["x_nm"].to_numpy() / pixel_nm - 0.5
     centers = np.c_[cy, cx]
     out = {"site": sites["site"].to_numpy()}
+    maps = {tag: (relative_pits(h, pixel_nm, radius_nm=pit_radius_nm)
+                  if pit_radius_nm is not None and pit_depth_nm is not None else None)
+            for tag, h in (("pre", h_ref), ("p1", h_peak))}  # window-independent: once per surface
     for w in windows:
         for tag, h in (("pre", h_ref), ("p1", h_peak)):
-            d = descriptors_at(h, centers, window_px=w, pixel_nm=pixel_nm,
-                               pit_radius_nm=pit_radius_nm, pit_depth_nm=pit_depth_nm)
+            d = descriptors_at(h, centers, window_px=w, pixel_nm=pixel_nm, pit_radius_nm=pit_radius_nm,
+                               pit_depth_nm=pit_depth_nm, relative=maps[tag])
             for k, name in enumerate(DESCRIPTORS):
                 out[f"{name}_w{w}_{tag}"] = d[:, k]
     vol = sites["birth_volume_nm3"].to_numpy(float)

@@ -410,9 +410,10 @@ def state_classes(h: np.ndarray, h_ref: np.ndarray, *, tau_ref: np.ndarray | flo
     below = d < -np.asarray(tau_ref)
     if pit is not None:
         below = below | np.asarray(pit, bool)
-    if min_void_px > 1 and below.any():
-        lab, n = ndi.label(below, structure=np.ones((3, 3), bool))
-        below = below & (np.bincount(lab.ravel(), minlength=n + 1) >= min_void_px)[lab]
+    if min_void_px > 1:
+        from skimage.morphology import remove_small_objects
+
+        below = remove_small_objects(below, max_size=int(min_void_px) - 1, connectivity=2)
     out = np.full(h.shape, SUBSTRATE, np.uint8)
     out[above] = DORMANT_DEPOSIT
     out[above & np.asarray(active, bool)] = ACTIVE_DEPOSIT

@@ -199,7 +199,8 @@ def pit_mask(height: np.ndarray, pixel_nm: float, *, radius_nm: float, depth_nm:
 
 
 def descriptors_at(height: np.ndarray, centers_yx: np.ndarray, *, window_px: int, pixel_nm: float,
-                   pit_radius_nm: float | None = None, pit_depth_nm: float | None = None) -> np.ndarray:
+                   pit_radius_nm: float | None = None, pit_depth_nm: float | None = None,
+                   relative: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Descriptors of square windows (side ``window_px``) centred on each (y, x); shape (n, 15).
 
     Windows are clipped at the frame edge (the clipped size is a confounder the caller records).
@@ -210,7 +211,8 @@ def descriptors_at(height: np.ndarray, centers_yx: np.ndarray, *, window_px: int
     whole-frame maps (:func:`window_mean`, the same second moment as the window). Without
     them, pits are the patch's own pixels deeper than 2 Sq (a relative rule that also counts
     the valleys of a rough texture: on the generator it ranks true porosity with Spearman
-    0.1-0.2, the top-hat rule 0.6-0.85).
+    0.1-0.2, the top-hat rule 0.6-0.85). ``relative``: :func:`relative_pits` of ``height``,
+    when the caller already has it (it does not depend on the window).
     """
     h = np.asarray(height, float)
     c = np.atleast_2d(np.asarray(centers_yx, float))
@@ -220,7 +222,7 @@ def descriptors_at(height: np.ndarray, centers_yx: np.ndarray, *, window_px: int
     if pit_radius_nm is not None and pit_depth_nm is not None:
         pits = pit_mask(h, pixel_nm, radius_nm=pit_radius_nm, depth_nm=pit_depth_nm)
         lab, _ = ndi.label(pits)
-        rp, crest2 = relative_pits(h, pixel_nm, radius_nm=pit_radius_nm)
+        rp, crest2 = relative if relative is not None else relative_pits(h, pixel_nm, radius_nm=pit_radius_nm)
         h_ok = np.isfinite(h)
         proxy_map = window_mean(rp.astype(float), h_ok, window_px)
         crest_map = np.sqrt(window_mean(crest2, h_ok, window_px))
