@@ -315,7 +315,26 @@ def snakemake_run(data: dict, cores: int) -> dict:
         bench.append({"rule": rule, "cycle": cyc, "s": float(t["s"].iloc[0]),
                       "max_rss_mib": float(t["max_rss"].iloc[0]) * 1e6 / 2**20})
     n_jobs = sum(1 for _ in (wd / "logs").rglob("*.log"))
-    return {"cores": cores, "wall_s": wall, "jobs": n_jobs, "benchmarks": bench}
+    # Snakemake's own start (imports, plugins, parsing, DAG) is serial work in every run: time a dry
+    # run of the finished directory, where there is nothing left to do.
+    dry = [run_child(cmd + ["-n"], cwd=REPO)[0] for _ in range(2)]
+    return {"cores": cores, "wall_s": wall, "jobs": n_jobs, "benchmarks": bench, "startup_s": min(dry)}
+
+
+def slurm_probe() -> dict:
+    """How long `scontrol show config` takes when the SLURM executor plugin is installed.
+
+    snakemake-executor-plugin-slurm runs it at import, so in every `snakemake` call, with a 10 s
+    timeout: on a machine where SLURM is installed but its controller is down, each run waits ~9 s
+    before its first job. The report names it so that a slow start is not mistaken for ecafm's.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None or not shutil.which("scontrol"):
+        return {"plugin_queries_scontrol": False}
+    t0 = time.perf_counter()
+    rc = subprocess.run(["scontrol", "show", "config"], capture_output=True, timeout=30).returncode
+    return {"plugin_queries_scontrol": True, "scontrol_s": time.perf_counter() - t0, "scontrol_rc": rc}
 
 
 def snakemake_overhead(smk: dict, jobs: list[dict]) -> dict:
@@ -441,8 +460,13 @@ def report_md(r: dict) -> str:
     lines.append(f"\nInterpreter start + imports per job (not in the table): median {js['import_s_median']:.2f} s.")
     lines += ["", "## Snakemake", ""]
     for c, s in sorted(r["snakemake"].items()):
+        start = f"; Snakemake's own start (dry run, nothing to do) {s['startup_s']:.1f} s" if "startup_s" in s else ""
         lines.append(f"- `--cores {c}`: {s['wall_s']:.1f} s wall, {s['jobs']} jobs, "
-                     f"{1e3 * s['wall_s'] / r['frames']:.0f} ms per frame")
+                     f"{1e3 * s['wall_s'] / r['frames']:.0f} ms per frame{start}")
+    sp = r.get("slurm_probe", {})
+    if sp.get("plugin_queries_scontrol"):
+        lines.append(f"- the SLURM executor plugin is installed; its `scontrol show config` at import took "
+                     f"{sp['scontrol_s']:.1f} s (exit {sp['scontrol_rc']}) in this run")
     if r.get("overhead"):
         lines += ["", "Overhead per job (Snakemake benchmark seconds minus in-process seconds; `--cores 1`):", "",
                   "| rule | jobs | median overhead (s) |", "|---|---|---|"]
@@ -561,6 +585,12 @@ def main(argv: list[str] | None = None) -> int:
     r["baseline"] = baseline(cube, data["truth"], data["dir"])
     r["snakemake"] = {}
     if not args.skip_snakemake:
+        r["slurm_probe"] = slurm_probe()
+        if r["slurm_probe"].get("scontrol_s", 0) > 2:
+            log(f"warning: `scontrol show config` took {r['slurm_probe']['scontrol_s']:.1f} s (SLURM installed, "
+                "controller unreachable); the SLURM executor plugin pays it at the start of every snakemake run. "
+                "Start the controller (tests/hpc/start_slurm.sh start) or uninstall the plugin for a workstation "
+                "measurement.")
         for cores in ([2] if args.quick else [1, 2]):
             log(f"snakemake --cores {cores}")
             r["snakemake"][str(cores)] = snakemake_run(data, cores)
