@@ -550,6 +550,30 @@ def figure(r: dict, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- main
+def snakemake_only(args: argparse.Namespace) -> int:
+    """Re-run the Snakemake pair on a data set whose in-process results exist, and re-report."""
+    data = ensure_data(args.preset, {})
+    prev = data["dir"] / "results.json"
+    if not prev.exists():
+        raise SystemExit(f"{prev} does not exist: run `benchmarks/run.py --preset {args.preset}` first "
+                         "(the Snakemake overhead is measured against its in-process stage times)")
+    r = json.loads(prev.read_text())
+    r["slurm_probe"] = slurm_probe()
+    r["snakemake"] = {}
+    for cores in (1, 2):
+        log(f"snakemake --cores {cores} on {data['name']}")
+        r["snakemake"][str(cores)] = snakemake_run(data, cores)
+    r["overhead"] = snakemake_overhead(r["snakemake"]["1"], r["jobs"])
+    r["snakemake_date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    r["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    prev.write_text(json.dumps(r, indent=1, default=str))
+    md = report_md(r)
+    (data["dir"] / "report.md").write_text(md)
+    print(md)
+    log(f"wrote {prev} and {data['dir'] / 'report.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="ecafm performance harness (not a test).")
     ap.add_argument("--preset", default="bench-s", choices=["bench-s", "bench-m", "bench-l"])
@@ -557,9 +581,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="2 cycles only, fewer repeats, no TopoStats, no --cores 1 run, no N/10N")
     ap.add_argument("--skip-snakemake", action="store_true", help="in-process stages and ratios only")
     ap.add_argument("--skip-scaling", action="store_true", help="no N vs 10N runs")
+    ap.add_argument("--snakemake-only", action="store_true",
+                    help="only the Snakemake --cores 1 / --cores 2 pair, added to this preset's earlier results.json")
     ap.add_argument("--figure", type=Path, default=HERE / "results.png")
     args = ap.parse_args(argv)
 
+    if args.snakemake_only:
+        return snakemake_only(args)
     reps = 3 if args.quick else 7
     r: dict = {"preset": args.preset, "quick": args.quick, "machine": machine()}
     data = ensure_data(args.preset, {"n_cycles": 2} if args.quick else {})
