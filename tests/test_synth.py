@@ -172,6 +172,70 @@ def test_drift_recovered_by_registration(ladder1):
     assert max(errs) <= 0.2, errs
 
 
+# ----------------------------------------------------------------------------- truth on the registered grid
+@pytest.fixture(scope="module")
+def demo_gen():
+    from ecafm.synth import resolve_params
+
+    return Generator(resolve_params("demo", {"n_cycles": 1}), 2, preset="demo")
+
+
+def _end_of_plating(gen) -> float:
+    seg = next(s for s in gen.physics.segments if s.kind == "plate")
+    return float(seg.frame_times[-1] + gen.params.frame_time_s)
+
+
+def test_render_at_sample_positions_matches_pixel_grid_at_whole_pixels(demo_gen):
+    """At whole-pixel offsets the exact render equals the pixel-grid render shifted."""
+    from ecafm.synth.render import render
+
+    gen, p = demo_gen, demo_gen.params
+    t = _end_of_plating(gen)
+    grid = render(gen.physics, gen.substrate, t, full=True)
+    n, pad = p.n_px, p.pad_px
+    for oy, ox in ((0, 0), (2, -3)):
+        at = render(gen.physics, gen.substrate, t, full=True,
+                    at=(np.full(n, float(oy)), np.full(n, float(ox)), pad))
+        win = (slice(pad + oy, pad + oy + n), slice(pad + ox, pad + ox + n))
+        assert (grid.class_map[win] != 0).mean() > 0.2  # plenty of deposits to compare
+        np.testing.assert_array_equal(at.class_map, grid.class_map[win])
+        np.testing.assert_array_equal(at.label, grid.label[win])
+        np.testing.assert_allclose(at.height, grid.height[win], atol=1e-9)
+
+
+def test_render_at_fractional_positions_is_the_cap_geometry(demo_gen):
+    """Half a pixel off, a pixel is deposit exactly where the cap there is thicker than the class
+    minimum; nearest-neighbour sampling of the pixel-grid map disagrees on the boundary band."""
+    from ecafm.synth.physics import cap_radius_nm
+    from ecafm.synth.render import ACTIVE, DEAD, DORMANT, render, site_volumes
+
+    gen, p = demo_gen, demo_gen.params
+    ph = gen.physics
+    t = _end_of_plating(gen)
+    n, pad = p.n_px, p.pad_px
+    at = render(ph, gen.substrate, t, full=True, at=(np.full(n, 0.5), np.full(n, 0.5), pad))
+    # independent evaluation: sum of the caps at the sample positions, heights scaled as rendered
+    seg = ph.segment_at(t)
+    m, _, _ = site_volumes(seg, t)
+    yy = pad + np.arange(n)[:, None] + 0.5
+    xx = pad + np.arange(n)[None, :] + 0.5
+    dep = np.zeros((n, n))
+    gy, gx = np.mgrid[0:gen.substrate.height.shape[0], 0:gen.substrate.height.shape[1]]
+    for i in np.flatnonzero(m > 0):
+        r = max(cap_radius_nm(m[i], ph.site_aspect[i]) / p.pixel_size_nm, p.min_radius_px)
+        g_grid = np.clip(1 - ((gy - ph.site_y[i]) ** 2 + (gx - ph.site_x[i]) ** 2) / r**2, 0, None)
+        g = np.clip(1 - ((yy - ph.site_y[i]) ** 2 + (xx - ph.site_x[i]) ** 2) / r**2, 0, None)
+        dep += g * m[i] / (p.pixel_size_nm**2 * g_grid.sum())
+    np.testing.assert_allclose(at.deposit, dep, atol=1e-9)
+    is_dep = np.isin(at.class_map, (ACTIVE, DORMANT, DEAD))
+    no_void = at.class_map != 5
+    assert np.array_equal(is_dep[no_void], (dep > p.class_min_nm)[no_void])
+    # the pixel-grid map sampled by nearest neighbour at the same positions differs on a band
+    grid = render(ph, gen.substrate, t, full=True)
+    near = grid.class_map[pad + 1:pad + 1 + n, pad + 1:pad + 1 + n]  # round(r + 0.5) = r + 1
+    assert (np.isin(near, (ACTIVE, DORMANT, DEAD)) != is_dep).mean() > 0.01
+
+
 # ----------------------------------------------------------------------------- files
 def test_raw_files_read_back_with_afmreader(demo):
     from AFMReader.gwy import load_gwy

@@ -67,8 +67,10 @@ class TruthGrid:
 
     The registered grid is the reference frame's observed grid cropped to the common field:
     observed pixel (r, c) of the reference frame shows true position (r + dy(r), c + dx(r))
-    (the generator's per-line drift, creep included), so truth maps are sampled there
-    (nearest neighbour for labels and classes, linear for heights).
+    (the generator's per-line drift, creep included), so truth maps are sampled there: heights
+    linearly; classes and labels (:meth:`classes`, :meth:`labels`) from the generator's
+    ``*_refgrid`` maps, rendered exactly at the first frame's sample positions, when the run's
+    reference is frame 0, else by nearest neighbour (boundaries up to half a pixel off).
     """
 
     def __init__(self, truth: xr.Dataset, rect, ref_frame: int):
@@ -80,6 +82,23 @@ class TruthGrid:
         dx = truth["drift_dx_px"].values[ref_frame][y0:y1]
         yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
         self.coords = np.stack([yy + dy[:, None], xx + dx[:, None]])
+        self._truth, self._crop = truth, (slice(y0, y1), slice(x0, x1))
+        #: the generator renders classes and labels at the first frame's sample positions too
+        #: (``*_refgrid``): exact on the registered grid when the run's reference is frame 0
+        self.refgrid = ref_frame == 0 and "class_map_refgrid" in truth
+
+    def _map(self, name: str, f: int) -> np.ndarray:
+        if self.refgrid:
+            return np.asarray(self._truth[f"{name}_refgrid"][int(f)].values)[self._crop]
+        return self(self._truth[name][int(f)].values)
+
+    def classes(self, f: int) -> np.ndarray:
+        """True class map of frame ``f`` on the registered grid."""
+        return self._map("class_map", f)
+
+    def labels(self, f: int) -> np.ndarray:
+        """True site labels of frame ``f`` on the registered grid."""
+        return self._map("site_label", f)
 
     def __call__(self, a: np.ndarray, *, order: int = 0) -> np.ndarray:
         return self._ndi.map_coordinates(np.asarray(a), self.coords, order=order, mode="nearest")
@@ -145,12 +164,18 @@ def class_scores(segs: list[xr.Dataset], truth: xr.Dataset, grid: TruthGrid) -> 
     Li: SEI-covered truth pixels count as substrate). Pooled over the frames whose residue rule
     was decidable (``residue_decided``), UNCERTAIN pixels left out.
 
+    The truth classes come from :meth:`TruthGrid.classes`: rendered exactly at the registered
+    grid's positions (generator ``class_map_refgrid``), or, for older truth or another reference
+    frame, the pixel-grid map sampled by nearest neighbour. The registered grid lies at
+    fractional positions of the pixel grid (up to 0.8 px on demo), so nearest-neighbour truth
+    misplaces boundaries of steep caps by up to half a pixel: against it, demo seed 0 at 1 nm
+    scored deposit / void / residue IoU 0.815 / 0.669 / 0.821 and the deposit bound below
+    was 0.88; against the exact truth 0.861 / 0.712 / 0.847, bound 0.93. Seed 1, whose grid
+    happens to sit near whole pixels, scores the same either way (0.86 / 0.74 / 0.83).
+
     Also reported, ``iou_*_subpx``: the same IoU leaving out the sub-pixel boundary band
-    (:meth:`TruthGrid.ambiguous` of that class's truth mask). The registered grid samples the
-    truth at fractional positions (up to 0.8 px on demo), so nearest-neighbour truth misplaces
-    boundaries of steep caps by up to half a pixel: thresholding the TRUE height change at 4 nm
-    (linear interpolation at those positions) scores IoU(deposit or dead Li) 0.87 against the
-    class map, 0.99 with nearest-neighbour heights (demo seed 0). Targets apply to ``iou_*``.
+    (:meth:`TruthGrid.ambiguous` of that class's pixel-grid truth mask). Targets apply to
+    ``iou_*``.
 
     And ``iou_*_detectable``: the same IoU leaving out the pixels whose true height differs
     from the true reference by less than the run's own detection threshold (``k`` of the
@@ -165,15 +190,10 @@ def class_scores(segs: list[xr.Dataset], truth: xr.Dataset, grid: TruthGrid) -> 
     reference (``k sigma_ref + film_nm``, as the run's classes) takes the class of the nearest true deposit or dead
     Li pixel, one more than ``k sigma_ref`` below it is void, anything else substrate. It is
     the bound of the run's per-pixel threshold rule on this grid, beside the estimate (as
-    SCIENCE.md asks for registration). Demo seed 0 at 1 nm: deposit / void / residue bounds
-    0.881 / 0.675 / 0.929 (the run: 0.815 / 0.646 / 0.821); seed 1: 0.961 / 0.823 / 0.981 (the
-    run: 0.860 / 0.719 / 0.832): how much of a cap's boundary falls between the samples depends
-    on each data set's sub-pixel registration offset. On seed 0 the deposit bound stays below 0.9
-    at any threshold: deposit or dead Li above 0.5 ... 14 nm of true height scores 0.71 ... 0.90
-    against the class map (demo seed 0 at 0.5 nm, best 0.901 at 10 nm), because the observed
-    cap extends about half a pixel past the class map's pixel centres (a 3 px cap loses a
-    quarter of its IoU to that ring). A detector that pools pixels (shallow voids) could beat
-    the void bound; none tried so far did.
+    SCIENCE.md asks for registration). Demo seed 0 at 1 nm, exact truth: deposit / void
+    bounds 0.931 / 0.745 (the run: 0.861 / 0.712); seed 1: 0.961 / 0.823 (the run: 0.859 /
+    0.741). A detector that pools pixels (shallow voids) could beat the void bound; none tried
+    so far did.
     """
     from scipy import ndimage as ndi
 
@@ -194,7 +214,7 @@ def class_scores(segs: list[xr.Dataset], truth: xr.Dataset, grid: TruthGrid) -> 
         for j, f in enumerate(seg["frame"].values):
             if not (bool(seg["residue_decided"].values[j]) and bool(seg["usable"].values[j])):
                 continue
-            t = grid(cm[int(f)].values)
+            t = grid.classes(int(f))
             p = seg["state"].values[j]
             ok = p != kc.UNCERTAIN
             d_true = grid(ht[int(f)].values, order=1) - h0
@@ -292,7 +312,7 @@ def volume_scores(cycles: pd.DataFrame, segs: list[xr.Dataset], truth: xr.Datase
             nxt = segs[k + 1]
             npl = nxt["frame"].values[nxt["kind"].values == 1]
             if npl.size:
-                dead = grid(truth["class_map"][int(npl[0])].values) == T_DEAD
+                dead = grid.classes(int(npl[0])) == T_DEAD
                 row["dead_true"] = a * float((htr - h0)[dead].sum())
         prev_end = int(stp[-1])
         rows.append(row)
@@ -323,8 +343,8 @@ def _peak_labels(seg: xr.Dataset, labels: xr.Dataset, truth: xr.Dataset, grid: T
     if plate.size == 0:
         return None
     f = int(seg["frame"].values[plate[-1]])
-    t = grid(truth["site_label"][f].values)
-    t = np.where(np.isin(grid(truth["class_map"][f].values), (T_ACTIVE, T_DORMANT, T_DEAD)), t, 0)
+    t = grid.labels(f)
+    t = np.where(np.isin(grid.classes(f), (T_ACTIVE, T_DORMANT, T_DEAD)), t, 0)
     p = labels["site_label"].sel(cycle=int(seg.attrs["cycle"])).values
     ok = seg["state"].values[plate[-1]] != 0
     return np.where(ok, t, 0), np.where(ok, p, 0)

@@ -49,6 +49,8 @@ class FrameOut:
     height_observed_clean: np.ndarray  #: (n, n) float32, tip-dilated truth, no drift/noise
     class_map: np.ndarray  #: (n, n) uint8
     site_label: np.ndarray  #: (n, n) int32
+    class_map_refgrid: np.ndarray  #: (n, n) uint8, at the first frame's sample positions
+    site_label_refgrid: np.ndarray  #: (n, n) int32, same
     row_time_s: np.ndarray  #: (n,)
     drift_dy_px: np.ndarray  #: (n,)
     drift_dx_px: np.ndarray
@@ -172,6 +174,8 @@ class Generator:
         rng_noise = np.random.default_rng(self._seed_noise.bit_generator.seed_seq)
         a_px = p.pixel_size_nm**2
         cache: tuple[float, np.ndarray] | None = None
+        # where the first frame's lines were scanned: the grid every frame is registered to
+        fs0 = instrument.frame_sampling(p, self.drift, self.frame_segments[0][1])
         for f, (seg, t_a) in enumerate(self.frame_segments):
             t_b = t_a + p.frame_time_s
             if cache is not None and cache[0] == t_a:
@@ -181,6 +185,7 @@ class Generator:
                 coeffs_a = ndi.spline_filter(instrument.dilate(st_a.height, self.tip), order=3,
                                              mode="nearest")
             st_b = render(ph, sub, t_b, t_start=t_a, full=True)
+            st_ref = render(ph, sub, t_b, t_start=t_a, full=True, at=(fs0.dy, fs0.dx, pad))
             dil_b = instrument.dilate(st_b.height, self.tip)
             prog_a, prog_b = float(seg.progress(t_a)), float(seg.progress(t_b))
             if prog_b > prog_a:
@@ -199,6 +204,7 @@ class Generator:
                 height_true=st_b.height[fov].astype(np.float32),
                 height_observed_clean=dil_b[fov].astype(np.float32),
                 class_map=st_b.class_map[fov], site_label=st_b.label[fov],
+                class_map_refgrid=st_ref.class_map, site_label_refgrid=st_ref.label,
                 row_time_s=fs.row_t, drift_dy_px=fs.dy, drift_dx_px=fs.dx,
                 creep_dy_px=fs.creep_dy, creep_dx_px=fs.creep_dx,
                 charge_C=float(ph.charge_C(t_b)), charge_start_C=float(ph.charge_C(t_a)),

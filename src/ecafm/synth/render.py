@@ -40,11 +40,19 @@ def site_volumes(seg: Segment, t: float) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def render(phys: Physics, sub: Substrate, t: float, *, t_start: float | None = None,
-           full: bool = False) -> State:
+           full: bool = False, at: tuple[np.ndarray, np.ndarray, int] | None = None) -> State:
     """True surface at time t; with ``full``, also class map and labels.
 
     ``t_start`` (the frame start) decides which sites count as active: those whose volume
     changes between t_start and t.
+
+    ``at = (oy, ox, pad)`` renders at a raster's sample positions instead of the domain's pixel
+    centres: output pixel (r, c) is the domain position (pad + r + oy[r], pad + c + ox[r])
+    (the instrument's per-line drift convention), one row per entry of ``oy``. Caps and voids
+    are evaluated there exactly, with the heights scaled as on the pixel grid (so each cap is
+    the same surface); the substrate and SEI fields are interpolated linearly. This is the
+    truth on the grid a registered frame is resampled to: sampling the pixel-grid class map
+    at those positions by nearest neighbour puts every boundary up to half a pixel off.
     """
     p = phys.params
     px = p.pixel_size_nm
@@ -56,9 +64,17 @@ def render(phys: Physics, sub: Substrate, t: float, *, t_start: float | None = N
     r_px = np.where(m > 0, np.maximum(cap_radius_nm(m, asp) / px, p.min_radius_px), 0.0)
     r_ever = np.where(mmax > 0, np.maximum(cap_radius_nm(mmax, asp) / px, p.min_radius_px), 0.0)
     rv = np.where(w > 0, phys.site_void_r_px, 0.0)
-    dep = np.zeros((n_dom, n_dom))
-    void = np.zeros((n_dom, n_dom))
-    ever = np.zeros((n_dom, n_dom), dtype=bool)
+    if at is None:
+        shape = (n_dom, n_dom)
+    else:
+        oy, ox, pad = np.asarray(at[0], float), np.asarray(at[1], float), int(at[2])
+        shape = (oy.size, oy.size)
+        row_y = pad + np.arange(shape[0]) + oy  # increasing: drift moves < 1 px per line
+        row_x0 = pad + ox
+        cols = np.arange(shape[1], dtype=float)
+    dep = np.zeros(shape)
+    void = np.zeros(shape)
+    ever = np.zeros(shape, dtype=bool)
     if full:
         t0 = seg.t0 if t_start is None else t_start
         changing = ((seg.dm != 0) | (seg.dw != 0)) & (float(seg.progress(t)) >
@@ -66,45 +82,67 @@ def render(phys: Physics, sub: Substrate, t: float, *, t_start: float | None = N
         dead_tot = seg.d0 + (seg.dead if seg.kind == "strip" else 0.0)
         live = m - dead_tot
         cat = np.where(changing, ACTIVE, np.where(live > 1e-9 * np.maximum(m, 1), DORMANT, DEAD))
-        th = {ACTIVE: np.zeros((n_dom, n_dom)), DORMANT: np.zeros((n_dom, n_dom)),
-              DEAD: np.zeros((n_dom, n_dom))}
-        best = np.zeros((n_dom, n_dom))
-        label = np.zeros((n_dom, n_dom), dtype=np.int32)
-        vbest = np.zeros((n_dom, n_dom))
-        vlabel = np.zeros((n_dom, n_dom), dtype=np.int32)
+        th = {ACTIVE: np.zeros(shape), DORMANT: np.zeros(shape), DEAD: np.zeros(shape)}
+        best = np.zeros(shape)
+        label = np.zeros(shape, dtype=np.int32)
+        vbest = np.zeros(shape)
+        vlabel = np.zeros(shape, dtype=np.int32)
     sy, sx = phys.site_y, phys.site_x
     for i in np.flatnonzero(r_ever > 0):
         r_box = max(r_ever[i], rv[i])
         y0, y1 = max(0, int(sy[i] - r_box)), min(n_dom, int(sy[i] + r_box) + 2)
         x0, x1 = max(0, int(sx[i] - r_box)), min(n_dom, int(sx[i] + r_box) + 2)
         gy, gx = np.ogrid[y0:y1, x0:x1]
-        rho2 = (gy - sy[i]) ** 2 + (gx - sx[i]) ** 2
-        ever[y0:y1, x0:x1] |= rho2 < r_ever[i] ** 2
+        rho2_grid = (gy - sy[i]) ** 2 + (gx - sx[i]) ** 2  # heights are scaled on this grid
+        if at is None:
+            sl, rho2 = (slice(y0, y1), slice(x0, x1)), rho2_grid
+        else:
+            r0 = int(np.searchsorted(row_y, sy[i] - r_box - 1))
+            r1 = int(np.searchsorted(row_y, sy[i] + r_box + 1))
+            if r1 <= r0:
+                continue
+            xo = row_x0[r0:r1]
+            c0 = max(0, int(np.floor(sx[i] - r_box - xo.max())) - 1)
+            c1 = min(shape[1], int(np.ceil(sx[i] + r_box - xo.min())) + 2)
+            if c1 <= c0:
+                continue
+            sl = (slice(r0, r1), slice(c0, c1))
+            rho2 = (row_y[r0:r1, None] - sy[i]) ** 2 + (cols[None, c0:c1] + xo[:, None] - sx[i]) ** 2
+        ever[sl] |= rho2 < r_ever[i] ** 2
         if m[i] > 0:
-            g = np.clip(1.0 - rho2 / r_px[i] ** 2, 0.0, None)
-            h = g * (m[i] / (a_px * g.sum()))
-            dep[y0:y1, x0:x1] += h
+            g_grid = np.clip(1.0 - rho2_grid / r_px[i] ** 2, 0.0, None)
+            g = g_grid if at is None else np.clip(1.0 - rho2 / r_px[i] ** 2, 0.0, None)
+            h = g * (m[i] / (a_px * g_grid.sum()))
+            dep[sl] += h
             if full:
-                th[int(cat[i])][y0:y1, x0:x1] += h
-                sl = (slice(y0, y1), slice(x0, x1))
+                th[int(cat[i])][sl] += h
                 better = h > best[sl]
                 best[sl] = np.where(better, h, best[sl])
                 label[sl] = np.where(better, i + 1, label[sl])
         if w[i] > 0:
-            g = np.clip(1.0 - rho2 / rv[i] ** 2, 0.0, None)
-            d = g * (w[i] / (a_px * g.sum()))
-            void[y0:y1, x0:x1] += d
+            g_grid = np.clip(1.0 - rho2_grid / rv[i] ** 2, 0.0, None)
+            g = g_grid if at is None else np.clip(1.0 - rho2 / rv[i] ** 2, 0.0, None)
+            d = g * (w[i] / (a_px * g_grid.sum()))
+            void[sl] += d
             if full:
-                sl = (slice(y0, y1), slice(x0, x1))
                 better = d > vbest[sl]
                 vbest[sl] = np.where(better, d, vbest[sl])
                 vlabel[sl] = np.where(better, i + 1, vlabel[sl])
-    height = sub.height - void + sub.sei * ever + dep
+    if at is None:
+        sub_h, sub_sei = sub.height, sub.sei
+    else:
+        from scipy import ndimage as ndi
+
+        coords = np.stack(np.broadcast_arrays(row_y[:, None], cols[None, :] + row_x0[:, None]))
+        sub_h = ndi.map_coordinates(sub.height, coords, order=1, mode="nearest")
+        sub_sei = ndi.map_coordinates(np.broadcast_to(sub.sei, sub.height.shape).astype(float),
+                                      coords, order=1, mode="nearest")
+    height = sub_h - void + sub_sei * ever + dep
     if not full:
         return State(height=height, deposit=dep)
     cmin = p.class_min_nm
-    net = dep + sub.sei * ever - void
-    cls = np.full((n_dom, n_dom), SUBSTRATE, dtype=np.uint8)
+    net = dep + sub_sei * ever - void
+    cls = np.full(shape, SUBSTRATE, dtype=np.uint8)
     cls[ever] = SEI
     cls[th[DORMANT] > cmin] = DORMANT
     cls[th[ACTIVE] > cmin] = ACTIVE

@@ -38,6 +38,9 @@ _MAPS = {  # name: (dtype, description, units)
     "height_observed_clean": ("float32", "tip-dilated true height, no drift or noise", "nm"),
     "class_map": ("uint8", "true state class", ""),
     "site_label": ("int32", "site id of the dominant deposit or void, 0 background", ""),
+    "class_map_refgrid": ("uint8", "class_map at the first frame's sample positions (pixel (r, c) at "
+                          "(r + drift_dy_px[0, r], c + drift_dx_px[0, r])), rendered there exactly", ""),
+    "site_label_refgrid": ("int32", "site_label at the first frame's sample positions, as class_map_refgrid", ""),
 }
 _ROWS = {
     "row_time_s": ("acquisition time of each row on the log clock", "s"),
@@ -146,7 +149,8 @@ class DatasetWriter:
             arr = da.from_array(np.load(self.scratch / f"{k}.npy", mmap_mode="r"),
                                 chunks=(1, n, n))
             ds[k] = (("frame", "y", "x"), arr, {"long_name": desc, "units": units})
-        ds["class_map"].attrs.update(flag_values=list(range(6)), flag_meanings=FLAG_MEANINGS)
+        for k in ("class_map", "class_map_refgrid"):
+            ds[k].attrs.update(flag_values=list(range(6)), flag_meanings=FLAG_MEANINGS)
         for k, (desc, units) in _ROWS.items():
             ds[k] = (("frame", "y"), self.rows[k], {"long_name": desc, "units": units})
         ds["drift_dy_nm"] = ds["drift_dy_px"] * px
