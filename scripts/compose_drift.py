@@ -6,6 +6,7 @@ from ecafm.snakemake_adapter import logged_failure, setup_job, step_of
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 setup_job(sm)
 with logged_failure(sm):
+    w = float(sm.params.loop_weight)
     run_compose(list(sm.input.within), list(sm.input.links), sm.input.cube, sm.output.transforms,
-                sm.output.table,
-                step=step_of(sm, {}, [*sm.input.within, *sm.input.links, sm.input.cube]))
+                sm.output.table, loop_weight=w,
+                step=step_of(sm, {"loop_weight": w}, [*sm.input.within, *sm.input.links, sm.input.cube]))

@@ -182,3 +182,19 @@ def test_failed_loop_closure_reanchors_the_next_cycle_and_flags_the_chain():
     tf2 = compose_transforms([w0_ok, w1], [link], pixel_size_nm=(10.0, 10.0), nx=32)
     np.testing.assert_allclose(tf2["dy_px"].values, [0, -1, -2, -3, -4, -5])
     assert tf2["ok"].values.all()
+    # a chain 0.3 px off (pair 1 -> 2, under the 1 px limit): the cycle start takes the mean of
+    # chain (-2.7) and direct link (-3.0); the correction is spread along cycle 0's chain
+    w0_off = within([0, 1, 2], [-1, 0, 1], [0.0, -1.0, -0.7])
+    off = [compose_transforms([w0_off, w1], [link], pixel_size_nm=(10.0, 10.0), nx=32, loop_weight=w)
+           for w in (0.0, 0.5, 1.0)]
+    np.testing.assert_allclose(off[0]["dy_px"].values, [0, -1, -1.7, -2.7, -3.7, -4.7])
+    np.testing.assert_allclose(off[1]["dy_px"].values, [0, -1.05, -1.8, -2.85, -3.85, -4.85])
+    np.testing.assert_allclose(off[2]["dy_px"].values, [0, -1.1, -1.9, -3.0, -4.0, -5.0])
+    assert all(t["ok"].values.all() for t in off)
+    assert float(off[1]["loop_closure_px"].values[1]) == pytest.approx(0.3)
+
+
+def test_loop_weight_is_validated_and_configurable():
+    with pytest.raises(ValueError, match="loop_weight"):
+        RegisterParams(loop_weight=1.5)
+    assert RegisterParams().loop_weight == 0.5

@@ -124,7 +124,9 @@ def _compose(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> N
     within = [p for p, r in zip(inputs, rules, strict=True) if r == "register_cycle"]
     links = [p for p, r in zip(inputs, rules, strict=True) if r == "link_cycles"]
     table = out.get("table", out["zarr"].with_suffix(".tsv"))
-    run_compose(within, links, inputs[-1], out["zarr"], table, step=_step(rec, inputs))
+    # records from before loop_weight existed were composed without the loop adjustment
+    run_compose(within, links, inputs[-1], out["zarr"], table, step=_step(rec, inputs),
+                loop_weight=float(rec["step"]["params"].get("loop_weight", 0.0)))
 
 
 def _apply(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:

@@ -34,7 +34,8 @@ def run_level_register(cube: str | Path, out_dir: str | Path, *, level: LevelPar
     for c, lk in zip(cycles[:-1], links, strict=True):
         run_link(lev[c], lev[c + 1], lk, params=register, step=Step("link_cycles", rp, {"cycle": str(c)}))
     tf = out / "transforms.zarr"
-    run_compose(within, links, cube, tf, out / "transforms.tsv", step=Step("compose_drift"))
+    run_compose(within, links, cube, tf, out / "transforms.tsv", loop_weight=register.loop_weight,
+                step=Step("compose_drift", {"loop_weight": register.loop_weight}))
     paths = {"transforms": tf, "table": out / "transforms.tsv"}
     if apply:
         for c in cycles:

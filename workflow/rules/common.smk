@@ -90,6 +90,10 @@ def get_register_params(wildcards):
     return config["register"]
 
 
+def get_loop_weight(wildcards):
+    return config["register"].get("loop_weight", 0.5)
+
+
 def get_link_inputs(wildcards):
     c = int(wildcards.cycle)
     return {

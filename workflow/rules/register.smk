@@ -60,6 +60,8 @@ rule compose_drift:
     resources:
         mem_mb=get_mem_mb(base_mb=1000, per_input_mb=1),
         runtime=get_runtime(base_min=10, per_input_gb_min=10),
+    params:
+        loop_weight=get_loop_weight,
     script:
         "../../scripts/compose_drift.py"
 
