@@ -468,7 +468,10 @@ def compose_transforms(within: list[xr.Dataset], links: list[xr.Dataset], *,
             "dx_px": ("frame", mean_x, {"units": "px", "long_name": "row-mean displacement, fast axis"}),
             "dy_nm": ("frame", mean_y * py, {"units": "nm"}),
             "dx_nm": ("frame", mean_x * px, {"units": "nm"}),
-            "error_px": ("frame", np.sqrt(var), {"units": "px", "long_name": "accumulated 1-sigma uncertainty"}),
+            "error_px": ("frame", np.sqrt(var), {"units": "px", "long_name": "accumulated 1-sigma uncertainty",
+                                                  "comment": "propagated from the pairs' noise-limited estimates; "
+                                                  "on the generator the actual drift error is 2-30x larger "
+                                                  "(benchmarks/RESULTS.md, session 6)"}),
             "ok": ("frame", ok, {"long_name": "registered and usable"}),
             "flags": ("frame", flags, {"flag_masks": list(FLAG_BITS.values()), "flag_meanings": " ".join(FLAG_BITS)}),
             "cycle_index": ("frame", cyc.astype(np.int32)),
