@@ -259,8 +259,16 @@ def site_scores(labels: xr.Dataset, segs: list[xr.Dataset], truth: xr.Dataset, g
     AFM image at this sampling can resolve (it is below the lateral resolution: pixel pitch and
     tip). Predictions are not filtered (all of them count), and a match to an unresolvable
     truth site is not counted. The target applies to ``site_f1``.
+
+    And ``site_f1_own_max`` (``sites_true_own_max``): the same with the truth restricted to sites
+    whose footprint holds a local maximum (3 x 3) of the noise-free true height at the plating
+    peak. Caps add up, so a cap on a neighbour's flank often has none; a watershed of the height
+    has no marker for it, and only the growth history can separate it (demo seed 0 at 1 nm: 180
+    of 483 true sites have no maximum of their own, and 36 of them are matched).
     """
-    tp = n_pred = n_true = tp_r = n_true_r = 0
+    from scipy import ndimage as ndi
+
+    tp = n_pred = n_true = tp_r = n_true_r = tp_o = n_true_o = 0
     for seg in segs:
         peak = _peak_labels(seg, labels, truth, grid)
         if peak is None:
@@ -274,10 +282,19 @@ def site_scores(labels: xr.Dataset, segs: list[xr.Dataset], truth: xr.Dataset, g
         matches = _match_sites(t, p, iou_min)
         tp += len(matches)
         tp_r += sum(a in resolvable for a in matches.values())
+        if "height_true" in truth:
+            f = int(seg["frame"].values[np.flatnonzero(seg["kind"].values == 1)[-1]])
+            h = grid(truth["height_true"][f].values, order=1)
+            top = (h == ndi.maximum_filter(h, size=3)) & (t > 0)
+            own = set(np.unique(t[top]).tolist())
+            n_true_o += len(own)
+            tp_o += sum(a in own for a in matches.values())
     return {"site_f1": _f1(tp, n_pred - tp, n_true - tp), "sites_true": n_true,
             "sites_pred": n_pred, "sites_matched": tp,
             "site_f1_resolvable": _f1(tp_r, n_pred - tp_r, n_true_r - tp_r),
-            "sites_true_resolvable": n_true_r}
+            "sites_true_resolvable": n_true_r,
+            "site_f1_own_max": _f1(tp_o, n_pred - tp_o, n_true_o - tp_o) if n_true_o else float("nan"),
+            "sites_true_own_max": n_true_o}
 
 
 def volume_scores(cycles: pd.DataFrame, segs: list[xr.Dataset], truth: xr.Dataset,
