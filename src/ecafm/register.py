@@ -421,7 +421,8 @@ def _chain(within, links, frames, max_closure_px, *, fuse):
 
 def compose_transforms(within: list[xr.Dataset], links: list[xr.Dataset], *,
                        pixel_size_nm: tuple[float, float], nx: int,
-                       max_closure_px: float = 1.0, loop_weight: float = 0.5) -> xr.Dataset:
+                       max_closure_px: float = 1.0,
+                       loop_weight: float = RegisterParams.loop_weight) -> xr.Dataset:
     """Cumulative per-row displacement of every frame relative to the dataset's reference frame.
 
     Loop closure at each cycle start: the direct pair first(c-1) -> first(c) against the chain
@@ -560,7 +561,7 @@ def run_link(left_path, right_path, out, *, params: RegisterParams, step) -> dic
 
 
 def run_compose(within_paths, link_paths, cube_path, out, table, *, step,
-                loop_weight: float = 0.5) -> dict[str, Any]:
+                loop_weight: float = RegisterParams.loop_weight) -> dict[str, Any]:
     from ecafm.store import open_cube, write_cube, write_table
 
     within = [open_cube(p).load() for p in within_paths]

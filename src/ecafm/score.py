@@ -283,7 +283,7 @@ def site_scores(labels: xr.Dataset, segs: list[xr.Dataset], truth: xr.Dataset, g
         tp += len(matches)
         tp_r += sum(a in resolvable for a in matches.values())
         if "height_true" in truth:
-            f = int(seg["frame"].values[np.flatnonzero(seg["kind"].values == 1)[-1]])
+            f = int(seg["frame"].values[_peak_index(seg)])
             h = grid(truth["height_true"][f].values, order=1)
             top = (h == ndi.maximum_filter(h, size=3)) & (t > 0)
             own = set(np.unique(t[top]).tolist())
@@ -351,19 +351,25 @@ def volume_scores(cycles: pd.DataFrame, segs: list[xr.Dataset], truth: xr.Datase
     return out
 
 
+def _peak_index(seg: xr.Dataset) -> int | None:
+    """Position in ``seg`` of the cycle's plating peak, its last plating frame (None without one)."""
+    plate = np.flatnonzero(seg["kind"].values == 1)
+    return int(plate[-1]) if plate.size else None
+
+
 def _peak_labels(seg: xr.Dataset, labels: xr.Dataset, truth: xr.Dataset, grid: TruthGrid
                  ) -> tuple[np.ndarray, np.ndarray] | None:
     """True and predicted site labels at the cycle's plating peak (last plating frame), on the
     registered grid; the truth only where it is a deposit (active, dormant or dead Li), both
     only where the prediction is not UNCERTAIN. None for a cycle without a plating frame."""
-    plate = np.flatnonzero(seg["kind"].values == 1)
-    if plate.size == 0:
+    j = _peak_index(seg)
+    if j is None:
         return None
-    f = int(seg["frame"].values[plate[-1]])
+    f = int(seg["frame"].values[j])
     t = grid.labels(f)
     t = np.where(np.isin(grid.classes(f), (T_ACTIVE, T_DORMANT, T_DEAD)), t, 0)
     p = labels["site_label"].sel(cycle=int(seg.attrs["cycle"])).values
-    ok = seg["state"].values[plate[-1]] != 0
+    ok = seg["state"].values[j] != 0
     return np.where(ok, t, 0), np.where(ok, p, 0)
 
 

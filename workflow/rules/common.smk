@@ -91,7 +91,7 @@ def get_register_params(wildcards):
 
 
 def get_loop_weight(wildcards):
-    return config["register"].get("loop_weight", 0.5)
+    return config["register"]["loop_weight"]
 
 
 def get_link_inputs(wildcards):

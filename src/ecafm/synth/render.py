@@ -135,8 +135,7 @@ def render(phys: Physics, sub: Substrate, t: float, *, t_start: float | None = N
 
         coords = np.stack(np.broadcast_arrays(row_y[:, None], cols[None, :] + row_x0[:, None]))
         sub_h = ndi.map_coordinates(sub.height, coords, order=1, mode="nearest")
-        sub_sei = ndi.map_coordinates(np.broadcast_to(sub.sei, sub.height.shape).astype(float),
-                                      coords, order=1, mode="nearest")
+        sub_sei = ndi.map_coordinates(sub.sei, coords, order=1, mode="nearest")
     height = sub_h - void + sub_sei * ever + dep
     if not full:
         return State(height=height, deposit=dep)
