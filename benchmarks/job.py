@@ -53,9 +53,11 @@ def run(spec: dict) -> None:
         run_compose(a["within"], a["links"], a["cube"], a["out"], a["table"],
                     step=_step(rule, {}, wc))
     elif rule == "apply_registration":
-        from ecafm.register import run_apply
+        from ecafm.register import RegisterParams, run_apply
 
-        run_apply(a["leveled"], a["transforms"], a["out"], step=_step(rule, {}, wc))
+        o = RegisterParams().resample_order
+        run_apply(a["leveled"], a["transforms"], a["out"], order=o,
+                  step=_step(rule, {"resample_order": o}, wc))
     elif rule == "segment_cycle":
         from ecafm.segment import SegmentParams, run_segment
 

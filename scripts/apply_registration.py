@@ -6,5 +6,6 @@ from ecafm.snakemake_adapter import logged_failure, setup_job, step_of
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 setup_job(sm)
 with logged_failure(sm):
-    run_apply(sm.input.leveled, sm.input.transforms, sm.output[0],
-              step=step_of(sm, {}, [sm.input.leveled, sm.input.transforms]))
+    order = int(sm.params.resample_order)
+    run_apply(sm.input.leveled, sm.input.transforms, sm.output[0], order=order,
+              step=step_of(sm, {"resample_order": order}, [sm.input.leveled, sm.input.transforms]))

@@ -198,3 +198,52 @@ def test_loop_weight_is_validated_and_configurable():
     with pytest.raises(ValueError, match="loop_weight"):
         RegisterParams(loop_weight=1.5)
     assert RegisterParams().loop_weight == 0.5
+
+
+def _caps(ny, nx, centres, *, radius_px=6.0, height_nm=30.0, shift=(0.0, 0.0)):
+    """Steep spherical caps sampled exactly at pixel centres, the content moved by ``shift``."""
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(float)
+    h = np.zeros((ny, nx))
+    for cy, cx in centres:
+        r2 = (yy - cy - shift[0]) ** 2 + (xx - cx - shift[1]) ** 2
+        h = np.maximum(h, height_nm * np.sqrt(np.clip(1.0 - r2 / radius_px**2, 0.0, None)))
+    return h
+
+
+@pytest.mark.parametrize("shift", [(0.5, 0.5), (0.3, -0.7), (-0.45, 0.2)])
+def test_resampling_keeps_steep_deposit_edges_in_place(shift):
+    """Against the analytic caps on the reference grid: linear resampling grows every cap above a
+    3 nm threshold by the sub-pixel part of the shift (the 1-px ring that held deposit IoU at
+    0.86); cubic resampling (the default) keeps well under two thirds of that excess."""
+    import xarray as xr
+
+    from ecafm.register import apply_cycle
+
+    ny = nx = 64
+    centres = [(c, d) for c in (14.2, 32.7, 50.1) for d in (13.6, 31.3, 49.8)]
+    truth = _caps(ny, nx, centres) > 3.0
+    moving = _caps(ny, nx, centres, shift=shift)
+    lev = xr.Dataset({"height": (("frame", "y", "x"), moving[None].astype(np.float32))},
+                     coords={"frame": [0], "y": np.arange(ny) * 10.0, "x": np.arange(nx) * 10.0})
+    tf = xr.Dataset({"shift_y": (("frame", "y"), np.full((1, ny), shift[0])),
+                     "shift_x": (("frame", "y"), np.full((1, ny), shift[1])),
+                     "ok": ("frame", [True]), "dy_px": ("frame", [shift[0]]),
+                     "dx_px": ("frame", [shift[1]])},
+                    coords={"frame": [0]}, attrs={"common_field_px": [2, ny - 2, 2, nx - 2]})
+    t = truth[2:-2, 2:-2]
+    iou, area = {}, {}
+    for order in (1, 3):
+        got = apply_cycle(lev, tf, order=order)["height"].values[0] > 3.0
+        iou[order] = (got & t).sum() / (got | t).sum()
+        area[order] = got.sum() / t.sum() - 1.0
+    # measured: linear +7.7 to +9.7% area, cubic +4.1 to +5.9% (IoU 0.92 -> 0.94)
+    assert area[1] > 0.06, area
+    assert 0.0 <= area[3] < 0.65 * area[1], area
+    assert iou[3] > iou[1] + 0.01, iou
+
+
+def test_resample_order_is_validated_and_defaults_to_cubic():
+    assert RegisterParams().resample_order == 3
+    for bad in (6, -1, 1.5, True):
+        with pytest.raises(ValueError, match="resample_order"):
+            RegisterParams(resample_order=bad)

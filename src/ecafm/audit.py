@@ -132,7 +132,9 @@ def _compose(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> N
 def _apply(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:
     from ecafm.register import run_apply
 
-    run_apply(inputs[0], inputs[1], out["zarr"], step=_step(rec, inputs))
+    # records from before resample_order existed were resampled linearly
+    run_apply(inputs[0], inputs[1], out["zarr"], step=_step(rec, inputs),
+              order=int(rec["step"]["params"].get("resample_order", 1)))
 
 
 def _rule_and_cycle(p: Path) -> tuple[str | None, int | None]:

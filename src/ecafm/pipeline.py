@@ -40,7 +40,9 @@ def run_level_register(cube: str | Path, out_dir: str | Path, *, level: LevelPar
     if apply:
         for c in cycles:
             reg = out / f"cycle_{c}.zarr"
-            run_apply(lev[c], tf, reg, step=Step("apply_registration", {}, {"cycle": str(c)}))
+            run_apply(lev[c], tf, reg, order=register.resample_order,
+                      step=Step("apply_registration", {"resample_order": register.resample_order},
+                                {"cycle": str(c)}))
             paths[f"cycle_{c}"] = reg
     return paths
 

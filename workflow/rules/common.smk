@@ -94,6 +94,10 @@ def get_loop_weight(wildcards):
     return config["register"]["loop_weight"]
 
 
+def get_resample_order(wildcards):
+    return config["register"]["resample_order"]
+
+
 def get_link_inputs(wildcards):
     c = int(wildcards.cycle)
     return {

@@ -86,6 +86,8 @@ rule apply_registration:
         mem_mb=get_mem_mb(base_mb=1000, per_input_mb=3),
         runtime=get_runtime(base_min=10, per_input_gb_min=30),
         dask_scheduler=get_dask_scheduler,
+    params:
+        resample_order=get_resample_order,
     script:
         "../../scripts/apply_registration.py"
 
