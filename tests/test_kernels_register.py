@@ -211,6 +211,19 @@ def test_row_drift_rms_error(interpolation):
     assert np.sqrt(np.mean((s.dy - dy) ** 2 + (s.dx - dx) ** 2)) > 0.3
 
 
+def test_row_drift_skips_a_strip_whose_weight_lies_only_on_its_border():
+    """A strip whose stable pixels all sit on its border (where the apodization window is zero)
+    is left out like an empty strip, instead of stopping the whole pair (seen with a dilated
+    stable mask on bench-m)."""
+    ref, mov, dy, dx = _drift_pair(0)
+    w = np.ones(ref.shape)
+    w[33:63, :] = 0.0  # strip 32..63 keeps weight only on its first and last row
+    rd = estimate_row_drift(ref, mov, strip_height=32, overlap=0.5, weights=w)
+    assert rd.ok
+    assert not rd.strip_ok[2] and rd.strip_ok[[0, 1, 3, 4]].all()  # strips start every 16 rows
+    assert np.sqrt(np.mean((rd.dy - dy) ** 2 + (rd.dx - dx) ** 2)) <= 0.3
+
+
 def test_apply_row_drift_round_trip():
     ref, mov, dy, dx = _drift_pair(1, noise=0.0)
     fwd, valid = apply_row_drift(ref, dy, dx, order=3)
