@@ -260,8 +260,9 @@ def micro_level(cube: Path, n_frames: int, reps: int, topo: bool) -> dict:
             np.save(Path(tmp) / "frames.npy", frames)
             res = Path(tmp) / "topo.json"
             env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+            # cwd: TopoStats opens a log file named after the working directory at import
             _, _, rc = run_child([str(TOPO_PY), str(HERE / "topostats_filter.py"), str(Path(tmp) / "frames.npy"),
-                                  str(px), str(reps), str(res)], env=env)
+                                  str(px), str(reps), str(res)], env=env, cwd=Path(tmp))
             if rc == 0:
                 r = json.loads(res.read_text())
                 out.update(topostats_ms=r["ms_median"], topostats_version=r["version"])
