@@ -34,11 +34,12 @@ def _xfail(measured: str, target: str):
 
 TARGETS = [
     pytest.param("change_f1", ">=", 0.9, id="change_f1"),
-    pytest.param("iou_deposit", ">=", 0.9, id="iou_deposit",
-                 marks=_xfail("0.895 (demo seed 0, 1 nm; seed 1 0.880, ladder-1 0.879)", ">= 0.9")),
+    # cubic resampling + pixel-wise residue of earlier-dead sites in stripping frames: 0.906 (demo
+    # seed 0, 1 nm), seed 1 0.901; ladder-1 0.889 and demo seed 60 0.880 still fall short
+    pytest.param("iou_deposit", ">=", 0.9, id="iou_deposit"),
     # 0.728 (demo seed 0, 1 nm), seed 1 0.765, ladder-1 0.761, ladder-4 0.714, null 0.706
     pytest.param("iou_void", ">=", 0.7, id="iou_void"),
-    # converting sites ACTIVE through their stripping: 0.88 (demo seed 0), 0.83 (seed 1), 0.87 (ladder-1)
+    # converting sites ACTIVE through their stripping: 0.90 (demo seed 0), 0.87 (seed 1), 0.89 (ladder-1)
     pytest.param("iou_residue", ">=", 0.7, id="iou_residue"),
     pytest.param("site_f1", ">=", 0.9, id="site_f1",
                  marks=_xfail("0.68 (demo seed 0, 1 nm; seed 1 0.70, ladder-1 0.70)", ">= 0.9")),

@@ -288,7 +288,11 @@ def _site_residue(allf: _Frames, run: np.ndarray, run_kind: np.ndarray, moved: n
     take part in it are residue (residue at the previous trough already, or idle): a site that
     converts in this stripping loses volume through it, so it is ACTIVE_DEPOSIT there ("GROW or
     SHRINK in this half-cycle"; SCIENCE's residue is STATIC through the whole stripping) and
-    becomes residue in the next plating's frames.
+    becomes residue in the next plating's frames. A site that was residue at the previous trough
+    is residue in the stripping's frames only on the pixels that were residue then: dead Li does
+    not move, and the rest of its footprint at this trough belongs to live caps next to it that
+    this trough's watershed merged into it (demo seed 60: 3,307 live pixels called residue in
+    stripping frames before; deposit IoU 0.858 -> 0.880).
 
     Returns the per-frame residue masks and, per trough frame index, the residue left at the
     trough as the next plating decides it (the cycle's end state, which volumes are taken of).
@@ -345,6 +349,7 @@ def _site_residue(allf: _Frames, run: np.ndarray, run_kind: np.ndarray, moved: n
         was_dead = frac(prev_dead) >= 0.5
         dead = (keep >= params.residue_retention) & (~idle | static_next | was_dead)
         dead[0] = False
+        prev_res = prev_dead  # residue pixels at the previous trough
         prev_dead = dead[lab]
         # took part in this stripping: lost volume and was not residue before
         converting = dead & ~was_dead & ~idle
@@ -353,7 +358,13 @@ def _site_residue(allf: _Frames, run: np.ndarray, run_kind: np.ndarray, moved: n
             if run[i] not in (r, r + 1) or not allf.usable[i]:
                 continue
             ok_site = dead & ~converting if run[i] == r else dead
-            out[i] = ok_site[lab] & ((allf.h[i] - allf.h[t]) <= d)
+            res = ok_site[lab] & ((allf.h[i] - allf.h[t]) <= d)
+            if run[i] == r:
+                # dead Li is frozen: in the stripping's own frames a site that was residue at the
+                # previous trough is residue where it was then; the rest of its footprint at this
+                # trough is a live neighbour that the watershed merged into it, stripping now
+                res &= prev_res | ~was_dead[lab]
+            out[i] = res
     return out, trough
 
 def _growth_maps(allf: _Frames, frames, h_ref: np.ndarray) -> list[np.ndarray]:
