@@ -63,7 +63,7 @@ def run(spec: dict) -> None:
 
         p = SegmentParams()
         run_segment(a["cycle"], a["cur"], a["first"], a["transforms"], a["out"], a["table"],
-                    prev=a.get("prev"), nxt=a.get("next"), params=p, metal="Li",
+                    prev=a.get("prev"), nxt=a.get("next"), prev2=a.get("prev2"), params=p, metal="Li",
                     step=_step(rule, {**asdict(p), "metal": "Li"}, wc))
     elif rule == "track_sites":
         from ecafm.segment import SegmentParams

@@ -163,6 +163,8 @@ def stage_jobs(data: dict, out: Path) -> list[dict]:
              "table": out / "segment" / f"cycle_{c}.classes.tsv"}
         if c - 1 in reg:
             a["prev"] = reg[c - 1]
+        if c - 2 in reg:
+            a["prev2"] = reg[c - 2]
         if c + 1 in reg:
             a["next"] = reg[c + 1]
         jobs.append(run_job("segment_cycle", a, 1, work))

@@ -326,3 +326,12 @@ def test_void_regions_below_the_minimum_area_are_substrate():
     assert (out[4:6, 4:6] == kc.VOID).all()
     assert (out == kc.VOID).sum() == 4
     assert kc.state_classes(h, np.zeros(h.shape), **args)[1, 1] == kc.VOID  # default: no filter
+
+
+def test_residue_lookback_is_validated():
+    from ecafm.segment import SegmentParams
+
+    assert SegmentParams().residue_lookback == 1
+    for bad in (2, -1, True, 0.5):
+        with pytest.raises(ValueError, match="residue_lookback"):
+            SegmentParams(residue_lookback=bad)

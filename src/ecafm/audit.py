@@ -149,6 +149,8 @@ def _segment(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> N
 
     params = dict(rec["step"]["params"])
     metal = params.pop("metal", "Li")
+    # records from before residue_lookback existed started the residue history at cycle c-1
+    params.setdefault("residue_lookback", 0)
     c = int(rec["step"]["wildcards"]["cycle"])
     reg: dict[int, Path] = {}
     transforms = None
@@ -159,8 +161,8 @@ def _segment(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> N
         elif cyc is not None:
             reg[cyc] = p
     run_segment(c, reg[c], reg[min(reg)], transforms, out["zarr"], out["table"], prev=reg.get(c - 1),
-                nxt=reg.get(c + 1), params=SegmentParams(**params), metal=metal,
-                step=_step(rec, inputs))
+                nxt=reg.get(c + 1), prev2=reg.get(c - 2) if params["residue_lookback"] else None,
+                params=SegmentParams(**params), metal=metal, step=_step(rec, inputs))
 
 
 def _track(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:

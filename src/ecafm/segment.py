@@ -75,6 +75,11 @@ class SegmentParams:
     void_fraction: float = 0.2
     residue_vote: float = 0.5
     residue_retention: float = 0.35
+    residue_lookback: int = 1
+
+    def __post_init__(self):
+        if isinstance(self.residue_lookback, bool) or self.residue_lookback not in (0, 1):
+            raise ValueError(f"segment.residue_lookback must be 0 or 1, got {self.residue_lookback!r}")
 
     def min_area(self, pixel_nm: float) -> int:
         """Minimum changed area (px): config value, at least the tip footprint."""
@@ -262,9 +267,59 @@ def _rectify(allf: _Frames, run: np.ndarray, moved: np.ndarray, n_rows: int
     return h, run_end
 
 
+def _trough_sites(h_t: np.ndarray, valid_t: np.ndarray, sigma_r_t: float, h_peak: np.ndarray | None,
+                  moved_next: np.ndarray, prev_dead: np.ndarray, h_ref: np.ndarray,
+                  params: SegmentParams, min_area: int, err_ref: float):
+    """The residue decision of one stripping trough (see :func:`_site_residue`).
+
+    ``h_t``: height at the trough; ``h_peak``: at the plating peak before it (None: unknown, the
+    sites count as having kept everything); ``moved_next``: pixels that changed in the next
+    plating; ``prev_dead``: residue pixels at the previous trough. Returns ``(lab, d, dead,
+    was_dead, idle)`` (per-site arrays indexed by ``lab``), or None when no site is above the
+    reference.
+    """
+    from ecafm.kernels.sites import segment_sites
+
+    d = h_t - h_ref
+    ok = valid_t & np.isfinite(d)
+    sig = kc.robust_sigma(d, ok)
+    tau = kc.change_threshold(h_ref, h_t, sigma_d=sig, sigma_r=float(np.hypot(sigma_r_t, err_ref)),
+                              k=params.k)
+    above = ok & (d > np.maximum(tau, params.film_nm))
+    lab = segment_sites(d, above, marker_h=params.marker_h_nm,
+                        min_distance=params.marker_min_distance_px, min_area=min_area)
+    n = int(lab.max())
+    if n == 0:
+        return None
+    flat = lab.ravel()
+    dz = np.where(above, d, 0.0)
+    top = np.zeros(n + 1)
+    np.maximum.at(top, flat, dz.ravel())
+    core = (lab > 0) & (dz >= 0.5 * top[lab])
+    lc = np.where(core, lab, 0).ravel()
+    cnt = np.maximum(np.bincount(lc, minlength=n + 1), 1)
+
+    def frac(m: np.ndarray) -> np.ndarray:
+        return np.bincount(lc, weights=m.ravel().astype(float), minlength=n + 1) / cnt
+
+    vt = np.bincount(flat, weights=np.clip(np.nan_to_num(d), 0, None).ravel(), minlength=n + 1)
+    if h_peak is not None:
+        dp = np.clip(np.nan_to_num(h_peak - h_ref), 0, None)
+        vp = np.bincount(flat, weights=dp.ravel(), minlength=n + 1)
+    else:
+        vp = vt.copy()
+    keep = vt / np.maximum(vp, 1e-9)
+    idle = keep > _IDLE_KEEP  # kept ~everything: took no part in this cycle
+    static_next = 1.0 - frac(moved_next) >= params.residue_vote
+    was_dead = frac(prev_dead) >= 0.5
+    dead = (keep >= params.residue_retention) & (~idle | static_next | was_dead)
+    dead[0] = False
+    return lab, d, dead, was_dead, idle
+
+
 def _site_residue(allf: _Frames, run: np.ndarray, run_kind: np.ndarray, moved: np.ndarray,
                   h_ref: np.ndarray, params: SegmentParams, min_area: int, err_ref: float,
-                  frames) -> np.ndarray:
+                  frames, prev_dead0: np.ndarray | None = None) -> np.ndarray:
     """INACTIVE_RESIDUE decided per site of each stripping trough, for the frames ``frames``.
 
     Dead Li is frozen, but live caps of neighbours (and new nuclei) grow over it in the next
@@ -297,13 +352,11 @@ def _site_residue(allf: _Frames, run: np.ndarray, run_kind: np.ndarray, moved: n
     Returns the per-frame residue masks and, per trough frame index, the residue left at the
     trough as the next plating decides it (the cycle's end state, which volumes are taken of).
     """
-    from ecafm.kernels.sites import segment_sites
-
     n_all, ny, nx = allf.h.shape
     out = np.zeros((n_all, ny, nx), bool)
     trough: dict[int, np.ndarray] = {}
     n_runs = len(run_kind)
-    prev_dead = np.zeros((ny, nx), bool)
+    prev_dead = np.zeros((ny, nx), bool) if prev_dead0 is None else prev_dead0
     for r in range(n_runs - 1):
         if run_kind[r] != STRIP or run_kind[r + 1] != PLATE:
             continue
@@ -314,41 +367,13 @@ def _site_residue(allf: _Frames, run: np.ndarray, run_kind: np.ndarray, moved: n
         if idx.size == 0 or nidx.size == 0:
             continue
         t = int(idx[-1])
-        d = allf.h[t] - h_ref
-        ok = allf.valid[t] & np.isfinite(d)
-        sig = kc.robust_sigma(d, ok)
-        tau = kc.change_threshold(h_ref, allf.h[t], sigma_d=sig,
-                                  sigma_r=float(np.hypot(allf.sigma_r[t], err_ref)), k=params.k)
-        above = ok & (d > np.maximum(tau, params.film_nm))
-        lab = segment_sites(d, above, marker_h=params.marker_h_nm,
-                            min_distance=params.marker_min_distance_px, min_area=min_area)
-        n = int(lab.max())
-        if n == 0:
-            prev_dead[:] = False
+        ts = _trough_sites(allf.h[t], allf.valid[t], float(allf.sigma_r[t]),
+                           allf.h[int(pidx[-1])] if pidx.size else None,
+                           moved[nidx].any(axis=0), prev_dead, h_ref, params, min_area, err_ref)
+        if ts is None:
+            prev_dead = np.zeros((ny, nx), bool)
             continue
-        flat = lab.ravel()
-        dz = np.where(above, d, 0.0)
-        top = np.zeros(n + 1)
-        np.maximum.at(top, flat, dz.ravel())
-        core = (lab > 0) & (dz >= 0.5 * top[lab])
-        lc = np.where(core, lab, 0).ravel()
-        cnt = np.maximum(np.bincount(lc, minlength=n + 1), 1)
-
-        def frac(m: np.ndarray, lc=lc, n=n, cnt=cnt) -> np.ndarray:
-            return np.bincount(lc, weights=m.ravel().astype(float), minlength=n + 1) / cnt
-
-        vt = np.bincount(flat, weights=np.clip(np.nan_to_num(d), 0, None).ravel(), minlength=n + 1)
-        if pidx.size:
-            dp = np.clip(np.nan_to_num(allf.h[int(pidx[-1])] - h_ref), 0, None)
-            vp = np.bincount(flat, weights=dp.ravel(), minlength=n + 1)
-        else:
-            vp = vt.copy()
-        keep = vt / np.maximum(vp, 1e-9)
-        idle = keep > _IDLE_KEEP  # kept ~everything: took no part in this cycle
-        static_next = 1.0 - frac(moved[nidx].any(axis=0)) >= params.residue_vote
-        was_dead = frac(prev_dead) >= 0.5
-        dead = (keep >= params.residue_retention) & (~idle | static_next | was_dead)
-        dead[0] = False
+        lab, d, dead, was_dead, idle = ts
         prev_res = prev_dead  # residue pixels at the previous trough
         prev_dead = dead[lab]
         # took part in this stripping: lost volume and was not residue before
@@ -382,10 +407,45 @@ def _growth_maps(allf: _Frames, frames, h_ref: np.ndarray) -> list[np.ndarray]:
     return [allf.h[j] - h_ref for j in (before[-1], *idx)]
 
 
+def _prev_trough_residue(prev2: xr.Dataset, tf: xr.Dataset, h_ref: np.ndarray, fp: int, tip: float,
+                         allf: _Frames, run: np.ndarray, run_kind: np.ndarray, moved: np.ndarray,
+                         params: SegmentParams, min_area: int, err_ref: float) -> np.ndarray | None:
+    """Residue pixels at cycle c-2's stripping trough, the history of the first trough in ``allf``.
+
+    Dead Li stays, and once a neighbour's cap grows over it its core is no longer STATIC through
+    the next plating: such a site is residue only because it was residue at the trough before
+    (``was_dead``). Each job used to start that chain with no residue, so every cycle's job
+    forgot the residue of the cycle before its ``prev`` and called overgrown residue live (demo
+    seed 60: 1,092 residue pixels called live in cycle 3's plating frames). Only c-2's last
+    plating and last stripping frames are read; the next plating is ``prev``'s, whose change
+    labels ``allf`` already holds. Its own history starts empty (one level deeper than before,
+    keeping one job per cycle; the full chain is a sequential dependency between jobs).
+    """
+    kinds = _kinds(prev2, fp)
+    ok = (prev2["frame_ok"].values & prev2["registration_ok"].values).astype(bool)
+    plate, strip = np.flatnonzero((kinds == PLATE) & ok), np.flatnonzero((kinds == STRIP) & ok)
+    nidx = np.flatnonzero((run == 0) & allf.usable)
+    if strip.size == 0 or run_kind[0] != PLATE or nidx.size == 0:
+        return None
+    sel = [int(strip[-1])] + ([int(plate[plate < strip[-1]][-1])] if (plate < strip[-1]).any() else [])
+    two = _load(prev2.isel(frame=sel), tf, h_ref, fp, tip)
+    ts = _trough_sites(two.h[0], two.valid[0], float(two.sigma_r[0]), two.h[1] if len(sel) > 1 else None,
+                       moved[nidx].any(axis=0), np.zeros(h_ref.shape, bool), h_ref, params,
+                       min_area, err_ref)
+    if ts is None:
+        return None
+    lab, _, dead, _, _ = ts
+    return dead[lab]
+
+
 def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: xr.Dataset, *,
                   prev: xr.Dataset | None = None, nxt: xr.Dataset | None = None,
+                  prev2: xr.Dataset | None = None,
                   params: SegmentParams = SegmentParams(), metal: str = "Li") -> xr.Dataset:
     """Change labels, state classes, end states and site labels of one cycle (in memory).
+
+    ``prev2`` (cycle c-2, optional): only its plating peak and stripping trough are read, to
+    decide which sites were residue at the trough before ``prev``'s (:func:`_prev_trough_residue`).
 
     Returns a Dataset on the registered grid: ``change`` (frame, y, x) int8, ``state``
     (frame, y, x) uint8, ``site_label`` (frame, y, x) int32 (this cycle's watershed labels,
@@ -459,8 +519,12 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
         active[i] = a
 
     # ---------------------------------------------------------------- site-level residue
+    prev_dead0 = (_prev_trough_residue(prev2, transforms, h_ref, fp, tip, allf, run, run_kind, moved,
+                                       params, min_area, err_ref)
+                  if prev2 is not None and params.residue_lookback >= 1 and params.residue_retention > 0
+                  else None)
     site_res, trough_res = (_site_residue(allf, run, run_kind, moved, h_ref, params, min_area,
-                                          err_ref, range(n_prev, n_prev + n_cur))
+                                          err_ref, range(n_prev, n_prev + n_cur), prev_dead0)
                             if params.residue_retention > 0 else (None, {}))
 
     # ---------------------------------------------------------------- classes per frame
@@ -611,6 +675,7 @@ def _class_table(seg: xr.Dataset, heights: np.ndarray) -> pd.DataFrame:
 
 def run_segment(cycle: int, cur: str | Path, cycle0: str | Path, transforms: str | Path, out: str | Path,
                 table: str | Path, *, prev: str | Path | None = None, nxt: str | Path | None = None,
+                prev2: str | Path | None = None,
                 params: SegmentParams = SegmentParams(), metal: str = "Li", step) -> dict[str, Any]:
     """I/O: read registered cycles, segment cycle ``cycle``, write the cube and the class table."""
     from ecafm.store import open_cube, write_cube, write_table
@@ -618,7 +683,8 @@ def run_segment(cycle: int, cur: str | Path, cycle0: str | Path, transforms: str
     cur_ds = open_cube(cur).load()
     seg = segment_cycle(int(cycle), cur_ds, open_cube(cycle0), open_cube(transforms).load(),
                         prev=open_cube(prev) if prev else None,
-                        nxt=open_cube(nxt) if nxt else None, params=params, metal=metal)
+                        nxt=open_cube(nxt) if nxt else None,
+                        prev2=open_cube(prev2) if prev2 else None, params=params, metal=metal)
     h = cur_ds["height"].values.astype(np.float64)
     for i in range(h.shape[0]):
         h[i] -= kc.robust_offset(h[i] - seg["h_ref"].values)

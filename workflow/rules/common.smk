@@ -130,7 +130,8 @@ def get_metal(wildcards):
 
 
 def get_segment_inputs(wildcards):
-    """Registered cycles 0 (h_ref), c-1, c and c+1 (the residue rule needs the next plating)."""
+    """Registered cycles 0 (h_ref), c-2, c-1, c and c+1 (the residue rule needs the next plating,
+    and the residue at cycle c-2's trough; of c-2 only two frames are read)."""
     d, c = wildcards.dataset, int(wildcards.cycle)
     cycles = get_cycles(d)
     reg = f"results/register/{d}"
@@ -141,6 +142,8 @@ def get_segment_inputs(wildcards):
     }
     if c - 1 in cycles:
         inputs["prev"] = f"{reg}/cycle_{c - 1}.zarr"
+    if c - 2 in cycles and config["segment"]["residue_lookback"] >= 1:
+        inputs["prev2"] = f"{reg}/cycle_{c - 2}.zarr"
     if c + 1 in cycles:
         inputs["next"] = f"{reg}/cycle_{c + 1}.zarr"
     return inputs
