@@ -70,7 +70,7 @@ def run_segment_sites(registered: dict[str, Path], out_dir: str | Path, *, metal
         run_segment(c, registered[f"cycle_{c}"], registered[f"cycle_{cycles[0]}"],
                     registered["transforms"], seg, out / "segment" / f"cycle_{c}.classes.tsv",
                     prev=registered.get(f"cycle_{c - 1}"), nxt=registered.get(f"cycle_{c + 1}"),
-                    prev2=registered.get(f"cycle_{c - 2}") if params.residue_lookback else None,
+                    prev2=registered.get(f"cycle_{c - 2}"),
                     params=params, metal=metal,
                     step=Step("segment_cycle", {**sp, "metal": metal}, {"cycle": str(c)}))
         segs.append(seg)

@@ -516,7 +516,8 @@ def _apply_one(h, sy, sx, *, rect, order):
     return out[y0:y1, x0:x1].astype(np.float32), valid[y0:y1, x0:x1]
 
 
-def apply_cycle(leveled: xr.Dataset, transforms: xr.Dataset, *, order: int = 3) -> xr.Dataset:
+def apply_cycle(leveled: xr.Dataset, transforms: xr.Dataset, *,
+                order: int = RegisterParams.resample_order) -> xr.Dataset:
     """Resample the frames of one cycle onto the reference grid, cropped to the common field.
 
     ``order`` is the spline order (``register.resample_order``). Cubic (3) keeps the flanks of
@@ -591,7 +592,8 @@ def run_compose(within_paths, link_paths, cube_path, out, table, *, step,
     return write_cube(tf, out, step=step)
 
 
-def run_apply(leveled_path, transforms_path, out, *, step, order: int = 3) -> dict[str, Any]:
+def run_apply(leveled_path, transforms_path, out, *, step,
+              order: int = RegisterParams.resample_order) -> dict[str, Any]:
     from ecafm.store import open_cube, write_cube
 
     lev = open_cube(leveled_path)

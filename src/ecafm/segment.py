@@ -408,8 +408,8 @@ def _growth_maps(allf: _Frames, frames, h_ref: np.ndarray) -> list[np.ndarray]:
 
 
 def _prev_trough_residue(prev2: xr.Dataset, tf: xr.Dataset, h_ref: np.ndarray, fp: int, tip: float,
-                         allf: _Frames, run: np.ndarray, run_kind: np.ndarray, moved: np.ndarray,
-                         params: SegmentParams, min_area: int, err_ref: float) -> np.ndarray | None:
+                         moved_next: np.ndarray, params: SegmentParams, min_area: int,
+                         err_ref: float) -> np.ndarray | None:
     """Residue pixels at cycle c-2's stripping trough, the history of the first trough in ``allf``.
 
     Dead Li stays, and once a neighbour's cap grows over it its core is no longer STATIC through
@@ -417,20 +417,19 @@ def _prev_trough_residue(prev2: xr.Dataset, tf: xr.Dataset, h_ref: np.ndarray, f
     (``was_dead``). Each job used to start that chain with no residue, so every cycle's job
     forgot the residue of the cycle before its ``prev`` and called overgrown residue live (demo
     seed 60: 1,092 residue pixels called live in cycle 3's plating frames). Only c-2's last
-    plating and last stripping frames are read; the next plating is ``prev``'s, whose change
-    labels ``allf`` already holds. Its own history starts empty (one level deeper than before,
+    plating and last stripping frames are read; the next plating is ``prev``'s, whose changed
+    pixels (``moved_next``) the job already has. Its own history starts empty (one level deeper than before,
     keeping one job per cycle; the full chain is a sequential dependency between jobs).
     """
     kinds = _kinds(prev2, fp)
     ok = (prev2["frame_ok"].values & prev2["registration_ok"].values).astype(bool)
     plate, strip = np.flatnonzero((kinds == PLATE) & ok), np.flatnonzero((kinds == STRIP) & ok)
-    nidx = np.flatnonzero((run == 0) & allf.usable)
-    if strip.size == 0 or run_kind[0] != PLATE or nidx.size == 0:
+    if strip.size == 0:
         return None
     sel = [int(strip[-1])] + ([int(plate[plate < strip[-1]][-1])] if (plate < strip[-1]).any() else [])
     two = _load(prev2.isel(frame=sel), tf, h_ref, fp, tip)
     ts = _trough_sites(two.h[0], two.valid[0], float(two.sigma_r[0]), two.h[1] if len(sel) > 1 else None,
-                       moved[nidx].any(axis=0), np.zeros(h_ref.shape, bool), h_ref, params,
+                       moved_next, np.zeros(h_ref.shape, bool), h_ref, params,
                        min_area, err_ref)
     if ts is None:
         return None
@@ -519,10 +518,11 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
         active[i] = a
 
     # ---------------------------------------------------------------- site-level residue
-    prev_dead0 = (_prev_trough_residue(prev2, transforms, h_ref, fp, tip, allf, run, run_kind, moved,
+    first = np.flatnonzero((run == 0) & allf.usable)  # prev's plating: the next one after c-2's trough
+    prev_dead0 = (_prev_trough_residue(prev2, transforms, h_ref, fp, tip, moved[first].any(axis=0),
                                        params, min_area, err_ref)
-                  if prev2 is not None and params.residue_lookback >= 1 and params.residue_retention > 0
-                  else None)
+                  if prev2 is not None and params.residue_lookback and params.residue_retention > 0
+                  and run_kind[0] == PLATE and first.size else None)
     site_res, trough_res = (_site_residue(allf, run, run_kind, moved, h_ref, params, min_area,
                                           err_ref, range(n_prev, n_prev + n_cur), prev_dead0)
                             if params.residue_retention > 0 else (None, {}))
