@@ -266,6 +266,15 @@ def track_labels(per_cycle: list[np.ndarray], *, min_overlap: float = 0.2) -> Tr
     without overlap is a birth. Merged and split sites share a family (union-find, root =
     smallest id).
 
+    Written here rather than taken from laptrack's ``OverLapTrack`` (the kept library for
+    overlap tracking): that class prices every pair of labels of consecutive cycles through a
+    Python callable (``scipy.spatial.distance.cdist``), about 40 us per pair. On demo seed 0's
+    four cycles (62-110 sites each) it took 1.08 s against 6.6 ms here (laptrack 0.17.1,
+    2026-11-26), and the cost grows with the product of the site counts, which bench-l's
+    thousands of sites per cycle would turn into minutes. The rule here is also the one the
+    lineage needs: overlap relative to the smaller region, so a small site grown into a large
+    one links whatever its share of the large one.
+
     Parameters
     ----------
     per_cycle : list of ndarray of int, each (ny, nx)
