@@ -411,3 +411,16 @@ def test_robust_row_fit_auto_takes_the_quadratic_only_when_curved():
     sr = (rows - 127.5) / 127.5
     assert np.sqrt(np.mean((q - (0.2 + 0.5 * sr + 1.5 * sr**2)) ** 2)) < 0.03
     assert robust_row_fit(rows, xc[:1], curved[:1]).tolist() == [curved[0]] * 256
+
+
+def test_strip_scatter_is_the_robust_spread_about_the_row_model():
+    rows = np.array([8.0, 24.0, 40.0, 56.0, 72.0])
+    model = 0.01 * np.arange(80.0)  # a drift line
+    res_y = np.array([0.1, -0.2, 0.3, -0.1, 5.0])  # one wild strip: the median ignores it
+    strips = tuple(Shift(model[int(r)] + e, model[int(r)], 10.0, 0.9, 0.004, 0.002, True)
+                   for r, e in zip(rows, res_y, strict=True))
+    rd = RowDrift(model, model.copy(), rows, strips, np.array([True] * 5))
+    assert rd.strip_scatter() == pytest.approx(1.4826 * 0.2)
+    rd_some = RowDrift(model, model.copy(), rows, strips, np.array([True, True, False, True, False]))
+    assert rd_some.strip_scatter() == pytest.approx(1.4826 * 0.1)
+    assert np.isnan(RowDrift(model, model, rows, strips, np.zeros(5, bool)).strip_scatter())

@@ -247,3 +247,45 @@ def test_resample_order_is_validated_and_defaults_to_cubic():
     for bad in (6, -1, 1.5, True):
         with pytest.raises(ValueError, match="resample_order"):
             RegisterParams(resample_order=bad)
+
+
+def test_max_strip_scatter_is_validated():
+    assert RegisterParams().max_strip_scatter_px == 0.2
+    with pytest.raises(ValueError, match="max_strip_scatter_px"):
+        RegisterParams(max_strip_scatter_px=0)
+
+
+def _strip_model(ny, *, offset, scatter, strip_height=32):
+    """A RowDrift whose row model is ``offset`` (dy, dx) px everywhere and whose strips scatter
+    about it by +-``scatter`` px (alternating)."""
+    from ecafm.kernels.register import RowDrift, Shift
+
+    rows = np.arange(strip_height // 2, ny, strip_height // 2, dtype=float)
+    res = scatter * np.where(np.arange(rows.size) % 2 == 0, 1.0, -1.0)
+    strips = tuple(Shift(offset[0] + r, offset[1] - r, 20.0, 0.9, 0.005, 0.002, True) for r in res)
+    return RowDrift(np.full(ny, offset[0]), np.full(ny, offset[1]), rows, strips,
+                    np.ones(rows.size, bool))
+
+
+@pytest.mark.parametrize("scatter,used", [(0.01, True), (0.4, False)])
+def test_pair_keeps_its_rigid_shift_when_strips_scatter(monkeypatch, scatter, used):
+    """Strips claiming errors of 0.005 px but scattering by 0.4 px about their own row model are
+    not trusted (bench-m's late plating pairs); strips on their model are used."""
+    import ecafm.kernels.register as kr
+    from ecafm.register import estimate_pair
+
+    rng = np.random.default_rng(3)
+    from scipy import ndimage as ndi
+
+    ref = ndi.gaussian_filter(rng.standard_normal((128, 128)), 2.0) * 10
+    mov = ndi.shift(ref, (0.3, -0.2), order=3, mode="nearest")
+    monkeypatch.setattr(kr, "estimate_row_drift",
+                        lambda *a, **k: _strip_model(128, offset=(0.45, -0.05), scatter=scatter))
+    r = estimate_pair(ref, mov, params=RegisterParams())
+    assert abs(r.dy - 0.3) < 0.05 and abs(r.dx + 0.2) < 0.05
+    if used:
+        np.testing.assert_allclose(r.row_dy, 0.45)
+        np.testing.assert_allclose(r.row_dx, -0.05)
+    else:
+        np.testing.assert_allclose(r.row_dy, r.dy)
+        np.testing.assert_allclose(r.row_dx, r.dx)

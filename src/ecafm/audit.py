@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -103,17 +104,25 @@ def _level(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> Non
                 params=LevelParams(**rec["step"]["params"]), step=_step(rec, inputs))
 
 
-def _within(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:
-    from ecafm.register import RegisterParams, run_within
+def _register_params(rec: dict[str, Any]):
+    from ecafm.register import RegisterParams
 
-    run_within(inputs[0], out["zarr"], params=RegisterParams(**rec["step"]["params"]),
+    # records from before max_strip_scatter_px existed used every strip model that passed the
+    # other checks
+    return RegisterParams(**{"max_strip_scatter_px": math.inf, **rec["step"]["params"]})
+
+
+def _within(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:
+    from ecafm.register import run_within
+
+    run_within(inputs[0], out["zarr"], params=_register_params(rec),
                step=_step(rec, inputs))
 
 
 def _link(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:
-    from ecafm.register import RegisterParams, run_link
+    from ecafm.register import run_link
 
-    run_link(inputs[0], inputs[1], out["zarr"], params=RegisterParams(**rec["step"]["params"]),
+    run_link(inputs[0], inputs[1], out["zarr"], params=_register_params(rec),
              step=_step(rec, inputs))
 
 

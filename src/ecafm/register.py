@@ -59,6 +59,7 @@ class RegisterParams:
     row_model: str = "auto"
     loop_weight: float = 0.5
     resample_order: int = 3
+    max_strip_scatter_px: float = 0.2
 
     def __post_init__(self):
         from ecafm.kernels.register import ROW_MODELS
@@ -69,6 +70,8 @@ class RegisterParams:
             raise ValueError(f"register.method must be 'robust' or 'fast', got {self.method!r}")
         if not 0.0 <= float(self.loop_weight) <= 1.0:
             raise ValueError(f"register.loop_weight must be within [0, 1], got {self.loop_weight!r}")
+        if not float(self.max_strip_scatter_px) > 0:
+            raise ValueError(f"register.max_strip_scatter_px must be > 0, got {self.max_strip_scatter_px!r}")
         if isinstance(self.resample_order, bool) or self.resample_order not in range(6):
             raise ValueError(f"register.resample_order must be a spline order 0..5, got {self.resample_order!r}")
 
@@ -142,13 +145,17 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
                                 upsample_factor=params.upsample_factor, interpolation=params.row_model,
                                 min_peak_ratio=params.min_peak_ratio)
         usable = rd.ok and np.isfinite(rd.dy).all() and np.isfinite(rd.dx).all()
-        if usable and math.hypot(np.mean(rd.dy) - s.dy, np.mean(rd.dx) - s.dx) <= max(0.5, 5 * s.error):
+        scatter = rd.strip_scatter() if usable else float("nan")
+        if (usable and math.hypot(np.mean(rd.dy) - s.dy, np.mean(rd.dx) - s.dx) <= max(0.5, 5 * s.error)
+                and scatter <= params.max_strip_scatter_px):
             row_dy, row_dx = rd.dy, rd.dx
         else:
-            # Strips too weak (small or periodic frames) or inconsistent with the whole-frame
-            # estimate: keep the rigid shift for this pair (logged, not a failure).
-            log.info("row drift not used for this pair (strips ok: %s); rigid shift kept",
-                     int(rd.strip_ok.sum()))
+            # Strips too weak (small or periodic frames), inconsistent with the whole-frame
+            # estimate, or scattered about their own row model far beyond their claimed errors
+            # (blocks of rows biased by growing deposits, bench-m's late plating frames): keep
+            # the rigid shift for this pair (logged, not a failure).
+            log.info("row drift not used for this pair (strips ok: %s, scatter %.3f px); rigid "
+                     "shift kept", int(rd.strip_ok.sum()), scatter)
     return PairResult(float(s.dy), float(s.dx), float(s.error), float(s.crlb), float(s.peak_ratio),
                       tuple(dict.fromkeys(flags)), np.asarray(row_dy, float), np.asarray(row_dx, float))
 
