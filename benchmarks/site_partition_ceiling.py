@@ -93,6 +93,7 @@ def one_seed(preset: str, seed: int, work: Path, marker_h: float) -> dict:
     from skimage.segmentation import watershed
 
     from ecafm.kernels.sites import segment_sites
+    from ecafm.score import _nearest_site_px
     from ecafm.store import open_cube
     from ecafm.synth import synth
 
@@ -139,9 +140,7 @@ def one_seed(preset: str, seed: int, work: Path, marker_h: float) -> dict:
             "caps_growth": cap_partition(h, mask, np.array(gy), np.array(gx)),
         }
         # spacing: distance from each true site's centre to the nearest other one (px)
-        d = np.hypot(cy[:, None] - cy[None, :], cx[:, None] - cx[None, :])
-        np.fill_diagonal(d, np.inf)
-        nn = d.min(1) if ids.size > 1 else np.full(ids.size, np.inf)
+        nn = _nearest_site_px(t, f, ids)
         for k in (2, 3):
             spacing[f"nn_lt_{k}px"] += int((nn < k).sum())
         row = {"cycle": int(c), "frame": f}

@@ -219,6 +219,7 @@ def test_site_partition_ceiling_cap_rule_on_true_centres():
     from pathlib import Path
 
     import numpy as np
+    from scipy import ndimage as ndi
 
     spec = importlib.util.spec_from_file_location(
         "ceiling", Path(__file__).resolve().parents[1] / "benchmarks" / "site_partition_ceiling.py")
@@ -231,8 +232,6 @@ def test_site_partition_ceiling_cap_rule_on_true_centres():
                      for (cy, cx), r, hh in zip(centres, radii, heights, strict=True)])
     h = caps.sum(0)
     truth = np.where(caps.max(0) > 0, caps.argmax(0) + 1, 0)
-    from scipy import ndimage as ndi
-
     assert ndi.label((h == ndi.maximum_filter(h, size=3)) & (h > 0))[1] == 1  # the big cap's only
     got = mod.cap_partition(h, h > 0, centres[:, 0], centres[:, 1])
     assert (got == truth).mean() > 0.99

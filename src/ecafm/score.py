@@ -290,15 +290,14 @@ def site_scores(labels: xr.Dataset, segs: list[xr.Dataset], truth: xr.Dataset, g
         matches = _match_sites(t, p, iou_min)
         tp += len(matches)
         tp_r += sum(a in resolvable for a in matches.values())
+        f = int(seg["frame"].values[_peak_index(seg)])
         if "height_true" in truth:
-            f = int(seg["frame"].values[_peak_index(seg)])
             h = grid(truth["height_true"][f].values, order=1)
             top = (h == ndi.maximum_filter(h, size=3)) & (t > 0)
             own = set(np.unique(t[top]).tolist())
             n_true_o += len(own)
             tp_o += sum(a in own for a in matches.values())
         if "site_y_px" in truth:
-            f = int(seg["frame"].values[_peak_index(seg)])
             nn = _nearest_site_px(truth, f, ids_t)
             matched = set(matches.values())
             for k, (lo, hi) in SPACING_BINS.items():
