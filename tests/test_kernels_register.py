@@ -397,6 +397,35 @@ def test_robust_row_fit_ignores_strips_off_the_drift_line():
     assert rms(_interp_rows(rows, xc, yc, np.ones_like(yc), "linear")) > 3 * rms(fit)
 
 
+def test_robust_row_fit_is_not_pulled_by_a_block_of_biased_strips():
+    """bench-m's late plating pairs: the bottom third of the strips drifts off together (here
+    0.1 -> 0.6 px, as 38->39), each strip claiming a few thousandths of a pixel. A Theil-Sen
+    start with a re-estimated scale ended half-way to the block (0.6 px off at the last row on
+    every seed); the least-median-of-squares start with its scale fixed follows the majority.
+    (``auto`` may still take a quadratic that bends into such a ramp: 6 of these 20 seeds.)"""
+    from ecafm.kernels.register import robust_row_fit
+
+    rows = np.arange(512, dtype=float)
+    xc = np.arange(15.5, 512, 16.0)
+    worst = []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        yc = 0.3 + 0.0015 * xc + rng.normal(0, 0.02, xc.size)
+        yc[-10:] += np.linspace(0.1, 0.6, 10)
+        worst.append(np.abs(robust_row_fit(rows, xc, yc, "line") - (0.3 + 0.0015 * rows)).max())
+    assert max(worst) < 0.1, np.round(worst, 3)
+
+
+def test_lmeds_start_recovers_the_majority_polynomial():
+    from ecafm.kernels.register import _lmeds_poly
+
+    rng = np.random.default_rng(3)
+    xs = np.linspace(-1, 1, 31)
+    y = 0.2 - 0.3 * xs + 0.4 * xs**2
+    y[rng.choice(31, 14, replace=False)] += rng.uniform(0.5, 2.0, 14)  # 14 of 31 far off
+    assert np.allclose(_lmeds_poly(xs, y, 2), [0.4, -0.3, 0.2], atol=1e-9)
+
+
 def test_robust_row_fit_auto_takes_the_quadratic_only_when_curved():
     from ecafm.kernels.register import robust_row_fit
 
