@@ -108,8 +108,9 @@ def _register_params(rec: dict[str, Any]):
     from ecafm.register import RegisterParams
 
     # records from before max_strip_scatter_px existed used every strip model that passed the
-    # other checks
-    return RegisterParams(**{"max_strip_scatter_px": math.inf, **rec["step"]["params"]})
+    # other checks; from before fit_k, the stable_k mask for the fit as well
+    params = rec["step"]["params"]
+    return RegisterParams(**{"max_strip_scatter_px": math.inf, "fit_k": params.get("stable_k", 3.0), **params})
 
 
 def _within(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "compose_shifts",
     "estimate_row_drift",
     "robust_row_fit",
+    "shift_precision",
     "estimate_shift",
     "estimate_shift_qc",
     "gradient_magnitude",
@@ -801,6 +802,28 @@ def _shift_core_many(
             flags.append("weak_peak")
         out.append(_with_flags(s, flags))
     return out
+
+
+def shift_precision(
+    reference: np.ndarray,
+    moving: np.ndarray,
+    dy: float,
+    dx: float,
+    *,
+    weights: np.ndarray | None = None,
+    moving_weights: np.ndarray | None = None,
+) -> float:
+    """Noise-limited 1-sigma precision (px) of the shift ``(dy, dx)`` on the given weights.
+
+    The Gauss-Newton covariance times the residual variance of one least-squares step at that
+    shift (the ``error`` of :func:`estimate_shift` without re-estimating the shift); NaN when
+    the normal equations are singular.
+    """
+    reference, moving = _check_pair(reference, moving)
+    wr, wm = _soft_weights(weights, moving_weights, reference.shape, _TAPER_SIGMA)
+    ls = _refine_ls(reference.astype(np.float32), moving.astype(np.float32), wr, wm,
+                    float(dy), float(dx), n_iter=1)
+    return math.nan if ls is None else float(ls[2])
 
 
 def _with_flags(s: Shift, flags: Sequence[str]) -> Shift:
