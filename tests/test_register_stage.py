@@ -292,7 +292,7 @@ def test_pair_keeps_its_rigid_shift_when_strips_scatter(monkeypatch, scatter, us
 
 
 def test_fit_k_is_validated():
-    assert RegisterParams().fit_k == 1.5
+    assert RegisterParams().fit_k == RegisterParams().stable_k == 3.0
     with pytest.raises(ValueError, match="fit_k"):
         RegisterParams(fit_k=4.0)  # above stable_k (3)
     with pytest.raises(ValueError, match="fit_k"):
