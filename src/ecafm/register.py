@@ -132,19 +132,23 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
         if diff.size > 100:
             med = np.median(diff)
             sigma = 1.4826 * np.median(np.abs(diff - med)) + 1e-12
-            masks = []
-            for k in (params.fit_k, params.stable_k):
+
+            def mask(k):
                 m = np.zeros(ref.shape, np.float64)
                 m[valid] = np.abs(diff - med) < k * sigma
-                masks.append(m if 0.2 < m.mean() < 0.98 else None)
-            tight, loose = masks
+                return m if 0.2 < m.mean() < 0.98 else None
+
+            def pair(m):  # reference and moving weights
+                return m, np.nan_to_num(apply_shift(m, s0.dy, s0.dx)[0], nan=0.0)
+
+            tight = mask(params.fit_k)
+            loose = mask(params.stable_k) if params.fit_k < params.stable_k else None
             if tight is None:  # too little left at fit_k: the stable_k mask alone
                 tight, loose = loose, None
             if tight is not None:
-                weights = tight
-                moving_weights = np.nan_to_num(apply_shift(tight, s0.dy, s0.dx)[0], nan=0.0)
-            if loose is not None and params.fit_k < params.stable_k:
-                broad = (loose, np.nan_to_num(apply_shift(loose, s0.dy, s0.dx)[0], nan=0.0))
+                weights, moving_weights = pair(tight)
+            if loose is not None:
+                broad = pair(loose)
     s = estimate_shift_qc(ref, mov, weights=weights, moving_weights=moving_weights, **kw) \
         if weights is not None else check_shift(ref, mov, s0, **kw)
     if broad is not None and s.ok:

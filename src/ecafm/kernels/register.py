@@ -1198,7 +1198,7 @@ def _biweight_poly(xs: np.ndarray, y: np.ndarray, deg: int, n_iter: int = 30):
         coef = new
     xtwx = (X * w[:, None]).T @ X
     cov = scale**2 * np.linalg.pinv(xtwx)
-    return coef, cov, scale, w
+    return coef, cov, scale
 
 
 def robust_row_fit(rows: np.ndarray, xc: np.ndarray, yc: np.ndarray, model: str = "auto") -> np.ndarray:
@@ -1222,9 +1222,9 @@ def robust_row_fit(rows: np.ndarray, xc: np.ndarray, yc: np.ndarray, model: str 
     xs, rs = (xc - mid) / half, (rows - mid) / half
     if xc.size == 2:
         return np.polyval(np.polyfit(xs, yc, 1), rs)
-    coef, _, _, _ = _biweight_poly(xs, yc, 1)
+    coef, _, _ = _biweight_poly(xs, yc, 1)
     if model == "quadratic" or (model == "auto" and xc.size >= 6):
-        c2, cov2, _, _ = _biweight_poly(xs, yc, 2)
+        c2, cov2, _ = _biweight_poly(xs, yc, 2)
         t = c2[0] / np.sqrt(max(cov2[0, 0], 1e-30))
         if model == "quadratic" or abs(t) > 4.0:
             coef = c2
