@@ -335,3 +335,52 @@ def test_residue_lookback_is_validated():
     for bad in (2, -1, True, 0.5):
         with pytest.raises(ValueError, match="residue_lookback"):
             SegmentParams(residue_lookback=bad)
+
+
+def test_live_cap_over_earlier_dead_li_is_not_residue_while_it_strips(rng):
+    """A site that was residue at the previous trough is residue in a stripping's frames only
+    where its dead layer (its height at that trough) is still the thicker material: a live cap
+    that grew over its flank and is stripping now is ACTIVE there.
+
+    Toy sequence (plate, strip, plate, strip, plate): cap D grows, strips part of its volume and
+    dies; live cap L grows over D's flank in the next plating and strips to a remnant. Before the
+    rule 11 of the 15 pixels of D's footprint where L's remnant is thicker than D were residue at
+    the second trough.
+    """
+    from ecafm import segment as sg
+
+    ny = nx = 64
+    yy, xx = np.mgrid[:ny, :nx].astype(float)
+
+    def cap(cy, cx, r, h):
+        return np.clip(h * (1 - ((yy - cy) ** 2 + (xx - cx) ** 2) / r**2), 0, None)
+
+    def d(h):
+        return cap(32, 24, 10, h)
+
+    def live(h):
+        return cap(32, 38, 9, h)
+
+    seq = [(sg.PLATE, d(30)), (sg.PLATE, d(60)), (sg.STRIP, d(50)), (sg.STRIP, d(40)),
+           (sg.PLATE, d(40) + live(40)), (sg.PLATE, d(40) + live(80)),
+           (sg.STRIP, d(40) + live(50)), (sg.STRIP, d(40) + live(25)), (sg.PLATE, d(40) + live(30))]
+    kind = np.array([k for k, _ in seq])
+    n = len(seq)
+    h = np.stack([z for _, z in seq]) + rng.normal(0, 0.3, (n, ny, nx))
+    run = np.concatenate([[0], np.cumsum(kind[1:] != kind[:-1])])
+    run_kind = np.array([kind[run == r][0] for r in range(run.max() + 1)])
+    moved = np.zeros((n, ny, nx), bool)
+    moved[1:] = np.abs(np.diff(h, axis=0)) > 3
+    allf = sg._Frames(h=h, valid=np.ones_like(h, bool), usable=np.ones(n, bool), kind=kind,
+                      frame=np.arange(n), time=np.arange(n, dtype=float), line_time=np.zeros(n),
+                      charge=np.zeros(n), sigma_r=np.full(n, 0.01), rows=np.zeros((n, ny)),
+                      q_rows=np.zeros((n, ny)), q_end=np.zeros(n))
+    out, trough = sg._site_residue(allf, run, run_kind, moved, np.zeros((ny, nx)),
+                                   sg.SegmentParams(), 4, 0.0, range(n))
+    assert sorted(trough) == [3, 7]
+    assert trough[3][d(40) > 2].mean() > 0.95  # D is residue at its own trough
+    live_on_top = (live(25) > d(40)) & (d(40) > 0)
+    dead_below = (d(40) >= live(25)) & (d(40) > 2)
+    assert live_on_top.sum() >= 10
+    assert out[7][live_on_top].mean() <= 0.2, out[7][live_on_top].sum()
+    assert out[7][dead_below].mean() >= 0.95
