@@ -56,7 +56,7 @@ class SegmentParams:
     """Config key ``segment`` (see workflow/schemas/config.schema.yaml)."""
 
     k: float = 3.0
-    k_low: float = 2.0
+    k_low: float = 1.5
     min_area_px: int = 4
     tip_radius_nm: float = 10.0
     tip_deconvolution: bool = True

@@ -301,7 +301,7 @@ def change_threshold(h_prev: np.ndarray, h_cur: np.ndarray, *, sigma_d: float, s
 
 
 def change_labels(h_prev: np.ndarray, h_cur: np.ndarray, *, sigma_r: float, k: float = 3.0,
-                  k_low: float = 2.0, min_area: int = 4, valid: np.ndarray | None = None,
+                  k_low: float = 1.5, min_area: int = 4, valid: np.ndarray | None = None,
                   sigma_d: float | None = None) -> tuple[np.ndarray, float]:
     """GROW / SHRINK / STATIC between two registered frames.
 
@@ -313,7 +313,10 @@ def change_labels(h_prev: np.ndarray, h_cur: np.ndarray, *, sigma_r: float, k: f
         Registration uncertainty of the pair (px).
     k, k_low : float
         Hysteresis: a changed region must reach ``tau`` (``k``) somewhere and is grown over
-        pixels above ``k_low / k * tau``.
+        pixels above ``k_low / k * tau``. The default low threshold, half the high one, follows
+        the thin, slowly shrinking edges of stripping caps: on the generator's 8 presets change
+        F1 0.907-0.937 against 0.896-0.940 with ``k_low=2`` (ladder-4, 1 nm white + 0.8 nm pink
+        noise: 0.896 -> 0.907; SHRINK F1 0.866 -> 0.885).
     min_area : int
         Changed regions smaller than this (px, the tip footprint at least) are STATIC.
     valid : ndarray of bool, optional
