@@ -38,7 +38,7 @@ TARGETS = [
     # dead layer at the previous trough must dominate for residue in stripping frames: 0.917 (demo
     # seed 0, 1 nm), seed 1 0.926, seed 60 0.917, ladder-1..4 0.904 / 0.902 / 0.911 / 0.914, null 0.908
     pytest.param("iou_deposit", ">=", 0.9, id="iou_deposit"),
-    # 0.728 (demo seed 0, 1 nm), seed 1 0.765, ladder-1 0.761, ladder-4 0.714, null 0.706
+    # 0.724 (demo seed 0, 1 nm), seed 1 0.776, ladder-1 0.754, ladder-4 0.717, null seed 0 0.844
     pytest.param("iou_void", ">=", 0.7, id="iou_void"),
     # converting sites ACTIVE through their stripping, dead layer dominant: 0.915 (demo seed 0),
     # 0.920 (seed 1), 0.915 (ladder-1)
@@ -240,7 +240,7 @@ def test_site_partition_ceiling_cap_rule_on_true_centres():
     assert mod.f1_counts(truth, got)[0] == 2
 
 
-def test_dead_volume_on_the_null_preset_with_little_dead_li(tmp_path):
+def test_dead_volume_and_classes_on_the_null_preset_with_little_dead_li(tmp_path):
     """Null seed 15 makes little dead Li, so a few live sites called residue weigh a lot.
 
     With ``residue_retention`` 0.3 its live sites' stripped cores (keeping 0.30 of their peak
@@ -256,6 +256,11 @@ def test_dead_volume_on_the_null_preset_with_little_dead_li(tmp_path):
     scores = score_run(tmp_path / "out", tmp_path / "data" / "truth.zarr")
     assert scores["rel_err_dead"] <= 0.15
     assert scores["max_rel_err_dead"] <= 0.3
+    # the class targets hold on the null preset too; its voids are few, so false voids weigh a
+    # lot: 0.806 before the last frame's extrapolation stopped at the reference, 0.922 now
+    assert scores["iou_void"] >= 0.7
+    assert scores["iou_deposit"] >= 0.9  # 0.913
+    assert scores["change_f1"] >= 0.9  # 0.933
 
 
 def test_residue_history_from_cycle_c_minus_2_keeps_overgrown_dead_li(demo_1nm, tmp_path):

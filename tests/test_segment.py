@@ -384,3 +384,34 @@ def test_live_cap_over_earlier_dead_li_is_not_residue_while_it_strips(rng):
     assert live_on_top.sum() >= 10
     assert out[7][live_on_top].mean() <= 0.2, out[7][live_on_top].sum()
     assert out[7][dead_below].mean() >= 0.95
+
+
+def test_last_frame_extrapolation_does_not_dig_below_the_reference():
+    """The last frame of a half-cycle is extrapolated in charge to the half-cycle's end. A cap
+    stripped away half-way through that frame would be carried on below the surface it sat on
+    (false voids: null preset void IoU 0.70); it stops at the reference, while rows where the cap
+    is still there are extrapolated as before."""
+    from ecafm import segment as sg
+
+    ny = nx = 32
+    yy, xx = np.mgrid[:ny, :nx].astype(float)
+    cap = np.clip(1 - ((yy - 16) ** 2 + (xx - 16) ** 2) / 10.0**2, 0, None)
+    before = 50 * cap
+    last = np.where(yy < 16, 40 * cap, 0.0)  # the cap is gone in the rows scanned after row 15
+    h = np.stack([before, last])
+    q_rows = np.stack([np.linspace(0, 1, ny), np.linspace(1, 2, ny)])
+    allf = sg._Frames(h=h, valid=np.ones_like(h, bool), usable=np.ones(2, bool),
+                      kind=np.array([sg.STRIP, sg.STRIP]), frame=np.arange(2),
+                      time=np.array([0.0, 1.0]), line_time=np.full(2, 1.0 / ny),
+                      charge=np.array([0.5, 1.5]), sigma_r=np.zeros(2), rows=np.tile(np.arange(ny), (2, 1)),
+                      q_rows=q_rows, q_end=np.array([1.0, 2.0]))
+    moved = np.stack([np.zeros((ny, nx), bool), cap > 0])
+    h_ref = np.zeros((ny, nx))
+    free, _ = sg._rectify(allf, np.zeros(2, int), moved, ny)
+    out, _ = sg._rectify(allf, np.zeros(2, int), moved, ny, h_ref)
+    gone = (yy >= 16) & (cap > 0.2)
+    assert free[1][gone].min() < -5  # unbounded: 10 nm and more below the surface
+    assert out[1][gone].min() >= 0.0
+    kept = (yy < 12) & (cap > 0.5)
+    assert np.all(out[1][kept] < last[kept] - 1)  # still extrapolated where the cap remains
+    np.testing.assert_array_equal(out[1][kept], free[1][kept])

@@ -194,8 +194,8 @@ def _change_pass(allf: _Frames, params: SegmentParams, min_area: int
     return chg, sig_d
 
 
-def _rectify(allf: _Frames, run: np.ndarray, moved: np.ndarray, n_rows: int
-             ) -> tuple[np.ndarray, np.ndarray]:
+def _rectify(allf: _Frames, run: np.ndarray, moved: np.ndarray, n_rows: int,
+             h_ref: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Every frame brought to the charge at its end; returns the heights and each run's end charge.
 
     The lines of a frame are scanned one after another while material comes and goes with the
@@ -264,6 +264,12 @@ def _rectify(allf: _Frames, run: np.ndarray, moved: np.ndarray, n_rows: int
             ch = kc.dilate_mask(moved[i] | moved[o] if last else moved[o])
             h[i] = kc.rectify_rows(allf.h[i], allf.h[o], q_rows, q_o, target, changed=ch,
                                    max_factor=2.0 if last else 1.0)
+            if last and h_ref is not None:
+                # extrapolation continues the trend of the frame before, and a cap stripped away
+                # in the middle of the frame would go on below the surface it sat on: not below
+                # the reference where the frame itself is not (null preset: void IoU 0.70 -> 0.84)
+                cross = (allf.h[i] >= h_ref) & (h[i] < h_ref)
+                h[i][cross] = h_ref[cross]
     return h, run_end
 
 
@@ -496,7 +502,7 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     chg, sig_d = _change_pass(allf, params, min_area)
     # rectify every frame to the charge at its end (rows are scanned one after another), then
     # label changes again on the rectified frames
-    h_rect, run_end = _rectify(allf, run, chg != 0, n_rows)
+    h_rect, run_end = _rectify(allf, run, chg != 0, n_rows, h_ref)
     allf.h = h_rect
     chg, sig_d = _change_pass(allf, params, min_area)
     moved = chg != 0
