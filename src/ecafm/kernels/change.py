@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from ecafm.kernels.robust import median_inplace
+
 SHRINK, STATIC, GROW = -1, 0, 1
 UNCERTAIN, VOID, INACTIVE_RESIDUE, ACTIVE_DEPOSIT, DORMANT_DEPOSIT, SUBSTRATE = range(6)
 CLASS_NAMES = ("uncertain", "void", "inactive_residue", "active_deposit", "dormant_deposit",
@@ -44,20 +46,20 @@ def robust_sigma(d: np.ndarray, mask: np.ndarray | None = None, *, n_iter: int =
     """
     v = np.asarray(d, np.float64)
     sel = np.isfinite(v) if mask is None else (np.asarray(mask, bool) & np.isfinite(v))
-    v = v[sel]
+    v = v[sel]  # a copy: reordered in place by the medians below
     if v.size == 0:
         return float("nan")
-    med = float(np.median(v))
-    s = 1.4826 * float(np.median(np.abs(v - med)))
+    med = median_inplace(v)
+    s = 1.4826 * median_inplace(np.abs(v - med))
     for _ in range(n_iter):
         if s <= 0:
             break
         w = v[np.abs(v - med) < clip * s]
         if w.size < 10:
             break
-        med = float(np.median(w))
+        med = median_inplace(w)
         # MAD of a normal clipped at +-3 sigma is 0.9986 of the unclipped one: no correction
-        s = 1.4826 * float(np.median(np.abs(w - med)))
+        s = 1.4826 * median_inplace(np.abs(w - med))
     return s
 
 
@@ -93,36 +95,52 @@ def align_to_reference(h: np.ndarray, h_ref: np.ndarray, *, n_iter: int = 4,
     h = _check2d("h", h).astype(np.float64)
     d = h - h_ref
     ny, nx = d.shape
-    yy, xx = np.mgrid[0:ny, 0:nx]
-    A = np.column_stack([np.ones(d.size), (yy.ravel() - ny / 2) / ny, (xx.ravel() - nx / 2) / nx])
-    v = d.ravel()
-    sel = np.isfinite(v)
+    yv, xv = (np.arange(ny) - ny / 2) / ny, (np.arange(nx) - nx / 2) / nx
+    dz = np.where(np.isfinite(d), d, 0.0)
+
+    def plane(coef):
+        return coef[0] + coef[1] * yv[:, None] + coef[2] * xv[None, :]
+
+    def fit(use):
+        """Least squares of [1, y, x] on the pixels ``use``, from moments (normal equations)."""
+        cr, cc = use.sum(axis=1), use.sum(axis=0)
+        sxy = yv @ (use @ xv)
+        ata = np.array([[cr.sum(), cr @ yv, cc @ xv],
+                        [cr @ yv, cr @ yv**2, sxy],
+                        [cc @ xv, sxy, cc @ xv**2]], dtype=np.float64)
+        dm = np.where(use, dz, 0.0)
+        atb = np.array([dm.sum(), yv @ dm.sum(axis=1), dm.sum(axis=0) @ xv])
+        try:
+            return np.linalg.solve(ata, atb)
+        except np.linalg.LinAlgError:
+            return np.linalg.lstsq(ata, atb, rcond=None)[0]
+
+    sel = np.isfinite(d)
     noise = _pixel_noise(d)
-    if sel.any() and noise <= 1e-9 * (float(np.nanmax(np.abs(v[sel]))) + 1.0):
+    if sel.any() and noise <= 1e-9 * (float(np.nanmax(np.abs(d[sel]))) + 1.0):
         noise = 0.0
     if not sel.any():
         coef = np.zeros(3)
     elif noise > 0:
-        coef = np.array([_cluster_center(v[sel], noise), 0.0, 0.0])
-        use = sel & (np.abs(v - coef[0]) < clip * noise)
+        coef = np.array([_cluster_center(d[sel], noise), 0.0, 0.0])
+        use = sel & (np.abs(d - coef[0]) < clip * noise)
         for _ in range(n_iter):
             if use.sum() < 10:
                 break
-            coef = np.linalg.lstsq(A[use], v[use], rcond=None)[0]
-            r = v - A @ coef
-            use = sel & (np.abs(r) < clip * noise)
+            coef = fit(use)
+            use = sel & (np.abs(d - plane(coef)) < clip * noise)
     else:  # noise-free differences (synthetic): clip around the median
-        coef = np.array([robust_offset(v[sel]), 0.0, 0.0])
+        coef = np.array([robust_offset(d[sel]), 0.0, 0.0])
         for _ in range(n_iter):
-            r = v - A @ coef
+            r = d - plane(coef)
             s = robust_sigma(r, sel)
             if not np.isfinite(s) or s <= 0:
                 break
             use = sel & (np.abs(r - np.nanmedian(r[sel])) < clip * s)
             if use.sum() < 10:
                 break
-            coef = np.linalg.lstsq(A[use], v[use], rcond=None)[0]
-    out = h - (A @ coef).reshape(ny, nx)
+            coef = fit(use)
+    out = h - plane(coef)
     if rows:  # per-line offsets left by line-wise leveling (rows with deposits shift)
         out -= _row_offsets(out - h_ref)
     return out
@@ -287,22 +305,32 @@ def rectify_rows(h: np.ndarray, h_other: np.ndarray, q_rows: np.ndarray, q_other
 
 
 def slope_px(h: np.ndarray) -> np.ndarray:
-    """|grad h| in nm per px (central differences, NaN where h is NaN)."""
+    """|grad h| in nm per px (central differences; non-finite pixels take the frame's median)."""
     h = _check2d("h", h).astype(np.float64)
-    gy, gx = np.gradient(np.where(np.isfinite(h), h, np.nanmedian(h)))
+    fin = np.isfinite(h)
+    if not fin.all():
+        h = np.where(fin, h, np.nanmedian(h))
+    gy, gx = np.gradient(h)
     return np.hypot(gy, gx)
 
 
 def change_threshold(h_prev: np.ndarray, h_cur: np.ndarray, *, sigma_d: float, sigma_r: float,
-                     k: float = 3.0) -> np.ndarray:
-    """tau(x) = k sqrt(sigma_d^2 + (|grad h| sigma_r)^2), |grad h| the larger of both frames."""
-    g = np.maximum(slope_px(h_prev), slope_px(h_cur))
+                     k: float = 3.0, slopes: tuple[np.ndarray, np.ndarray] | None = None
+                     ) -> np.ndarray:
+    """tau(x) = k sqrt(sigma_d^2 + (|grad h| sigma_r)^2), |grad h| the larger of both frames.
+
+    ``slopes``: :func:`slope_px` of ``h_prev`` and ``h_cur`` when the caller has them (a frame
+    is in two pairs, and the reference in every frame's threshold).
+    """
+    gp, gc = slopes if slopes is not None else (slope_px(h_prev), slope_px(h_cur))
+    g = np.maximum(gp, gc)
     return k * np.sqrt(sigma_d**2 + (g * sigma_r) ** 2)
 
 
 def change_labels(h_prev: np.ndarray, h_cur: np.ndarray, *, sigma_r: float, k: float = 3.0,
                   k_low: float = 1.5, min_area: int = 4, valid: np.ndarray | None = None,
-                  sigma_d: float | None = None) -> tuple[np.ndarray, float]:
+                  sigma_d: float | None = None,
+                  slopes: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, float]:
     """GROW / SHRINK / STATIC between two registered frames.
 
     Parameters
@@ -323,6 +351,8 @@ def change_labels(h_prev: np.ndarray, h_cur: np.ndarray, *, sigma_r: float, k: f
         Pixels usable in both frames; others are STATIC (the caller marks them UNCERTAIN).
     sigma_d : float, optional
         Noise of the difference; estimated robustly (1.4826 MAD) when omitted.
+    slopes : (ndarray, ndarray), optional
+        :func:`slope_px` of both frames, if already computed.
 
     Returns
     -------
@@ -348,7 +378,8 @@ def change_labels(h_prev: np.ndarray, h_cur: np.ndarray, *, sigma_r: float, k: f
         sigma_d = robust_sigma(dh, ok)
     if not np.isfinite(sigma_d) or not ok.any():
         return np.zeros(dh.shape, np.int8), float("nan")
-    unit = change_threshold(h_prev, h_cur, sigma_d=max(sigma_d, 1e-6), sigma_r=sigma_r, k=1.0)
+    unit = change_threshold(h_prev, h_cur, sigma_d=max(sigma_d, 1e-6), sigma_r=sigma_r, k=1.0,
+                            slopes=slopes)
     z = dh / unit
     out = np.zeros(dh.shape, np.int8)
     for sign, code in ((1, GROW), (-1, SHRINK)):

@@ -16,6 +16,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage as ndi
 
+from ecafm.kernels.robust import median_inplace
+
 __all__ = ["LevelResult", "level_frame", "remove_scars"]
 
 logger = logging.getLogger(__name__)
@@ -62,21 +64,6 @@ def _check_frame(h: np.ndarray, name: str = "h") -> np.ndarray:
 def _design(ny: int, nx: int) -> tuple[np.ndarray, np.ndarray]:
     """Return normalized coordinates u (nx,) and v (ny,), both in [-1, 1]."""
     return np.linspace(-1.0, 1.0, nx), np.linspace(-1.0, 1.0, ny)
-
-
-def _median_inplace(a: np.ndarray) -> float:
-    """Median of a 1-D float array without NaN; reorders ``a`` (same value as ``np.median``).
-
-    ``np.median`` partitions at two (three, with its NaN check) positions at once, which is
-    several times slower than one selection plus a max over the lower half.
-    """
-    n = a.size
-    k = n // 2
-    a.partition(k)
-    hi = a[k]
-    if n % 2:
-        return float(hi)
-    return float((a[:k].max() + hi) / 2.0)
 
 
 def _sorted_row_medians(s: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -292,7 +279,7 @@ def level_frame(
         dx = np.diff(zu, axis=1)
         if n_usable != z.size:
             dx = dx[np.isfinite(dx)]
-        slope = _median_inplace(dx.ravel()) if dx.size else 0.0
+        slope = median_inplace(dx.ravel()) if dx.size else 0.0
         coef = np.zeros(3 if order == 1 else 6)
         coef[1] = slope * (nx - 1) / 2.0
         parts = _plane_parts(coef, u, v, order)
@@ -309,10 +296,10 @@ def level_frame(
     for it in range(n_iter):
         resid = _subtract_plane(z, parts[0] + offsets, parts[1], parts[2], u, v, out=work)
         r_bg = resid[bg]
-        center = _median_inplace(r_bg)
+        center = median_inplace(r_bg)
         r_bg -= center
         np.abs(r_bg, out=r_bg)
-        sigma = _MAD_TO_SIGMA * _median_inplace(r_bg)
+        sigma = _MAD_TO_SIGMA * median_inplace(r_bg)
         if sigma == 0:
             sigma = np.finfo(float).eps
         np.subtract(resid, center, out=tmp)
@@ -328,7 +315,7 @@ def level_frame(
         if not changed and it > 0:
             break
     out = _subtract_plane(z, parts[0] + offsets, parts[1], parts[2], u, v, out=work)
-    zero = _median_inplace(out[bg])
+    zero = median_inplace(out[bg])
     out -= zero
     if align:
         offsets = offsets + zero

@@ -33,7 +33,7 @@ import scipy.fft as sfft
 from scipy import ndimage as ndi
 from scipy.signal.windows import tukey
 
-from ecafm.kernels.robust import trend_outliers
+from ecafm.kernels.robust import median_inplace, trend_outliers
 
 __all__ = [
     "RowDrift",
@@ -426,7 +426,7 @@ def _noise_power(power: np.ndarray, n: int, m: int) -> np.ndarray:
     if not sel_y.any() or not sel_x.any():
         return np.zeros(power.shape[0])
     p = power[:, sel_y][:, :, sel_x].reshape(power.shape[0], -1)
-    return np.array([_median_fast(row) for row in p], dtype=np.float64) / math.log(2.0)
+    return np.array([median_inplace(row) for row in p], dtype=np.float64) / math.log(2.0)
 
 
 def _snr_weight(power: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -488,15 +488,6 @@ def _shift_axis(img: np.ndarray, d: float, axis: int) -> tuple[np.ndarray, int, 
         term = float(w[j]) * img[tuple(sl)]
         out = term if out is None else out.__iadd__(term)
     return out, i0, i1
-
-
-def _median_fast(a: np.ndarray) -> float:
-    """``np.median`` of a 1-D array without NaN (reorders ``a``), by one partition."""
-    n = a.size
-    k = n // 2
-    a.partition(k)
-    hi = a[k]
-    return float(hi) if n % 2 else float((a[:k].max() + hi) / 2.0)
 
 
 def _central_differences(t: np.ndarray, gy: np.ndarray, gx: np.ndarray) -> None:
@@ -566,10 +557,10 @@ def _refine_ls(ref, mov, wr, wm, dy, dx, *, n_iter: int, tol: float = 1e-3):
         sub = r[::3, ::3][w[::3, ::3] > 0]
         if sub.size < 16:
             return None
-        center = _median_fast(sub)
+        center = median_inplace(sub)
         sub -= center
         np.abs(sub, out=sub)
-        sigma = 1.4826 * _median_fast(sub)
+        sigma = 1.4826 * median_inplace(sub)
         if sigma > 0:
             q = r
             q -= center

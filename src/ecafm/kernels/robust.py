@@ -1,8 +1,21 @@
-"""Robust consistency checks shared by the registration kernels (pure numpy/scipy)."""
+"""Robust helpers shared by the kernels (pure numpy/scipy)."""
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def median_inplace(a: np.ndarray) -> float:
+    """Median of a 1-D float array without NaN, by one selection; reorders ``a``.
+
+    Same value as ``np.median``, which partitions at two positions (three with its NaN check)
+    and is several times slower on the 10^5-10^6 values of a frame.
+    """
+    n = a.size
+    k = n // 2
+    a.partition(k)
+    hi = a[k]
+    return float(hi) if n % 2 else float((a[:k].max() + hi) / 2.0)
 
 
 def trend_outliers(x: np.ndarray, values: list[np.ndarray] | tuple[np.ndarray, ...], ok: np.ndarray, *,
