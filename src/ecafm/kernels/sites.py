@@ -57,10 +57,22 @@ def segment_sites(height: np.ndarray, mask: np.ndarray, *, marker_h: float = 2.0
         cy, cx = np.array(ndi.center_of_mass(peaks, mk, range(1, n + 1))).T.reshape(2, -1)
         top = np.asarray(ndi.maximum(hs, mk, range(1, n + 1)))
         order = np.argsort(-top, kind="stable")
+        # greedy, tallest first: a marker is kept unless a kept one lies closer than
+        # min_distance (neighbour lists from a k-d tree instead of all pairs in Python)
+        from scipy.spatial import cKDTree
+
+        pts = np.column_stack([cy, cx])
+        close: list[list[int]] = [[] for _ in range(n)]
+        for a, b in cKDTree(pts).query_pairs(min_distance):
+            if np.hypot(*(pts[a] - pts[b])) < min_distance:
+                close[a].append(b)
+                close[b].append(a)
+        suppressed = np.zeros(n, bool)
         keep: list[int] = []
         for i in order:
-            if all(np.hypot(cy[i] - cy[j], cx[i] - cx[j]) >= min_distance for j in keep):
-                keep.append(i)
+            if not suppressed[i]:
+                keep.append(int(i))
+                suppressed[close[i]] = True
         lut = np.zeros(n + 1, np.int32)
         lut[np.asarray(sorted(keep)) + 1] = np.arange(1, len(keep) + 1)
         mk = lut[mk]
