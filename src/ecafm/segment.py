@@ -176,25 +176,25 @@ def _concat(parts: list[_Frames]) -> _Frames:
 
 
 def _change_pass(allf: _Frames, params: SegmentParams, min_area: int
-                 ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
-    """Change labels of every usable frame against the previous usable one; also returns each
-    usable frame's :func:`~ecafm.kernels.change.slope_px` (every frame is in two pairs)."""
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Change labels of every usable frame against the previous usable one (each frame's
+    :func:`~ecafm.kernels.change.slope_px` computed once: it is in two pairs)."""
     n_all, ny, nx = allf.h.shape
     chg = np.zeros((n_all, ny, nx), np.int8)
     sig_d = np.full(n_all, np.nan)
-    slopes = {i: kc.slope_px(allf.h[i]) for i in range(n_all) if allf.usable[i]}
-    last = -1
+    last, g_last = -1, None
     for i in range(n_all):
         if not allf.usable[i]:
             continue
+        g = kc.slope_px(allf.h[i])
         if last >= 0:
             sr = float(np.hypot(allf.sigma_r[i], allf.sigma_r[last]))
             valid = allf.valid[i] & allf.valid[last]
             chg[i], sig_d[i] = kc.change_labels(allf.h[last], allf.h[i], sigma_r=sr, k=params.k,
                                                 k_low=params.k_low, min_area=min_area,
-                                                valid=valid, slopes=(slopes[last], slopes[i]))
-        last = i
-    return chg, sig_d, slopes
+                                                valid=valid, slopes=(g_last, g))
+        last, g_last = i, g
+    return chg, sig_d
 
 
 def _rectify(allf: _Frames, run: np.ndarray, moved: np.ndarray, n_rows: int,
@@ -502,12 +502,12 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     run = np.concatenate([[0], np.cumsum(allf.kind[1:] != allf.kind[:-1])])
 
     # ---------------------------------------------------------------- change labels
-    chg, sig_d, _ = _change_pass(allf, params, min_area)
+    chg, sig_d = _change_pass(allf, params, min_area)
     # rectify every frame to the charge at its end (rows are scanned one after another), then
     # label changes again on the rectified frames
     h_rect, run_end = _rectify(allf, run, chg != 0, n_rows, h_ref)
     allf.h = h_rect
-    chg, sig_d, slopes = _change_pass(allf, params, min_area)
+    chg, sig_d = _change_pass(allf, params, min_area)
     moved = chg != 0
 
     # ---------------------------------------------------------------- residue window
@@ -566,7 +566,7 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
         sig_ref[j] = kc.robust_sigma(d, ok)
         sr = float(np.hypot(allf.sigma_r[i], err_ref))
         tau = kc.change_threshold(h_ref, allf.h[i], sigma_d=sig_ref[j], sigma_r=sr, k=params.k,
-                                  slopes=(slope_ref, slopes[i]))
+                                  slopes=(slope_ref, kc.slope_px(allf.h[i])))
         ever |= d > np.maximum(tau, params.film_nm)
         pit = (kc.pits(allf.h[i], ever, radius_px=params.pit_radius_px, tau=tau)
                if params.pit_radius_px > 0 else None)
