@@ -104,9 +104,10 @@ def _fill(a: np.ndarray) -> np.ndarray:
     return np.where(ok, a, np.nanmedian(a[ok]) if ok.any() else 0.0)
 
 
-def _start(ref: np.ndarray, mov: np.ndarray, s) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """Aligned difference at a starting shift: (values on the common field, that field, robust
-    sigma), or None when the shift is not finite."""
+def _start(ref: np.ndarray, mov: np.ndarray, s
+           ) -> tuple[np.ndarray, np.ndarray, float, float] | None:
+    """Aligned difference at a starting shift: (values on the common field, that field, their
+    median, robust sigma), or None when the shift is not finite or nothing overlaps."""
     from ecafm.kernels.register import apply_shift
 
     if not (math.isfinite(s.dy) and math.isfinite(s.dx)):
@@ -115,8 +116,8 @@ def _start(ref: np.ndarray, mov: np.ndarray, s) -> tuple[np.ndarray, np.ndarray,
     diff = (aligned - ref)[valid]
     if diff.size == 0:
         return None
-    med = np.median(diff)
-    return diff, valid, float(1.4826 * np.median(np.abs(diff - med)) + 1e-12)
+    med = float(np.median(diff))
+    return diff, valid, med, float(1.4826 * np.median(np.abs(diff - med)) + 1e-12)
 
 
 def _texture(ref: np.ndarray, mov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -156,18 +157,18 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
     if not s0.ok:
         # A weak whole-frame peak: tall caps growing between the frames dominate the heights'
         # spectrum (demo at 256 px: pair 2 -> 3 started 2 px off and its stable-region pass
-        # locked on there with a clean peak). The gradient image's estimate is the other start;
-        # the one whose aligned difference is smaller on most pixels wins.
+        # locked on there with a clean peak). The estimates of the gradient images and of the
+        # substrate's texture are the other starts; the smallest robust sigma of the aligned
+        # difference wins.
         for g in (estimate_shift(*kw["gradients"], upsample_factor=params.upsample_factor),
                   estimate_shift(*_texture(ref, mov), upsample_factor=params.upsample_factor)):
             alt = _start(ref, mov, g)
-            if alt is not None and (start is None or alt[2] < start[2]):
+            if alt is not None and (start is None or alt[3] < start[3]):
                 s0, start = replace(s0, dy=g.dy, dx=g.dx), alt
     weights = moving_weights = broad = None
     if start is not None:
-        diff, valid, sigma = start
+        diff, valid, med, sigma = start
         if diff.size > 100:
-            med = np.median(diff)
 
             def mask(k):
                 m = np.zeros(ref.shape, np.float64)

@@ -371,7 +371,7 @@ def _site_residue(allf: _Frames, run: np.ndarray, run_kind: np.ndarray, moved: n
     trough: dict[int, np.ndarray] = {}
     n_runs = len(run_kind)
     prev_dead = np.zeros((ny, nx), bool) if prev_dead0 is None else prev_dead0
-    prev_h = prev_h0 if prev_dead0 is not None else None  # height at the previous trough
+    prev_h = prev_h0  # height at the previous trough (None: unknown)
     for r in range(n_runs - 1):
         if run_kind[r] != STRIP or run_kind[r + 1] != PLATE:
             continue
