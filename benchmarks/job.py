@@ -46,12 +46,15 @@ def run(spec: dict) -> None:
         from ecafm.register import RegisterParams, run_link
 
         p = RegisterParams()
-        run_link(a["left"], a["right"], a["out"], params=p, step=_step(rule, asdict(p), wc))
+        run_link(a["left"], a["right"], a["out"], params=p, step=_step(rule, asdict(p), wc),
+                 before_path=a.get("before"))
     elif rule == "compose_drift":
-        from ecafm.register import run_compose
+        from ecafm.register import RegisterParams, run_compose
 
-        run_compose(a["within"], a["links"], a["cube"], a["out"], a["table"],
-                    step=_step(rule, {}, wc))
+        p = RegisterParams()
+        run_compose(a["within"], a["links"], a["cube"], a["out"], a["table"], loop_weight=p.loop_weight,
+                    loop_fusion=p.loop_fusion,
+                    step=_step(rule, {"loop_weight": p.loop_weight, "loop_fusion": p.loop_fusion}, wc))
     elif rule == "apply_registration":
         from ecafm.register import RegisterParams, run_apply
 

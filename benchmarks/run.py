@@ -151,6 +151,7 @@ def stage_jobs(data: dict, out: Path) -> list[dict]:
         jobs.append(run_job("register_cycle", {"leveled": lev[c], "out": within[c], "cycle": c}, 2, work))
     for c in cycles[:-1]:
         jobs.append(run_job("link_cycles", {"left": lev[c], "right": lev[c + 1], "out": links[c],
+                                            "before": lev[c - 1] if c > cycles[0] else None,
                                             "cycle": c}, 1, work))
     jobs.append(run_job("compose_drift", {"within": [str(within[c]) for c in cycles],
                                           "links": [str(links[c]) for c in cycles[:-1]],

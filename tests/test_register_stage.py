@@ -386,3 +386,100 @@ def test_pair_with_tall_growing_caps_starts_from_the_texture(seed):
     assert not whole.ok and np.hypot(whole.dy - true[0], whole.dx - true[1]) > 1
     res = estimate_pair(ref, mov, params=RegisterParams())
     assert np.hypot(res.dy - true[0], res.dx - true[1]) < 0.05, (res.dy, res.dx)
+
+
+def _toy_within(frames, dys, ny=64):
+    """A within-cycle result: chain start then pairs of the given dy (px), no flags."""
+    import xarray as xr
+
+    n = len(frames)
+    refs = [-1, *frames[:-1]]
+    return xr.Dataset(
+        {"ref_frame": ("frame", np.array(refs, np.int32)), "dy": ("frame", np.array(dys, float)),
+         "dx": ("frame", np.zeros(n)), "error": ("frame", np.full(n, 0.01)),
+         "flags": ("frame", np.zeros(n, np.int32)),
+         "row_dy": (("frame", "y"), np.repeat(np.array(dys, float)[:, None], ny, 1)),
+         "row_dx": (("frame", "y"), np.zeros((n, ny)))},
+        coords={"frame": np.array(frames), "y": np.arange(ny) * 10.0})
+
+
+def _toy_link(pairs, ny=64):
+    """A link result from (from_frame, to_frame, dy) per kind (link, direct, skip); None = unlinked."""
+    import xarray as xr
+
+    from ecafm.register import FLAG_BITS
+
+    fr = [p[0] if p else -1 for p in pairs]
+    to = [p[1] if p else -1 for p in pairs]
+    dy = np.array([p[2] if p else np.nan for p in pairs])
+    flags = [0 if p else FLAG_BITS["unlinked"] for p in pairs]
+    k = len(pairs)
+    return xr.Dataset(
+        {"from_frame": ("kind", np.array(fr, np.int32)), "to_frame": ("kind", np.array(to, np.int32)),
+         "dy": ("kind", dy), "dx": ("kind", np.zeros(k)), "error": ("kind", np.full(k, 0.01)),
+         "flags": ("kind", np.array(flags, np.int32)),
+         "row_dy": (("kind", "y"), np.repeat(dy[:, None], ny, 1)), "row_dx": (("kind", "y"), np.zeros((k, ny)))},
+        coords={"kind": np.arange(k, dtype=np.int8), "y": np.arange(ny) * 10.0})
+
+
+def test_robust_cycle_start_adjustment_outvotes_a_wrong_chain_and_a_wrong_direct_link():
+    """Four cycles of three frames, true position -1 px per frame. Cycle 1's chain is 0.3 px off
+    (one pair, no flag, under the 1 px closure limit) and the direct link 2 -> 3 is 0.2 px off;
+    chain, direct and skip links measure every cycle start three ways, so the robust adjustment
+    puts every cycle start where it is, while the mean of chain and direct link (the earlier
+    rule) passes part of both errors on to all later frames."""
+    from ecafm.register import compose_transforms
+
+    within = [_toy_within([0, 1, 2], [0.0, -1.0, -1.0]),
+              _toy_within([3, 4, 5], [0.0, -1.0, -0.7]),  # pair 4 -> 5 wrong by +0.3
+              _toy_within([6, 7, 8], [0.0, -1.0, -1.0]),
+              _toy_within([9, 10, 11], [0.0, -1.0, -1.0])]
+    links = [_toy_link([(2, 3, -1.0), (0, 3, -3.0), None]),
+             _toy_link([(5, 6, -1.0), (3, 6, -3.0), (0, 6, -6.0)]),
+             _toy_link([(8, 9, -1.0), (6, 9, -2.8), (3, 9, -6.0)])]  # direct 6 -> 9 wrong by +0.2
+    truth = -np.arange(12.0)
+    kw = dict(pixel_size_nm=(10.0, 10.0), nx=64)
+    robust = compose_transforms(within, links, **kw)
+    mean = compose_transforms(within, links, fusion="mean", **kw)
+    starts = [0, 3, 6, 9]
+    np.testing.assert_allclose(robust["dy_px"].values[starts], truth[starts], atol=1e-3)
+    np.testing.assert_allclose(robust["dy_px"].values[9:], truth[9:], atol=1e-3)
+    assert robust["ok"].values.all()
+    # the earlier rule keeps half of each error: cycle 2 starts 0.15 px off, cycle 3 0.05 px
+    assert abs(mean["dy_px"].values[6] - truth[6]) > 0.1
+    assert abs(mean["dy_px"].values[9] - truth[9]) > 0.04
+    with pytest.raises(ValueError, match="fusion"):
+        compose_transforms(within, links, fusion="median", **kw)
+
+
+def test_link_carries_a_skip_estimate_from_the_cycle_before():
+    """estimate_link with ``before`` adds kind 2 (first good of the cycle before -> first good of
+    the right cycle), measured like the others; without it kind 2 is unlinked."""
+    import xarray as xr
+    from scipy import ndimage as ndi
+
+    from ecafm.register import FLAG_BITS, estimate_link
+
+    rng = np.random.default_rng(3)
+    base = ndi.gaussian_filter(rng.normal(size=(96, 96)), 2.0) * 5
+
+    def cycle(frames, shifts):
+        h = np.stack([ndi.shift(base, (sy, sx), order=3, mode="nearest")[8:-8, 8:-8] for sy, sx in shifts])
+        n = len(frames)
+        return xr.Dataset({"height": (("frame", "y", "x"), h.astype(np.float32))},
+                          coords={"frame": np.array(frames), "y": np.arange(80.0), "x": np.arange(80.0),
+                                  "frame_ok": ("frame", np.ones(n, bool))})
+
+    before = cycle([0, 1], [(0, 0), (0.5, 0)])
+    left = cycle([2, 3], [(1.0, 0.2), (1.5, 0.4)])
+    right = cycle([4, 5], [(2.0, 0.6), (2.5, 0.8)])
+    p = RegisterParams(row_drift=False)
+    lk = estimate_link(left, right, params=p, before=before)
+    assert lk.sizes["kind"] == 3
+    assert lk["from_frame"].values.tolist() == [3, 2, 0]
+    assert lk["to_frame"].values.tolist() == [4, 4, 4]
+    np.testing.assert_allclose(lk["dy"].values, [0.5, 1.0, 2.0], atol=0.02)
+    np.testing.assert_allclose(lk["dx"].values, [0.2, 0.4, 0.6], atol=0.02)
+    assert (lk["flags"].values == 0).all()
+    first = estimate_link(before, left, params=p)
+    assert int(first["flags"].values[2]) == FLAG_BITS["unlinked"]

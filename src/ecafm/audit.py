@@ -123,8 +123,9 @@ def _within(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> No
 def _link(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:
     from ecafm.register import run_link
 
+    # records from before the skip link have two inputs
     run_link(inputs[0], inputs[1], out["zarr"], params=_register_params(rec),
-             step=_step(rec, inputs))
+             step=_step(rec, inputs), before_path=inputs[2] if len(inputs) > 2 else None)
 
 
 def _compose(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:
@@ -135,8 +136,11 @@ def _compose(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> N
     links = [p for p, r in zip(inputs, rules, strict=True) if r == "link_cycles"]
     table = out.get("table", out["zarr"].with_suffix(".tsv"))
     # records from before loop_weight existed were composed without the loop adjustment
+    params = rec["step"]["params"]
+    # records from before loop_fusion existed used the mean rule
     run_compose(within, links, inputs[-1], out["zarr"], table, step=_step(rec, inputs),
-                loop_weight=float(rec["step"]["params"].get("loop_weight", 0.0)))
+                loop_weight=float(params.get("loop_weight", 0.0)),
+                loop_fusion=str(params.get("loop_fusion", "mean")))
 
 
 def _apply(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:

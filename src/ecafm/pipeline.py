@@ -32,10 +32,13 @@ def run_level_register(cube: str | Path, out_dir: str | Path, *, level: LevelPar
         run_within(lev[c], w, params=register, step=Step("register_cycle", rp, {"cycle": str(c)}))
     links = [out / "links" / f"cycle_{c}.zarr" for c in cycles[:-1]]
     for c, lk in zip(cycles[:-1], links, strict=True):
-        run_link(lev[c], lev[c + 1], lk, params=register, step=Step("link_cycles", rp, {"cycle": str(c)}))
+        run_link(lev[c], lev[c + 1], lk, params=register, step=Step("link_cycles", rp, {"cycle": str(c)}),
+                 before_path=lev[c - 1] if c - 1 in lev else None)
     tf = out / "transforms.zarr"
     run_compose(within, links, cube, tf, out / "transforms.tsv", loop_weight=register.loop_weight,
-                step=Step("compose_drift", {"loop_weight": register.loop_weight}))
+                loop_fusion=register.loop_fusion,
+                step=Step("compose_drift", {"loop_weight": register.loop_weight,
+                                            "loop_fusion": register.loop_fusion}))
     paths = {"transforms": tf, "table": out / "transforms.tsv"}
     if apply:
         for c in cycles:

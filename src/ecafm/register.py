@@ -5,10 +5,10 @@ Structure (one Snakemake job each, see ``workflow/rules/register.smk``):
 1. :func:`estimate_within_cycle` - chain of pairwise estimates inside one cycle (each good frame
    against the previous good frame), rigid shift plus per-row (intra-frame) drift, with QC;
 2. :func:`estimate_link` - the last good frame of cycle c against the first good frame of c+1,
-   plus a direct estimate first(c) -> first(c+1) for loop closure;
+   plus direct estimates first(c) -> first(c+1) and first(c-1) -> first(c+1) for loop closure;
 3. :func:`compose_transforms` - cheap gather: cumulative per-row displacement of every frame
-   relative to the dataset's first good frame, errors added in quadrature, the common field of
-   view;
+   relative to the dataset's first good frame, cycle starts adjusted by robust least squares over
+   chain and links, errors added in quadrature, the common field of view;
 4. :func:`apply_cycle` - resample each frame of a cycle onto the reference grid, cropped to the
    common field of view, with a valid-pixel mask.
 
@@ -60,6 +60,7 @@ class RegisterParams:
     method: str = "robust"
     row_model: str = "auto"
     loop_weight: float = 0.5
+    loop_fusion: str = "robust"
     resample_order: int = 3
     max_strip_scatter_px: float = 0.2
 
@@ -70,6 +71,8 @@ class RegisterParams:
             raise ValueError(f"register.row_model must be one of {ROW_MODELS}, got {self.row_model!r}")
         if self.method not in ("robust", "fast"):
             raise ValueError(f"register.method must be 'robust' or 'fast', got {self.method!r}")
+        if self.loop_fusion not in ("robust", "mean"):
+            raise ValueError(f"register.loop_fusion must be 'robust' or 'mean', got {self.loop_fusion!r}")
         if not 0.0 <= float(self.loop_weight) <= 1.0:
             raise ValueError(f"register.loop_weight must be within [0, 1], got {self.loop_weight!r}")
         if not 0 < float(self.fit_k) <= float(self.stable_k):
@@ -379,26 +382,30 @@ def estimate_within_cycle(leveled: xr.Dataset, *, params: RegisterParams) -> xr.
     )
 
 
-def estimate_link(left: xr.Dataset, right: xr.Dataset, *, params: RegisterParams) -> xr.Dataset:
-    """Link two neighbouring cycles: last good of ``left`` -> first good of ``right`` (+ direct)."""
-    gl, gr = np.flatnonzero(_good_frames(left)), np.flatnonzero(_good_frames(right))
+def estimate_link(left: xr.Dataset, right: xr.Dataset, *, params: RegisterParams,
+                  before: xr.Dataset | None = None) -> xr.Dataset:
+    """Link two neighbouring cycles: last good of ``left`` -> first good of ``right``, plus the
+    direct first(left) -> first(right) and, when ``before`` (the cycle before ``left``) is given,
+    the skip first(before) -> first(right). Direct and skip links are the redundant
+    measurements :func:`compose_transforms` adjusts the cycle starts with."""
     ny = left.sizes["y"]
+
+    def first_last(ds):
+        g = np.flatnonzero(_good_frames(ds)) if ds is not None else np.array([], int)
+        return (None, None) if not g.size else ((ds["height"][g[0]].values, int(ds["frame"][g[0]])),
+                                                (ds["height"][g[-1]].values, int(ds["frame"][g[-1]])))
+
+    (lf, ll), (rf, _), (bf, _) = first_last(left), first_last(right), first_last(before)
+    specs = {"link": (ll, rf), "direct": (lf, rf), "skip": (bf, rf)}
     rows = {}
-    specs = {}
-    if gl.size and gr.size:
-        specs = {"link": (left["height"][gl[-1]].values, right["height"][gr[0]].values,
-                          int(left["frame"][gl[-1]]), int(right["frame"][gr[0]])),
-                 "direct": (left["height"][gl[0]].values, right["height"][gr[0]].values,
-                            int(left["frame"][gl[0]]), int(right["frame"][gr[0]]))}
-    for kind in ("link", "direct"):
-        if kind in specs:
-            a, b, fa, fb = specs[kind]
-            r = _pair(a, b, params=params)
-            rows[kind] = (fa, fb, r.dy, r.dx, r.error, r.peak_ratio, flags_to_int(r.flags), r.row_dy, r.row_dx)
+    for kind, (a, b) in specs.items():
+        if a is not None and b is not None:
+            r = _pair(a[0], b[0], params=params)
+            rows[kind] = (a[1], b[1], r.dy, r.dx, r.error, r.peak_ratio, flags_to_int(r.flags), r.row_dy, r.row_dx)
         else:
             rows[kind] = (-1, -1, np.nan, np.nan, np.nan, np.nan, FLAG_BITS["unlinked"],
                           np.full(ny, np.nan), np.full(ny, np.nan))
-    kinds = ["link", "direct"]
+    kinds = list(specs)
     col = lambda j: np.array([rows[k][j] for k in kinds])  # noqa: E731
     return xr.Dataset(
         {
@@ -413,16 +420,19 @@ def estimate_link(left: xr.Dataset, right: xr.Dataset, *, params: RegisterParams
             "row_dy": (("kind", "y"), np.stack(col(7)), {"units": "px"}),
             "row_dx": (("kind", "y"), np.stack(col(8)), {"units": "px"}),
         },
-        coords={"kind": np.array([0, 1], np.int8), "y": left["y"].values},
+        coords={"kind": np.arange(len(kinds), dtype=np.int8), "y": left["y"].values},
         attrs={"stage": "register_link", "kind_meanings": "0 link (last good -> first good), "
-               "1 direct (first good -> first good, for loop closure)"},
+               "1 direct (first good -> first good, for loop closure), 2 skip (first good of the "
+               "cycle before -> first good; unlinked for the first boundary)"},
     )
 
 
-def _chain(within, links, frames, max_closure_px, *, fuse):
+def _chain(within, links, frames, max_closure_px, *, fuse, anchored=None):
     """Chain pair and link shifts into displacements; ``fuse`` {cycle: (dy, dx)} corrections at
     cycle starts, spread linearly over the previous cycle's frames. Also returns the loop
-    misclosure (chain - direct) per cycle start, NaN where none was usable."""
+    misclosure (chain - direct) per cycle start, NaN where none was usable, and the set of cycles
+    anchored on their direct link (closure beyond ``max_closure_px``; ``anchored``, when given,
+    imposes that set instead of testing the closure again)."""
     ny = within[0].sizes["y"]
     n = frames.size
     D_y = np.full((n, ny), np.nan)
@@ -434,6 +444,7 @@ def _chain(within, links, frames, max_closure_px, *, fuse):
     mis = np.full((len(within), 2), np.nan)
     offset_y, offset_x, offset_var = np.zeros(ny), np.zeros(ny), 0.0
     linked = True
+    anchor_set = set()
     for c, w in enumerate(within):
         if c > 0:
             lk = links[c - 1]
@@ -450,7 +461,9 @@ def _chain(within, links, frames, max_closure_px, *, fuse):
                                       offset_x.mean() - D_x[pos[d_src]].mean()])
                     closure[c] = float(np.hypot(*(chain - [lk["dy"].values[1], lk["dx"].values[1]])))
                     miss = chain - [lk["row_dy"].values[1].mean(), lk["row_dx"].values[1].mean()]
-                    if closure[c] > max_closure_px and np.isfinite(D_y[pos[d_src]]).all():
+                    reanchor = closure[c] > max_closure_px if anchored is None else c in anchored
+                    if reanchor and np.isfinite(D_y[pos[d_src]]).all():
+                        anchor_set.add(c)
                         log.warning("cycle %d: chain and direct link differ by %.2f px at its start; "
                                     "anchored on the direct link, frames of cycle %d after its first "
                                     "flagged", c, closure[c], c - 1)
@@ -462,16 +475,16 @@ def _chain(within, links, frames, max_closure_px, *, fuse):
                                 flags[pos[int(f)]] |= FLAG_BITS["disagreement"]
                     elif np.isfinite(miss).all():
                         mis[c] = miss
-                        if fuse is not None and c in fuse:
-                            # spread along the previous cycle's chain; the cycle start takes all
-                            idx = [pos[int(f)] for f in within[c - 1]["frame"].values
-                                   if np.isfinite(D_y[pos[int(f)]]).all()]
-                            steps = len(idx)  # pairs + the link, from first(c-1) to first(c)
-                            for s_i, i in enumerate(idx):
-                                D_y[i] += fuse[c][0] * s_i / steps
-                                D_x[i] += fuse[c][1] * s_i / steps
-                            offset_y = offset_y + fuse[c][0]
-                            offset_x = offset_x + fuse[c][1]
+                if fuse is not None and c in fuse:
+                    # spread along the previous cycle's chain; the cycle start takes all
+                    idx = [pos[int(f)] for f in within[c - 1]["frame"].values
+                           if np.isfinite(D_y[pos[int(f)]]).all()]
+                    steps = len(idx)  # pairs + the link, from first(c-1) to first(c)
+                    for s_i, i in enumerate(idx):
+                        D_y[i] += fuse[c][0] * s_i / steps
+                        D_x[i] += fuse[c][1] * s_i / steps
+                    offset_y = offset_y + fuse[c][0]
+                    offset_x = offset_x + fuse[c][1]
             else:
                 linked = False
                 log.warning("cycle link %d -> %d failed (flags %s): later frames excluded",
@@ -491,13 +504,94 @@ def _chain(within, links, frames, max_closure_px, *, fuse):
                 D_y[i] = D_y[j] + w["row_dy"].values[k]
                 D_x[i] = D_x[j] + w["row_dx"].values[k]
                 var[i] = var[j] + float(w["error"].values[k]) ** 2
-    return D_y, D_x, var, flags, closure, mis
+    return D_y, D_x, var, flags, closure, mis, anchor_set
+
+
+#: Tukey biweight tuning constant and the scale floor (px) of the cycle-start adjustment
+_TUKEY_C = 4.685
+_ADJUST_SCALE_FLOOR_PX = 0.01
+
+
+def _adjust_starts(within, links, D_y, D_x, pos, anchored, loop_weight: float) -> dict[int, np.ndarray]:
+    """Robust least-squares positions of the cycle starts; returns the ``fuse`` corrections of
+    :func:`_chain` (per cycle start c >= 1: adjusted minus chained increment from start c-1).
+
+    Observations of the row-mean position P_c of each cycle's chain start (P_0 fixed): the chain
+    P_c - P_{c-1} (pairs of cycle c-1 plus the link; variance w / (1 - w) of a link's, w =
+    ``loop_weight``), the direct link P_c - P_{c-1} and the skip link P_c - P_{c-2} (variance 1
+    each). Tukey-biweight reweighting on the residuals (scale: 1.4826 MAD, at least
+    ``_ADJUST_SCALE_FLOOR_PX``) drops an observation that disagrees with the others: with the skip
+    links every increment is measured three ways, so a wrong chain or a wrong direct link is
+    outvoted instead of averaged in. Hand-written: a few dozen unknowns, numpy's lstsq suffices.
+    """
+    n_c = len(within)
+    starts = []
+    for w in within:
+        k = np.flatnonzero((w["ref_frame"].values < 0) & (w["flags"].values == 0))
+        starts.append(int(w["frame"].values[k[0]]) if k.size else -1)
+    M = np.full((n_c, 2), np.nan)
+    for c, f in enumerate(starts):
+        if f >= 0 and np.isfinite(D_y[pos[f]]).all():
+            M[c] = D_y[pos[f]].mean(), D_x[pos[f]].mean()
+    known = np.isfinite(M).all(axis=1)
+    if loop_weight <= 0 or known.sum() < 2 or not known[0]:
+        return {}
+    var_chain = loop_weight / (1.0 - loop_weight) if loop_weight < 1 else 1e10  # 1: a fallback only
+    rows, obs, var, what = [], [], [], []
+
+    def add(a, b, value, v, label):
+        e = np.zeros(n_c)
+        e[b], e[a] = 1.0, -1.0
+        rows.append(e)
+        obs.append(value)
+        var.append(v)
+        what.append(label)
+
+    for c in range(1, n_c):
+        if known[c] and known[c - 1] and c not in anchored:
+            add(c - 1, c, M[c] - M[c - 1], var_chain, f"chain {starts[c - 1]} -> {starts[c]}")
+        lk = links[c - 1]
+        for kind, a in ((1, c - 1), (2, c - 2)):
+            if (kind >= lk.sizes["kind"] or a < 0 or not (known[a] and known[c])
+                    or int(lk["flags"].values[kind]) != 0):
+                continue
+            if (int(lk["from_frame"].values[kind]), int(lk["to_frame"].values[kind])) != (starts[a], starts[c]):
+                continue
+            value = np.array([lk["row_dy"].values[kind].mean(), lk["row_dx"].values[kind].mean()])
+            add(a, c, value, 1.0, f"{'direct' if kind == 1 else 'skip'} {starts[a]} -> {starts[c]}")
+    if not rows:
+        return {}
+    A, v = np.array(rows), np.array(var)
+    free = known.copy()
+    free[0] = False  # the first cycle's start holds the reference frame: fixed at its position
+    b = np.array(obs) - A[:, [0]] * M[0]
+    A = A[:, free]  # cycles after a failed link take no part
+    wt = 1.0 / v
+    for _ in range(50):
+        sw = np.sqrt(wt)[:, None]
+        P = np.linalg.lstsq(A * sw, b * sw, rcond=None)[0]
+        res = np.hypot(*(A @ P - b).T) / np.sqrt(v)
+        scale = max(1.4826 * float(np.median(res)), _ADJUST_SCALE_FLOOR_PX)
+        u = res / (_TUKEY_C * scale)
+        new = np.maximum(np.where(u < 1, (1 - u**2) ** 2, 0.0), 1e-6) / v
+        if np.allclose(new, wt, rtol=1e-6, atol=0):
+            break
+        wt = new
+    for label, r, w_rel in zip(what, res * np.sqrt(v), wt * v, strict=True):
+        if w_rel < 0.5:
+            log.info("cycle-start adjustment: %s down-weighted to %.2f (residual %.3f px)", label, w_rel, r)
+    pos_c = np.full((n_c, 2), np.nan)
+    pos_c[0] = M[0]
+    pos_c[free] = P
+    return {c: (pos_c[c] - pos_c[c - 1]) - (M[c] - M[c - 1]) for c in range(1, n_c)
+            if known[c] and known[c - 1]}
 
 
 def compose_transforms(within: list[xr.Dataset], links: list[xr.Dataset], *,
                        pixel_size_nm: tuple[float, float], nx: int,
                        max_closure_px: float = 1.0,
-                       loop_weight: float = RegisterParams.loop_weight) -> xr.Dataset:
+                       loop_weight: float = RegisterParams.loop_weight,
+                       fusion: str = "robust") -> xr.Dataset:
     """Cumulative per-row displacement of every frame relative to the dataset's reference frame.
 
     Loop closure at each cycle start: the direct pair first(c-1) -> first(c) against the chain
@@ -508,26 +602,38 @@ def compose_transforms(within: list[xr.Dataset], links: list[xr.Dataset], *,
     ``disagreement`` (which of them is wrong cannot be told), so nothing downstream treats them
     as registered.
 
-    Below that limit the two are independent measurements of the same displacement, and the
-    chain's error grows with every pair (most of all with the pairs of a plating, where the
-    surface changes while it is scanned). With ``loop_weight`` w > 0 the cycle start takes
-    ``chain - w * misclosure`` (w = 0.5: the mean of chain and direct link) and the frames of
-    cycle c-1 get the correction in proportion to their place along the chain, as a least-squares
+    Below that limit the chain, the direct link and the skip link first(c-2) -> first(c) are
+    independent measurements of where each cycle starts, and the chain's error grows with every
+    pair (most of all with the pairs of a plating, where the surface changes while it is scanned).
+    ``fusion="robust"`` (default) adjusts all cycle starts at once by robust least squares
+    (:func:`_adjust_starts`; ``loop_weight`` w sets the chain's variance to w / (1 - w) of a
+    link's: 0.5 equal, 1 links only, 0 no adjustment), and the frames of cycle c-1 get the
+    correction of start c in proportion to their place along the chain, as a least-squares
     adjustment of a loop with equal pair variances does. The pairs' own error estimates are not
     used as weights: against the generator's truth they are 6-70x too small and do not follow the
-    plating pairs' larger errors. On bench-s (256^2, 20 cycles) w = 0.5 takes the error after 160
-    chained frames from 0.146 to 0.048 px; on bench-m (512^2) from 0.667 to 0.409 px (0.156 at
-    w = 1: there the direct links are the better half).
+    plating pairs' larger errors. Why robust and why skip links: on bench-m a single wrong
+    observation, a chain 0.69 px off (seed 1) or a direct link 0.16 px off (seed 0), was averaged
+    into every later frame by the mean of chain and direct link; with the skip links the wrong one
+    is outvoted (error at frame 160: seed 0 0.139 -> 0.031 px, seed 1 0.392 -> 0.075 px;
+    benchmarks/RESULTS.md, session 11). ``fusion="mean"`` is the earlier rule (start = chain - w
+    * misclosure, no skip links), kept so that ``ecafm audit`` re-runs older records exactly.
     """
+    if fusion not in ("robust", "mean"):
+        raise ValueError(f"fusion must be 'robust' or 'mean', got {fusion!r}")
     frames = np.concatenate([w["frame"].values for w in within])
     ny = within[0].sizes["y"]
     n = frames.size
     cyc = np.concatenate([np.full(w.sizes["frame"], c) for c, w in enumerate(within)])
-    D_y, D_x, var, flags, closure, mis = _chain(within, links, frames, max_closure_px, fuse=None)
-    good = np.isfinite(mis).all(axis=1)
-    if loop_weight > 0 and good.any():
-        fuse = {int(c): -loop_weight * mis[c] for c in np.flatnonzero(good)}
-        D_y, D_x, var, flags, closure, mis = _chain(within, links, frames, max_closure_px, fuse=fuse)
+    D_y, D_x, var, flags, closure, mis, anchored = _chain(within, links, frames, max_closure_px, fuse=None)
+    if fusion == "robust":
+        pos = {int(f): i for i, f in enumerate(frames)}
+        fuse = _adjust_starts(within, links, D_y, D_x, pos, anchored, loop_weight)
+    else:  # "mean": records composed before the robust adjustment (ecafm audit)
+        good = np.isfinite(mis).all(axis=1)
+        fuse = {int(c): -loop_weight * mis[c] for c in np.flatnonzero(good)} if loop_weight > 0 else {}
+    if fuse:
+        D_y, D_x, var, flags, _, _, _ = _chain(within, links, frames, max_closure_px, fuse=fuse,
+                                               anchored=anchored if fusion == "robust" else None)
     ok = (flags == 0) & np.isfinite(D_y).all(axis=1)
     py, px = pixel_size_nm
     finite = np.isfinite(D_y).all(axis=1)
@@ -635,22 +741,28 @@ def run_within(leveled_path, out, *, params: RegisterParams, step) -> dict[str, 
     return write_cube(res, out, step=step)
 
 
-def run_link(left_path, right_path, out, *, params: RegisterParams, step) -> dict[str, Any]:
+def run_link(left_path, right_path, out, *, params: RegisterParams, step,
+             before_path=None) -> dict[str, Any]:
+    """:func:`estimate_link` of two leveled cycles (``before_path``: the cycle before the left
+    one, for the skip link; None at the first boundary)."""
     from ecafm.store import open_cube, write_cube
 
-    res = estimate_link(open_cube(left_path).load(), open_cube(right_path).load(), params=params)
+    before = None if before_path is None else open_cube(before_path).load()
+    res = estimate_link(open_cube(left_path).load(), open_cube(right_path).load(), params=params,
+                        before=before)
     return write_cube(res, out, step=step)
 
 
 def run_compose(within_paths, link_paths, cube_path, out, table, *, step,
-                loop_weight: float = RegisterParams.loop_weight) -> dict[str, Any]:
+                loop_weight: float = RegisterParams.loop_weight,
+                loop_fusion: str = RegisterParams.loop_fusion) -> dict[str, Any]:
     from ecafm.store import open_cube, write_cube, write_table
 
     within = [open_cube(p).load() for p in within_paths]
     links = [open_cube(p).load() for p in link_paths]
     cube = open_cube(cube_path)
     tf = compose_transforms(within, links, pixel_size_nm=tuple(cube.attrs["pixel_size_nm"]),
-                            nx=cube.sizes["x"], loop_weight=loop_weight)
+                            nx=cube.sizes["x"], loop_weight=loop_weight, fusion=loop_fusion)
     wi = xr.concat([w[["ref_frame", "dy", "dx", "error", "crlb", "peak_ratio"]] for w in within], dim="frame")
     df = tf[["dy_px", "dx_px", "dy_nm", "dx_nm", "error_px", "ok", "flags", "cycle_index"]].to_dataframe()
     df = df.join(wi.to_dataframe().rename(columns=lambda c: f"pair_{c}")).reset_index()

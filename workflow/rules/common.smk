@@ -94,16 +94,25 @@ def get_loop_weight(wildcards):
     return config["register"]["loop_weight"]
 
 
+def get_loop_fusion(wildcards):
+    return config["register"]["loop_fusion"]
+
+
 def get_resample_order(wildcards):
     return config["register"]["resample_order"]
 
 
 def get_link_inputs(wildcards):
+    # the cycle before the left one feeds the skip link (robust cycle-start adjustment)
     c = int(wildcards.cycle)
-    return {
-        "left": f"results/level/{wildcards.dataset}/cycle_{c}.zarr",
-        "right": f"results/level/{wildcards.dataset}/cycle_{c + 1}.zarr",
+    d = wildcards.dataset
+    out = {
+        "left": f"results/level/{d}/cycle_{c}.zarr",
+        "right": f"results/level/{d}/cycle_{c + 1}.zarr",
     }
+    if c > 0:
+        out["before"] = f"results/level/{d}/cycle_{c - 1}.zarr"
+    return out
 
 
 def get_compose_inputs(wildcards):

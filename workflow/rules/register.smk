@@ -62,6 +62,7 @@ rule compose_drift:
         runtime=get_runtime(base_min=10, per_input_gb_min=10),
     params:
         loop_weight=get_loop_weight,
+        loop_fusion=get_loop_fusion,
     script:
         "../../scripts/compose_drift.py"
 
