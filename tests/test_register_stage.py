@@ -445,6 +445,13 @@ def test_robust_cycle_start_adjustment_outvotes_a_wrong_chain_and_a_wrong_direct
     np.testing.assert_allclose(robust["dy_px"].values[starts], truth[starts], atol=1e-3)
     np.testing.assert_allclose(robust["dy_px"].values[9:], truth[9:], atol=1e-3)
     assert robust["ok"].values.all()
+    # the record names the two wrong observations as outvoted, and only them
+    out = {(int(k), int(a), int(b)) for k, a, b, w in zip(robust["obs_kind"].values, robust["obs_from_frame"].values,
+                                                       robust["obs_to_frame"].values, robust["obs_weight"].values,
+                                                       strict=True) if w < 0.5}
+    assert out == {(0, 3, 6), (1, 6, 9)}
+    assert robust.sizes["observation"] == 8
+    assert "obs_weight" not in mean
     # the earlier rule keeps half of each error: cycle 2 starts 0.15 px off, cycle 3 0.05 px
     assert abs(mean["dy_px"].values[6] - truth[6]) > 0.1
     assert abs(mean["dy_px"].values[9] - truth[9]) > 0.04

@@ -512,9 +512,16 @@ _TUKEY_C = 4.685
 _ADJUST_SCALE_FLOOR_PX = 0.01
 
 
-def _adjust_starts(within, links, D_y, D_x, pos, anchored, loop_weight: float) -> dict[int, np.ndarray]:
+#: kinds of the cycle-start observations (``obs_kind`` of transforms.zarr)
+OBS_KINDS = ("chain", "direct", "skip")
+
+
+def _adjust_starts(within, links, D_y, D_x, pos, anchored, loop_weight: float
+                   ) -> tuple[dict[int, np.ndarray], dict[str, np.ndarray]]:
     """Robust least-squares positions of the cycle starts; returns the ``fuse`` corrections of
-    :func:`_chain` (per cycle start c >= 1: adjusted minus chained increment from start c-1).
+    :func:`_chain` (per cycle start c >= 1: adjusted minus chained increment from start c-1) and
+    the observations (kind index into :data:`OBS_KINDS`, from and to frame, residual in px,
+    final weight relative to the nominal one).
 
     Observations of the row-mean position P_c of each cycle's chain start (P_0 fixed): the chain
     P_c - P_{c-1} (pairs of cycle c-1 plus the link; variance w / (1 - w) of a link's, w =
@@ -534,22 +541,24 @@ def _adjust_starts(within, links, D_y, D_x, pos, anchored, loop_weight: float) -
         if f >= 0 and np.isfinite(D_y[pos[f]]).all():
             M[c] = D_y[pos[f]].mean(), D_x[pos[f]].mean()
     known = np.isfinite(M).all(axis=1)
+    none = {"kind": np.zeros(0, np.int8), "from_frame": np.zeros(0, np.int32), "to_frame": np.zeros(0, np.int32),
+            "residual_px": np.zeros(0), "weight": np.zeros(0)}
     if loop_weight <= 0 or known.sum() < 2 or not known[0]:
-        return {}
+        return {}, none
     var_chain = loop_weight / (1.0 - loop_weight) if loop_weight < 1 else 1e10  # 1: a fallback only
     rows, obs, var, what = [], [], [], []
 
-    def add(a, b, value, v, label):
+    def add(a, b, value, v, kind):
         e = np.zeros(n_c)
         e[b], e[a] = 1.0, -1.0
         rows.append(e)
         obs.append(value)
         var.append(v)
-        what.append(label)
+        what.append((kind, starts[a], starts[b]))
 
     for c in range(1, n_c):
         if known[c] and known[c - 1] and c not in anchored:
-            add(c - 1, c, M[c] - M[c - 1], var_chain, f"chain {starts[c - 1]} -> {starts[c]}")
+            add(c - 1, c, M[c] - M[c - 1], var_chain, 0)
         lk = links[c - 1]
         for kind, a in ((1, c - 1), (2, c - 2)):
             if (kind >= lk.sizes["kind"] or a < 0 or not (known[a] and known[c])
@@ -558,9 +567,9 @@ def _adjust_starts(within, links, D_y, D_x, pos, anchored, loop_weight: float) -
             if (int(lk["from_frame"].values[kind]), int(lk["to_frame"].values[kind])) != (starts[a], starts[c]):
                 continue
             value = np.array([lk["row_dy"].values[kind].mean(), lk["row_dx"].values[kind].mean()])
-            add(a, c, value, 1.0, f"{'direct' if kind == 1 else 'skip'} {starts[a]} -> {starts[c]}")
+            add(a, c, value, 1.0, kind)
     if not rows:
-        return {}
+        return {}, none
     A, v = np.array(rows), np.array(var)
     free = known.copy()
     free[0] = False  # the first cycle's start holds the reference frame: fixed at its position
@@ -577,14 +586,18 @@ def _adjust_starts(within, links, D_y, D_x, pos, anchored, loop_weight: float) -
         if np.allclose(new, wt, rtol=1e-6, atol=0):
             break
         wt = new
-    for label, r, w_rel in zip(what, res * np.sqrt(v), wt * v, strict=True):
-        if w_rel < 0.5:
-            log.info("cycle-start adjustment: %s down-weighted to %.2f (residual %.3f px)", label, w_rel, r)
+    kinds, fr, to = (np.array(x) for x in zip(*what, strict=True))
+    resid, w_rel = res * np.sqrt(v), np.minimum(wt * v, 1.0)
+    for k, a, b_, r, w_ in zip(kinds, fr, to, resid, w_rel, strict=True):
+        if w_ < 0.5:
+            log.info("cycle-start adjustment: %s %d -> %d down-weighted to %.2f (residual %.3f px)",
+                     OBS_KINDS[k], a, b_, w_, r)
     pos_c = np.full((n_c, 2), np.nan)
     pos_c[0] = M[0]
     pos_c[free] = P
-    return {c: (pos_c[c] - pos_c[c - 1]) - (M[c] - M[c - 1]) for c in range(1, n_c)
-            if known[c] and known[c - 1]}
+    fuse = {c: (pos_c[c] - pos_c[c - 1]) - (M[c] - M[c - 1]) for c in range(1, n_c) if known[c] and known[c - 1]}
+    return fuse, {"kind": kinds.astype(np.int8), "from_frame": fr.astype(np.int32), "to_frame": to.astype(np.int32),
+                  "residual_px": resid, "weight": w_rel}
 
 
 def compose_transforms(within: list[xr.Dataset], links: list[xr.Dataset], *,
@@ -627,10 +640,14 @@ def compose_transforms(within: list[xr.Dataset], links: list[xr.Dataset], *,
     D_y, D_x, var, flags, closure, mis, anchored = _chain(within, links, frames, max_closure_px, fuse=None)
     if fusion == "robust":
         pos = {int(f): i for i, f in enumerate(frames)}
-        fuse = _adjust_starts(within, links, D_y, D_x, pos, anchored, loop_weight)
+        fuse, obs = _adjust_starts(within, links, D_y, D_x, pos, anchored, loop_weight)
     else:  # "mean": records composed before the robust adjustment (ecafm audit)
         good = np.isfinite(mis).all(axis=1)
         fuse = {int(c): -loop_weight * mis[c] for c in np.flatnonzero(good)} if loop_weight > 0 else {}
+        obs = None
+    adjust = np.full(len(within), np.nan)
+    for c, v in fuse.items():
+        adjust[c] = float(np.hypot(*v))
     if fuse:
         D_y, D_x, var, flags, _, _, _ = _chain(within, links, frames, max_closure_px, fuse=fuse,
                                                anchored=anchored if fusion == "robust" else None)
@@ -642,8 +659,23 @@ def compose_transforms(within: list[xr.Dataset], links: list[xr.Dataset], *,
     mean_y[finite] = D_y[finite].mean(axis=1)
     mean_x[finite] = D_x[finite].mean(axis=1)
     rect = common_field(D_y[ok], D_x[ok], ny, nx)
+    extra = {}
+    if obs is not None:  # the robust adjustment's record (absent from "mean" records, as before)
+        extra = {
+            "start_adjust_px": ("segment", adjust, {"units": "px", "long_name": "correction of each cycle start "
+                                                    "by the robust adjustment (magnitude)"}),
+            "obs_kind": ("observation", obs["kind"], {"long_name": "cycle-start observation",
+                                                      "flag_values": list(range(len(OBS_KINDS))),
+                                                      "flag_meanings": " ".join(OBS_KINDS)}),
+            "obs_from_frame": ("observation", obs["from_frame"]),
+            "obs_to_frame": ("observation", obs["to_frame"]),
+            "obs_residual_px": ("observation", obs["residual_px"], {"units": "px"}),
+            "obs_weight": ("observation", obs["weight"], {"long_name": "final weight relative to the nominal "
+                                                          "one (0: outvoted)"}),
+        }
     return xr.Dataset(
         {
+            **extra,
             "shift_y": (("frame", "y"), D_y, {"units": "px", "long_name": "displacement per row, slow axis"}),
             "shift_x": (("frame", "y"), D_x, {"units": "px", "long_name": "displacement per row, fast axis"}),
             "dy_px": ("frame", mean_y, {"units": "px", "long_name": "row-mean displacement, slow axis"}),
