@@ -388,17 +388,19 @@ def test_pair_with_tall_growing_caps_starts_from_the_texture(seed):
     assert np.hypot(res.dy - true[0], res.dx - true[1]) < 0.05, (res.dy, res.dx)
 
 
-def _toy_within(frames, dys, ny=64):
-    """A within-cycle result: chain start then pairs of the given dy (px), no flags."""
+def _toy_within(frames, dys, ny=64, slopes=None):
+    """A within-cycle result: chain start then pairs of the given dy (px), no flags; ``slopes``:
+    each pair's change of dy from the first to the last row (px)."""
     import xarray as xr
 
     n = len(frames)
     refs = [-1, *frames[:-1]]
+    ramp = np.linspace(-0.5, 0.5, ny)[None, :] * np.asarray(slopes if slopes is not None else np.zeros(n))[:, None]
     return xr.Dataset(
         {"ref_frame": ("frame", np.array(refs, np.int32)), "dy": ("frame", np.array(dys, float)),
          "dx": ("frame", np.zeros(n)), "error": ("frame", np.full(n, 0.01)),
          "flags": ("frame", np.zeros(n, np.int32)),
-         "row_dy": (("frame", "y"), np.repeat(np.array(dys, float)[:, None], ny, 1)),
+         "row_dy": (("frame", "y"), np.repeat(np.array(dys, float)[:, None], ny, 1) + ramp),
          "row_dx": (("frame", "y"), np.zeros((n, ny)))},
         coords={"frame": np.array(frames), "y": np.arange(ny) * 10.0})
 
@@ -490,3 +492,29 @@ def test_link_carries_a_skip_estimate_from_the_cycle_before():
     assert (lk["flags"].values == 0).all()
     first = estimate_link(before, left, params=p)
     assert int(first["flags"].values[2]) == FLAG_BITS["unlinked"]
+
+
+def test_robust_cycle_start_adjustment_corrects_the_drift_velocity_too():
+    """Chaining adds each pair's row-profile error: here one pair of cycle 1 tilts the profile by
+    0.4 px over the frame (row mean right). Direct and skip links measure the starts' profiles
+    too, so the adjustment takes the tilt out of every later cycle start (the mean rule leaves
+    half of it), and the row-mean positions stay exact."""
+    from ecafm.register import compose_transforms
+
+    tilt = [0.0, 0.0, 0.4]
+    within = [_toy_within([0, 1, 2], [0.0, -1.0, -1.0]),
+              _toy_within([3, 4, 5], [0.0, -1.0, -1.0], slopes=tilt),
+              _toy_within([6, 7, 8], [0.0, -1.0, -1.0]),
+              _toy_within([9, 10, 11], [0.0, -1.0, -1.0])]
+    links = [_toy_link([(2, 3, -1.0), (0, 3, -3.0), None]),
+             _toy_link([(5, 6, -1.0), (3, 6, -3.0), (0, 6, -6.0)]),
+             _toy_link([(8, 9, -1.0), (6, 9, -3.0), (3, 9, -6.0)])]
+    kw = dict(pixel_size_nm=(10.0, 10.0), nx=64)
+    robust = compose_transforms(within, links, **kw)
+    mean = compose_transforms(within, links, fusion="mean", **kw)
+    truth = -np.arange(12.0)
+    for f in (6, 9, 10, 11):
+        prof = robust["shift_y"].sel(frame=f).values
+        assert np.ptp(prof) < 1e-3, f
+        assert prof.mean() == pytest.approx(truth[f], abs=1e-3)
+    assert np.ptp(mean["shift_y"].sel(frame=9).values) > 0.3  # the mean rule adjusts row means only

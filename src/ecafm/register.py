@@ -523,23 +523,35 @@ def _adjust_starts(within, links, D_y, D_x, pos, anchored, loop_weight: float
     the observations (kind index into :data:`OBS_KINDS`, from and to frame, residual in px,
     final weight relative to the nominal one).
 
-    Observations of the row-mean position P_c of each cycle's chain start (P_0 fixed): the chain
+    Observations of the position P_c of each cycle's chain start (P_0 fixed): the chain
     P_c - P_{c-1} (pairs of cycle c-1 plus the link; variance w / (1 - w) of a link's, w =
     ``loop_weight``), the direct link P_c - P_{c-1} and the skip link P_c - P_{c-2} (variance 1
-    each). Tukey-biweight reweighting on the residuals (scale: 1.4826 MAD, at least
-    ``_ADJUST_SCALE_FLOOR_PX``) drops an observation that disagrees with the others: with the skip
-    links every increment is measured three ways, so a wrong chain or a wrong direct link is
-    outvoted instead of averaged in. Hand-written: a few dozen unknowns, numpy's lstsq suffices.
+    each). A position is the line through the per-row displacement, both axes: row-mean shift and
+    slope over the frame (the drift velocity). The slope matters: chaining adds every pair's
+    row-profile error, and on bench-m seed 0, once the row means were adjusted, the profile's shape
+    carried 0.326 of the 0.329 px RMS accumulated per-row error (0.147 px of it not a line).
+    Tukey-biweight reweighting (scale: 1.4826 MAD, at least ``_ADJUST_SCALE_FLOOR_PX``), for the
+    row means and for the slopes separately, drops an observation that disagrees with the others:
+    with the skip links every increment is measured three ways, so a wrong chain or a wrong direct
+    link is outvoted instead of averaged in. The recorded residuals and weights are the row
+    means'. Hand-written: a few dozen unknowns, numpy's lstsq suffices.
     """
     n_c = len(within)
     starts = []
     for w in within:
         k = np.flatnonzero((w["ref_frame"].values < 0) & (w["flags"].values == 0))
         starts.append(int(w["frame"].values[k[0]]) if k.size else -1)
-    M = np.full((n_c, 2), np.nan)
+    ny = D_y.shape[1]
+    yc = (np.arange(ny) - (ny - 1) / 2.0) / max(ny - 1, 1)  # -0.5 .. 0.5 over the frame
+
+    def line(dy, dx):  # (mean y, mean x, slope y, slope x) of a per-row profile; slope in px per frame
+        syy = float(yc @ yc) or 1.0
+        return np.array([dy.mean(), dx.mean(), (dy @ yc) / syy, (dx @ yc) / syy])
+
+    M = np.full((n_c, 4), np.nan)
     for c, f in enumerate(starts):
         if f >= 0 and np.isfinite(D_y[pos[f]]).all():
-            M[c] = D_y[pos[f]].mean(), D_x[pos[f]].mean()
+            M[c] = line(D_y[pos[f]], D_x[pos[f]])
     known = np.isfinite(M).all(axis=1)
     none = {"kind": np.zeros(0, np.int8), "from_frame": np.zeros(0, np.int32), "to_frame": np.zeros(0, np.int32),
             "residual_px": np.zeros(0), "weight": np.zeros(0)}
@@ -566,8 +578,7 @@ def _adjust_starts(within, links, D_y, D_x, pos, anchored, loop_weight: float
                 continue
             if (int(lk["from_frame"].values[kind]), int(lk["to_frame"].values[kind])) != (starts[a], starts[c]):
                 continue
-            value = np.array([lk["row_dy"].values[kind].mean(), lk["row_dx"].values[kind].mean()])
-            add(a, c, value, 1.0, kind)
+            add(a, c, line(lk["row_dy"].values[kind], lk["row_dx"].values[kind]), 1.0, kind)
     if not rows:
         return {}, none
     A, v = np.array(rows), np.array(var)
@@ -575,27 +586,38 @@ def _adjust_starts(within, links, D_y, D_x, pos, anchored, loop_weight: float
     free[0] = False  # the first cycle's start holds the reference frame: fixed at its position
     b = np.array(obs) - A[:, [0]] * M[0]
     A = A[:, free]  # cycles after a failed link take no part
-    wt = 1.0 / v
-    for _ in range(50):
-        sw = np.sqrt(wt)[:, None]
-        P = np.linalg.lstsq(A * sw, b * sw, rcond=None)[0]
-        res = np.hypot(*(A @ P - b).T) / np.sqrt(v)
-        scale = max(1.4826 * float(np.median(res)), _ADJUST_SCALE_FLOOR_PX)
-        u = res / (_TUKEY_C * scale)
-        new = np.maximum(np.where(u < 1, (1 - u**2) ** 2, 0.0), 1e-6) / v
-        if np.allclose(new, wt, rtol=1e-6, atol=0):
-            break
-        wt = new
+    def irls(cols):
+        wt = 1.0 / v
+        for _ in range(50):
+            sw = np.sqrt(wt)[:, None]
+            P = np.linalg.lstsq(A * sw, b[:, cols] * sw, rcond=None)[0]
+            res = np.hypot(*(A @ P - b[:, cols]).T) / np.sqrt(v)
+            scale = max(1.4826 * float(np.median(res)), _ADJUST_SCALE_FLOOR_PX)
+            u = res / (_TUKEY_C * scale)
+            new = np.maximum(np.where(u < 1, (1 - u**2) ** 2, 0.0), 1e-6) / v
+            if np.allclose(new, wt, rtol=1e-6, atol=0):
+                break
+            wt = new
+        return P, res, wt
+
+    # row-mean shifts and slopes each with their own weights: a link whose strips went wrong can
+    # have a wrong slope and a right mean (benchmarks/RESULTS.md, session 8)
+    P_mean, res, wt = irls([0, 1])
+    P = np.hstack([P_mean, irls([2, 3])[0]])
     kinds, fr, to = (np.array(x) for x in zip(*what, strict=True))
     resid, w_rel = res * np.sqrt(v), np.minimum(wt * v, 1.0)
     for k, a, b_, r, w_ in zip(kinds, fr, to, resid, w_rel, strict=True):
         if w_ < 0.5:
             log.info("cycle-start adjustment: %s %d -> %d down-weighted to %.2f (residual %.3f px)",
                      OBS_KINDS[k], a, b_, w_, r)
-    pos_c = np.full((n_c, 2), np.nan)
+    pos_c = np.full((n_c, 4), np.nan)
     pos_c[0] = M[0]
     pos_c[free] = P
-    fuse = {c: (pos_c[c] - pos_c[c - 1]) - (M[c] - M[c - 1]) for c in range(1, n_c) if known[c] and known[c - 1]}
+    fuse = {}
+    for c in range(1, n_c):
+        if known[c] and known[c - 1]:
+            d = (pos_c[c] - pos_c[c - 1]) - (M[c] - M[c - 1])
+            fuse[c] = (d[0] + d[2] * yc, d[1] + d[3] * yc)
     return fuse, {"kind": kinds.astype(np.int8), "from_frame": fr.astype(np.int32), "to_frame": to.astype(np.int32),
                   "residual_px": resid, "weight": w_rel}
 
@@ -647,7 +669,7 @@ def compose_transforms(within: list[xr.Dataset], links: list[xr.Dataset], *,
         obs = None
     adjust = np.full(len(within), np.nan)
     for c, v in fuse.items():
-        adjust[c] = float(np.hypot(*v))
+        adjust[c] = float(np.sqrt(np.mean(np.asarray(v[0]) ** 2 + np.asarray(v[1]) ** 2)))
     if fuse:
         D_y, D_x, var, flags, _, _, _ = _chain(within, links, frames, max_closure_px, fuse=fuse,
                                                anchored=anchored if fusion == "robust" else None)
