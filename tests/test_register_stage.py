@@ -551,3 +551,38 @@ def test_pair_keeps_consistent_strips_over_a_rigid_shift_that_aligns_worse(monke
     assert r.ok
     assert r.dy == pytest.approx(0.3, abs=0.05) and r.dx == pytest.approx(-0.2, abs=0.05)
     assert np.abs(r.row_dy - 0.3).max() < 0.1
+
+
+def test_a_failed_boundary_is_bridged_by_the_direct_or_the_skip_link():
+    """Four cycles of three frames, true position -1 px per frame, every measurement exact. A failed
+    last -> first link used to exclude every later frame; now the direct link bridges it, or the
+    skip link when the direct one failed too, and a cycle that no link reaches is excluded alone
+    (the next boundary's skip link picks the chain up again). The mean rule keeps the old
+    behaviour for records made before the skip link."""
+    from ecafm.register import FLAG_BITS, compose_transforms
+
+    within = [_toy_within([0, 1, 2], [0.0, -1.0, -1.0]), _toy_within([3, 4, 5], [0.0, -1.0, -1.0]),
+              _toy_within([6, 7, 8], [0.0, -1.0, -1.0]), _toy_within([9, 10, 11], [0.0, -1.0, -1.0])]
+    truth = -np.arange(12.0)
+    kw = dict(pixel_size_nm=(10.0, 10.0), nx=64)
+
+    def links(b1, b2):
+        return [_toy_link([(2, 3, -1.0), (0, 3, -3.0), None]), _toy_link(b1), _toy_link(b2)]
+
+    ok2 = [(8, 9, -1.0), (6, 9, -3.0), (3, 9, -6.0)]
+    # the link 5 -> 6 failed: bridged by the direct link 3 -> 6
+    tf = compose_transforms(within, links([None, (3, 6, -3.0), (0, 6, -6.0)], ok2), **kw)
+    assert tf["ok"].values.all()
+    np.testing.assert_allclose(tf["dy_px"].values, truth, atol=1e-6)
+    # link and direct failed: bridged by the skip link 0 -> 6
+    tf = compose_transforms(within, links([None, None, (0, 6, -6.0)], ok2), **kw)
+    assert tf["ok"].values.all()
+    np.testing.assert_allclose(tf["dy_px"].values, truth, atol=1e-6)
+    # nothing reaches cycle 2: it alone is excluded, cycle 3 comes back through the skip link 3 -> 9
+    tf = compose_transforms(within, links([None, None, None], ok2), **kw)
+    assert tf["ok"].values.tolist() == [True] * 6 + [False] * 3 + [True] * 3
+    assert (tf["flags"].values[6:9] & FLAG_BITS["unlinked"]).all()
+    np.testing.assert_allclose(tf["dy_px"].values[[0, 3, 9, 10, 11]], truth[[0, 3, 9, 10, 11]], atol=1e-6)
+    # the mean rule: a failed link still excludes every later frame
+    old = compose_transforms(within, links([None, (3, 6, -3.0), (0, 6, -6.0)], ok2), fusion="mean", **kw)
+    assert old["ok"].values.tolist() == [True] * 6 + [False] * 6

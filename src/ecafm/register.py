@@ -440,12 +440,15 @@ def estimate_link(left: xr.Dataset, right: xr.Dataset, *, params: RegisterParams
     )
 
 
-def _chain(within, links, frames, max_closure_px, *, fuse, anchored=None):
+def _chain(within, links, frames, max_closure_px, *, fuse, anchored=None, bridge=True):
     """Chain pair and link shifts into displacements; ``fuse`` {cycle: (dy, dx)} corrections at
     cycle starts, spread linearly over the previous cycle's frames. Also returns the loop
-    misclosure (chain - direct) per cycle start, NaN where none was usable, and the set of cycles
-    anchored on their direct link (closure beyond ``max_closure_px``; ``anchored``, when given,
-    imposes that set instead of testing the closure again)."""
+    misclosure (chain - direct) per cycle start, NaN where none was usable, the set of cycles
+    whose start has no independent chain observation (anchored on the direct link for a closure
+    beyond ``max_closure_px``, or bridged; ``anchored``, when given, imposes that set instead of
+    testing the closure again), and per linked cycle start the cycle its position was carried
+    from (c - 1, or c - 2 across a skip-link bridge). ``bridge=False`` keeps the rule of records
+    made before the skip link: a failed boundary excludes every later frame."""
     ny = within[0].sizes["y"]
     n = frames.size
     D_y = np.full((n, ny), np.nan)
@@ -458,6 +461,7 @@ def _chain(within, links, frames, max_closure_px, *, fuse, anchored=None):
     offset_y, offset_x, offset_var = np.zeros(ny), np.zeros(ny), 0.0
     linked = True
     anchor_set = set()
+    source = {}
     for c, w in enumerate(within):
         if c > 0:
             lk = links[c - 1]
@@ -488,20 +492,44 @@ def _chain(within, links, frames, max_closure_px, *, fuse, anchored=None):
                                 flags[pos[int(f)]] |= FLAG_BITS["disagreement"]
                     elif np.isfinite(miss).all():
                         mis[c] = miss
-                if fuse is not None and c in fuse:
-                    # spread along the previous cycle's chain; the cycle start takes all
-                    idx = [pos[int(f)] for f in within[c - 1]["frame"].values
-                           if np.isfinite(D_y[pos[int(f)]]).all()]
-                    steps = len(idx)  # pairs + the link, from first(c-1) to first(c)
-                    for s_i, i in enumerate(idx):
-                        D_y[i] += fuse[c][0] * s_i / steps
-                        D_x[i] += fuse[c][1] * s_i / steps
-                    offset_y = offset_y + fuse[c][0]
-                    offset_x = offset_x + fuse[c][1]
+                linked = True
+                source[c] = c - 1
             else:
+                # The last -> first link failed (or its source frame is not registered): the
+                # direct link first(c-1) -> first(c), else the skip link first(c-2) -> first(c),
+                # bridges the boundary, so one bad boundary does not exclude every later frame.
                 linked = False
-                log.warning("cycle link %d -> %d failed (flags %s): later frames excluded",
-                            c - 1, c, int_to_flags(lflags))
+                for kind in (1, 2) if bridge else ():
+                    if kind >= lk.sizes["kind"] or int(lk["flags"].values[kind]) != 0:
+                        continue
+                    b_src = int(lk["from_frame"].values[kind])
+                    if b_src in pos and np.isfinite(D_y[pos[b_src]]).all():
+                        offset_y = D_y[pos[b_src]] + lk["row_dy"].values[kind]
+                        offset_x = D_x[pos[b_src]] + lk["row_dx"].values[kind]
+                        offset_var = var[pos[b_src]] + float(lk["error"].values[kind]) ** 2
+                        linked = True
+                        source[c] = c - kind
+                        anchor_set.add(c)  # no independent chain observation for this start
+                        log.warning("cycle link %d -> %d failed (flags %s): bridged by the %s link "
+                                    "from frame %d", c - 1, c, int_to_flags(lflags),
+                                    "direct" if kind == 1 else "skip", b_src)
+                        break
+                if not linked and bridge:
+                    log.warning("cycle link %d -> %d failed (flags %s) and no direct or skip link "
+                                "bridges it: cycle %d excluded", c - 1, c, int_to_flags(lflags), c)
+                elif not linked:
+                    log.warning("cycle link %d -> %d failed (flags %s): later frames excluded",
+                                c - 1, c, int_to_flags(lflags))
+            if linked and fuse is not None and c in fuse:
+                # spread along the previous cycle's chain; the cycle start takes all
+                idx = [pos[int(f)] for f in within[c - 1]["frame"].values
+                       if np.isfinite(D_y[pos[int(f)]]).all()]
+                steps = len(idx)  # pairs + the link, from first(c-1) to first(c)
+                for s_i, i in enumerate(idx):
+                    D_y[i] += fuse[c][0] * s_i / steps
+                    D_x[i] += fuse[c][1] * s_i / steps
+                offset_y = offset_y + fuse[c][0]
+                offset_x = offset_x + fuse[c][1]
         for k in range(w.sizes["frame"]):
             i = pos[int(w["frame"].values[k])]
             if not linked:
@@ -517,7 +545,7 @@ def _chain(within, links, frames, max_closure_px, *, fuse, anchored=None):
                 D_y[i] = D_y[j] + w["row_dy"].values[k]
                 D_x[i] = D_x[j] + w["row_dx"].values[k]
                 var[i] = var[j] + float(w["error"].values[k]) ** 2
-    return D_y, D_x, var, flags, closure, mis, anchor_set
+    return D_y, D_x, var, flags, closure, mis, anchor_set, source
 
 
 #: Tukey biweight tuning constant and the scale floor (px) of the cycle-start adjustment
@@ -529,7 +557,7 @@ _ADJUST_SCALE_FLOOR_PX = 0.01
 OBS_KINDS = ("chain", "direct", "skip")
 
 
-def _adjust_starts(within, links, D_y, D_x, pos, anchored, loop_weight: float
+def _adjust_starts(within, links, D_y, D_x, pos, anchored, source, loop_weight: float
                    ) -> tuple[dict[int, np.ndarray], dict[str, np.ndarray]]:
     """Robust least-squares positions of the cycle starts; returns the ``fuse`` corrections of
     :func:`_chain` (per cycle start c >= 1: adjusted minus chained increment from start c-1) and
@@ -628,8 +656,9 @@ def _adjust_starts(within, links, D_y, D_x, pos, anchored, loop_weight: float
     pos_c[free] = P
     fuse = {}
     for c in range(1, n_c):
-        if known[c] and known[c - 1]:
-            d = (pos_c[c] - pos_c[c - 1]) - (M[c] - M[c - 1])
+        a = source.get(c, c - 1)  # the start this one's chained position was carried from
+        if known[c] and known[a]:
+            d = (pos_c[c] - pos_c[a]) - (M[c] - M[a])
             fuse[c] = (d[0] + d[2] * yc, d[1] + d[3] * yc)
     return fuse, {"kind": kinds.astype(np.int8), "from_frame": fr.astype(np.int32), "to_frame": to.astype(np.int32),
                   "residual_px": resid, "weight": w_rel}
@@ -672,10 +701,12 @@ def compose_transforms(within: list[xr.Dataset], links: list[xr.Dataset], *,
     ny = within[0].sizes["y"]
     n = frames.size
     cyc = np.concatenate([np.full(w.sizes["frame"], c) for c, w in enumerate(within)])
-    D_y, D_x, var, flags, closure, mis, anchored = _chain(within, links, frames, max_closure_px, fuse=None)
-    if fusion == "robust":
+    robust = fusion == "robust"
+    D_y, D_x, var, flags, closure, mis, anchored, source = _chain(within, links, frames, max_closure_px,
+                                                                  fuse=None, bridge=robust)
+    if robust:
         pos = {int(f): i for i, f in enumerate(frames)}
-        fuse, obs = _adjust_starts(within, links, D_y, D_x, pos, anchored, loop_weight)
+        fuse, obs = _adjust_starts(within, links, D_y, D_x, pos, anchored, source, loop_weight)
     else:  # "mean": records composed before the robust adjustment (ecafm audit)
         good = np.isfinite(mis).all(axis=1)
         fuse = {int(c): -loop_weight * mis[c] for c in np.flatnonzero(good)} if loop_weight > 0 else {}
@@ -684,8 +715,8 @@ def compose_transforms(within: list[xr.Dataset], links: list[xr.Dataset], *,
     for c, v in fuse.items():
         adjust[c] = float(np.sqrt(np.mean(np.asarray(v[0]) ** 2 + np.asarray(v[1]) ** 2)))
     if fuse:
-        D_y, D_x, var, flags, _, _, _ = _chain(within, links, frames, max_closure_px, fuse=fuse,
-                                               anchored=anchored if fusion == "robust" else None)
+        D_y, D_x, var, flags, *_ = _chain(within, links, frames, max_closure_px, fuse=fuse,
+                                          anchored=anchored if robust else None, bridge=robust)
     ok = (flags == 0) & np.isfinite(D_y).all(axis=1)
     py, px = pixel_size_nm
     finite = np.isfinite(D_y).all(axis=1)
