@@ -550,7 +550,9 @@ def _refine_ls(ref, mov, wr, wm, dy, dx, *, n_iter: int, tol: float = 1e-3):
             good &= np.isfinite(gx)
             if not good.all():
                 w *= good
-                design[:, ~good] = 0.0
+                # zero the non-finite entries in place (the finite ones there have weight 0);
+                # cheaper than a boolean-mask assignment over the three channels
+                np.nan_to_num(design, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         # robust weights from the residual of the previous fit (subsampled median / MAD)
         r = e - (plane[0] + plane[2] * v64).astype(e.dtype)[:, None]
         r -= (plane[1] * u64).astype(e.dtype)[None, :]
