@@ -516,6 +516,7 @@ def _refine_ls(ref, mov, wr, wm, dy, dx, *, n_iter: int, tol: float = 1e-3):
             ref = np.where(holes, np.nan, ref).astype(ref.dtype, copy=False)
             may_nan = True
     err = math.inf
+    last = None
     plane = (0.0, 0.0, 0.0)
     design = None
     for it in range(n_iter):
@@ -601,17 +602,21 @@ def _refine_ls(ref, mov, wr, wm, dy, dx, *, n_iter: int, tol: float = 1e-3):
         jte = np.array([g02, g12, -se, -seu, -sev])
         try:
             step = np.linalg.solve(amat, -jte)
-            cov = np.linalg.inv(amat)
         except np.linalg.LinAlgError:
             return None
         ssr = float(ewe + 2 * step @ jte + step @ amat @ step)
-        s2 = max(ssr, 0.0) / max(sw - 5.0, 1.0)
-        err = math.sqrt(max(cov[0, 0], cov[1, 1]) * s2)
+        last = (amat, max(ssr, 0.0) / max(sw - 5.0, 1.0))  # the error needs only the last step's
         plane = (float(step[2]), float(step[3]), float(step[4]))
         ddy, ddx = min(max(float(step[0]), -0.5), 0.5), min(max(float(step[1]), -0.5), 0.5)
         dy, dx = dy + ddy, dx + ddx
         if it > 0 and abs(ddy) < tol and abs(ddx) < tol:
             break
+    if last is not None:
+        try:
+            cov = np.linalg.inv(last[0])
+        except np.linalg.LinAlgError:
+            return None
+        err = math.sqrt(max(cov[0, 0], cov[1, 1]) * last[1])
     return dy, dx, err
 
 
