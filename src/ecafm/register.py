@@ -520,7 +520,8 @@ def _chain(within, links, frames, max_closure_px, *, fuse, anchored=None, bridge
                 elif not linked:
                     log.warning("cycle link %d -> %d failed (flags %s): later frames excluded",
                                 c - 1, c, int_to_flags(lflags))
-            if linked and fuse is not None and c in fuse:
+            # (mean rule: only where this pass measured the misclosure, as its records were made)
+            if linked and fuse is not None and c in fuse and (bridge or np.isfinite(mis[c]).all()):
                 # spread along the previous cycle's chain; the cycle start takes all
                 idx = [pos[int(f)] for f in within[c - 1]["frame"].values
                        if np.isfinite(D_y[pos[int(f)]]).all()]
@@ -691,8 +692,9 @@ def compose_transforms(within: list[xr.Dataset], links: list[xr.Dataset], *,
     plating pairs' larger errors. Why robust and why skip links: on bench-m a single wrong
     observation, a chain 0.69 px off (seed 1) or a direct link 0.16 px off (seed 0), was averaged
     into every later frame by the mean of chain and direct link; with the skip links the wrong one
-    is outvoted (error at frame 160: seed 0 0.139 -> 0.031 px, seed 1 0.392 -> 0.075 px;
-    benchmarks/RESULTS.md, session 11). ``fusion="mean"`` is the earlier rule (start = chain - w
+    is outvoted (error at frame 160: seed 0 0.139 -> 0.031 px, seed 1 0.392 -> 0.068 px;
+    benchmarks/RESULTS.md, session 11). ``loop_closure_px`` is the chain's misclosure before the
+    adjustment. ``fusion="mean"`` is the earlier rule (start = chain - w
     * misclosure, no skip links), kept so that ``ecafm audit`` re-runs older records exactly.
     """
     if fusion not in ("robust", "mean"):
@@ -715,8 +717,10 @@ def compose_transforms(within: list[xr.Dataset], links: list[xr.Dataset], *,
     for c, v in fuse.items():
         adjust[c] = float(np.sqrt(np.mean(np.asarray(v[0]) ** 2 + np.asarray(v[1]) ** 2)))
     if fuse:
-        D_y, D_x, var, flags, *_ = _chain(within, links, frames, max_closure_px, fuse=fuse,
-                                          anchored=anchored if robust else None, bridge=robust)
+        D_y, D_x, var, flags, closure2, *_ = _chain(within, links, frames, max_closure_px, fuse=fuse,
+                                                    anchored=anchored if robust else None, bridge=robust)
+        if not robust:  # the mean rule's records report the closure after fusing
+            closure = closure2
     ok = (flags == 0) & np.isfinite(D_y).all(axis=1)
     py, px = pixel_size_nm
     finite = np.isfinite(D_y).all(axis=1)
