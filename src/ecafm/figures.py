@@ -130,7 +130,6 @@ def plot_registration(transforms: str | Path, table: str | Path, registered: lis
         ax.axvline(f[b] + 0.5, color="grey", ls=":", lw=1)
     ax.set_xlabel("frame")
     ax.set_ylabel("drift relative to the first frame (nm)")
-    ax.legend(fontsize=8)
     if "obs_weight" in tf:  # cycle-start observations the robust adjustment outvoted
         bad = tf["obs_weight"].values < 0.5
         fpos = {int(v): i for i, v in enumerate(f)}
@@ -138,11 +137,11 @@ def plot_registration(transforms: str | Path, table: str | Path, registered: lis
         for j, (k, a, b) in enumerate(zip(tf["obs_kind"].values[bad], tf["obs_from_frame"].values[bad],
                                           tf["obs_to_frame"].values[bad], strict=True)):
             if int(b) in fpos:
-                ax.plot(int(b), df["dy_nm"].iloc[fpos[int(b)]], "v", color="m", ms=9,
-                        label="cycle-start observation outvoted" if j == 0 else None)
-                ax.annotate(f"{kinds[int(k)]} {int(a)}->{int(b)}", (int(b), df["dy_nm"].iloc[fpos[int(b)]]),
-                            fontsize=7, color="m", xytext=(2, -10), textcoords="offset points")
-        ax.legend(fontsize=8)
+                xy = (int(b), df["dy_nm"].iloc[fpos[int(b)]])
+                ax.plot(*xy, "v", color="m", ms=9, label="cycle-start observation outvoted" if j == 0 else None)
+                ax.annotate(f"{kinds[int(k)]} {int(a)}->{int(b)}", xy, fontsize=7, color="m",
+                            xytext=(2, -10), textcoords="offset points")
+    ax.legend(fontsize=8)
     lc = tf["loop_closure_px"].values
     lc_txt = f", max loop closure {np.nanmax(lc):.3f} px" if np.isfinite(lc).any() else ""
     ax.set_title(f"drift: {int(ok.sum())} of {len(ok)} frames registered{lc_txt}")

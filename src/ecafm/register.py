@@ -585,9 +585,9 @@ def _adjust_starts(within, links, D_y, D_x, pos, anchored, source, loop_weight: 
         starts.append(int(w["frame"].values[k[0]]) if k.size else -1)
     ny = D_y.shape[1]
     yc = (np.arange(ny) - (ny - 1) / 2.0) / max(ny - 1, 1)  # -0.5 .. 0.5 over the frame
+    syy = float(yc @ yc) or 1.0
 
     def line(dy, dx):  # (mean y, mean x, slope y, slope x) of a per-row profile; slope in px per frame
-        syy = float(yc @ yc) or 1.0
         return np.array([dy.mean(), dx.mean(), (dy @ yc) / syy, (dx @ yc) / syy])
 
     M = np.full((n_c, 4), np.nan)
@@ -628,6 +628,7 @@ def _adjust_starts(within, links, D_y, D_x, pos, anchored, source, loop_weight: 
     free[0] = False  # the first cycle's start holds the reference frame: fixed at its position
     b = np.array(obs) - A[:, [0]] * M[0]
     A = A[:, free]  # cycles after a failed link take no part
+
     def irls(cols):
         wt = 1.0 / v
         for _ in range(50):
