@@ -84,6 +84,69 @@ def test_physical_hash_catches_an_edited_chunk(tmp_path):
     assert len(problems) == 1 and chunk.relative_to(path).as_posix() in problems[0]
 
 
+def _count_file_hashes(monkeypatch):
+    from ecafm import store
+
+    calls = []
+    real = store.sha256_file
+    monkeypatch.setattr(store, "sha256_file", lambda p: calls.append(p) or real(p))
+    return calls
+
+
+def test_input_hash_reused_while_the_store_is_untouched(tmp_path, monkeypatch):
+    """A job's input store is not re-read when every file has the size, times and inode recorded
+    at its write; the entry is the same as a full re-hash."""
+    from ecafm.store import describe_input, physical_hash
+
+    path = tmp_path / "c.zarr"
+    write_cube(_cube(), path, step=STEP)
+    calls = _count_file_hashes(monkeypatch)
+    entry = describe_input(path)
+    assert calls == []
+    monkeypatch.undo()
+    assert entry["sha256"] == physical_hash(path) == read_record(path)["artifact"]["physical_sha256"]
+
+
+def test_input_edited_in_place_is_rehashed(tmp_path, monkeypatch):
+    """Same size and the old mtime put back: the ctime still moved, so the store is re-hashed and
+    its entry shows the edit."""
+    import os
+
+    from ecafm.store import describe_input, physical_hash
+
+    path = tmp_path / "c.zarr"
+    rec = write_cube(_cube(), path, step=STEP)
+    chunk = sorted((path / "height" / "c").rglob("*"))[-1]
+    st = chunk.stat()
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    os.utime(chunk, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert chunk.stat().st_size == st.st_size and chunk.stat().st_mtime_ns == st.st_mtime_ns
+    calls = _count_file_hashes(monkeypatch)
+    entry = describe_input(path)
+    assert len(calls) == len(rec["artifact"]["files"])
+    assert entry["sha256"] != rec["artifact"]["physical_sha256"]
+    monkeypatch.undo()
+    assert entry["sha256"] == physical_hash(path)
+
+
+def test_copied_input_is_rehashed(tmp_path, monkeypatch):
+    """A copy (times preserved, new inodes) is hashed again, with the same result."""
+    import shutil
+
+    from ecafm.store import describe_input
+
+    path = tmp_path / "c.zarr"
+    rec = write_cube(_cube(), path, step=STEP)
+    dest = tmp_path / "copy" / "c.zarr"
+    shutil.copytree(path, dest)
+    shutil.copy2(record_path(path), record_path(dest))
+    calls = _count_file_hashes(monkeypatch)
+    assert describe_input(dest)["sha256"] == rec["artifact"]["physical_sha256"]
+    assert len(calls) == len(rec["artifact"]["files"])
+
+
 def test_record_contents(tmp_path):
     src = tmp_path / "input.txt"
     src.write_text("raw")

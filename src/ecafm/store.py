@@ -28,6 +28,7 @@ import os
 import platform
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -124,6 +125,23 @@ def store_files(path: str | Path) -> dict[str, str]:
 def physical_hash(path: str | Path) -> str:
     """sha256 over the sorted (relative path, sha256) list of every file of the artifact."""
     return sha256_bytes(canonical_json(store_files(path)).encode())
+
+
+def file_stats(path: str | Path) -> dict[str, list[int]]:
+    """(size, mtime_ns, ctime_ns, inode) of every file of a directory artifact, by relative path.
+
+    Any write to a file changes its ctime, which no user call can set back; a copy or a move to
+    another file system changes inode and ctime.
+    """
+    path = Path(path)
+    out: dict[str, list[int]] = {}
+    for p in sorted(path.rglob("*")):
+        if p.name in IGNORED_FILES:
+            continue
+        st = p.stat()
+        if stat.S_ISREG(st.st_mode):
+            out[p.relative_to(path).as_posix()] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return out
 
 
 def logical_hash(ds: xr.Dataset | xr.DataArray) -> str:
@@ -262,13 +280,21 @@ def describe_input(path: str | Path) -> dict[str, Any]:
     """Input entry: path, sha256 (file) or physical hash (directory), and its version id if any."""
     path = Path(path)
     entry: dict[str, Any] = {"path": str(path)}
-    if path.is_dir():
-        entry["sha256"] = physical_hash(path)
-    elif path.exists():
-        entry["sha256"] = sha256_file(path)
-    else:
+    if not path.exists():
         raise FileNotFoundError(f"{path}: input does not exist")
     rec = read_record(path, missing_ok=True)
+    if path.is_dir():
+        # A store whose files all have the size, times and inode recorded when it was written
+        # is the one hashed then: its recorded hash is reused instead of re-reading it (every
+        # level job used to re-hash the whole ingested cube: 1.5 of 2.7 s per bench-m cycle).
+        # Anything else is hashed. `ecafm audit` and `verify` always re-hash.
+        stats = (rec or {}).get("run", {}).get("file_stats")
+        if stats is not None and stats == file_stats(path):
+            entry["sha256"] = rec["artifact"]["physical_sha256"]
+        else:
+            entry["sha256"] = physical_hash(path)
+    else:
+        entry["sha256"] = sha256_file(path)
     if rec is not None:
         entry["version_id"] = rec["version_id"]
         entry["logical_sha256"] = rec["artifact"]["logical_sha256"]
@@ -432,6 +458,10 @@ def _staged(path: Path, tmp: Path) -> Iterator[None]:
 def _publish(tmp: Path, path: Path, record: dict[str, Any]) -> None:
     """File the version, write the record, then rename the data into place (last step)."""
     _file_version(tmp, path, record)
+    if tmp.is_dir():
+        # after the filing (a hard link changes ctime); the rename below moves the directory,
+        # not its files, so their stats stay (:func:`describe_input`)
+        record["run"]["file_stats"] = file_stats(tmp)
     if path.is_dir():
         _clear(path)
     record_path(path).write_text(_record_json(record))
