@@ -31,9 +31,8 @@ from typing import Literal
 import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
-from scipy.signal.windows import tukey
 
-from ecafm.kernels.robust import median_inplace, trend_outliers
+from ecafm.kernels.robust import median_inplace, theil_sen, trend_outliers, tukey
 
 __all__ = [
     "RowDrift",
@@ -1174,9 +1173,7 @@ def _biweight_poly(xs: np.ndarray, y: np.ndarray, deg: int, n_iter: int = 30):
         fixed_scale = 1.4826 * (1 + 5 / (xs.size - deg - 1)) * float(np.sqrt(np.median(r * r)))
         fixed_scale = max(fixed_scale, 1e-3)
     else:
-        from scipy.stats import theilslopes
-
-        slope, icpt, *_ = theilslopes(y, xs)
+        slope, icpt = theil_sen(y, xs)
         r = y - (icpt + slope * xs)
     w = np.ones_like(y)
     coef = np.zeros(deg + 1)

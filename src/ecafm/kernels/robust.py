@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -16,6 +18,49 @@ def median_inplace(a: np.ndarray) -> float:
     a.partition(k)
     hi = a[k]
     return float(hi) if n % 2 else float((a[:k].max() + hi) / 2.0)
+
+
+def tukey(m: int, alpha: float) -> np.ndarray:
+    """Symmetric Tukey (tapered cosine) window of ``m`` samples, ``scipy.signal.windows.tukey``'s
+    values to the last bit (same formula and operations).
+
+    Written here because importing ``scipy.signal`` costs 1.7 s (it parses docstrings at import),
+    paid by every registration job for this one function.
+    """
+    if int(m) != m or m < 0:
+        raise ValueError(f"window length must be a non-negative integer, got {m!r}")
+    if m <= 1 or alpha <= 0:
+        return np.ones(m, dtype=np.float64)
+    if alpha >= 1.0:
+        raise ValueError("alpha >= 1 (a Hann window) is not used here")
+    n = np.arange(0, m, dtype=np.float64)
+    width = int(math.floor(alpha * (m - 1) / 2.0))
+    n1, n2, n3 = n[0:width + 1], n[width + 1:m - width - 1], n[m - width - 1:]
+    w1 = 0.5 * (1 + np.cos(np.pi * (-1 + 2.0 * n1 / alpha / (m - 1))))
+    w3 = 0.5 * (1 + np.cos(np.pi * (-2.0 / alpha + 1 + 2.0 * n3 / alpha / (m - 1))))
+    return np.concatenate((w1, np.ones(n2.shape), w3))
+
+
+def theil_sen(y: np.ndarray, x: np.ndarray) -> tuple[float, float]:
+    """Theil-Sen line of ``y`` against ``x``: (slope, intercept), the values of
+    ``scipy.stats.theilslopes(y, x)`` (median of the pairwise slopes; intercept
+    ``median(y) - slope * median(x)``) without its confidence interval.
+
+    Written here because importing ``scipy.stats`` costs 1.4 s, paid by every registration job
+    for this one call per frame pair.
+    """
+    y = np.array(y, dtype=float, copy=True).ravel()
+    x = np.array(x, dtype=float, copy=True).ravel()
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"x and y must have the same length >= 2, got {len(x)} and {len(y)}")
+    deltax = x[:, np.newaxis] - x
+    deltay = y[:, np.newaxis] - y
+    slopes = deltay[deltax > 0] / deltax[deltax > 0]
+    if not slopes.size:  # all x identical: no slope (scipy warns and returns NaN)
+        return math.nan, math.nan
+    slopes.sort()
+    medslope = np.median(slopes)
+    return float(medslope), float(np.median(y) - medslope * np.median(x))
 
 
 def trend_outliers(x: np.ndarray, values: list[np.ndarray] | tuple[np.ndarray, ...], ok: np.ndarray, *,
@@ -33,8 +78,6 @@ def trend_outliers(x: np.ndarray, values: list[np.ndarray] | tuple[np.ndarray, .
     -------
     ndarray of bool, shape like ``ok``: True for the outliers (always False where ``ok`` is False).
     """
-    from scipy.stats import theilslopes
-
     x = np.asarray(x, np.float64)
     ok = np.asarray(ok, bool) & np.isfinite(x)
     out = np.zeros(ok.shape, bool)
@@ -45,7 +88,7 @@ def trend_outliers(x: np.ndarray, values: list[np.ndarray] | tuple[np.ndarray, .
         use = ok & np.isfinite(v)
         if use.sum() < 4:
             continue
-        slope, icpt, *_ = theilslopes(v[use], x[use])
+        slope, icpt = theil_sen(v[use], x[use])
         r = v - (icpt + slope * x)
         scale = 1.4826 * float(np.median(np.abs(r[use] - np.median(r[use]))))
         out |= use & (np.abs(r) > max(min_dev, k * scale))
