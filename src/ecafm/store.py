@@ -28,7 +28,6 @@ import os
 import platform
 import shutil
 import socket
-import stat
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -115,11 +114,14 @@ def store_files(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if path.is_file():
         return {path.name: sha256_file(path)}
-    out: dict[str, str] = {}
+    return {name: sha256_file(p) for name, p in _artifact_files(path)}
+
+
+def _artifact_files(path: Path) -> Iterator[tuple[str, Path]]:
+    """(relative path, path) of every file of a directory artifact, sorted, ignored names left out."""
     for p in sorted(path.rglob("*")):
         if p.is_file() and p.name not in IGNORED_FILES:
-            out[p.relative_to(path).as_posix()] = sha256_file(p)
-    return out
+            yield p.relative_to(path).as_posix(), p
 
 
 def physical_hash(path: str | Path) -> str:
@@ -133,14 +135,10 @@ def file_stats(path: str | Path) -> dict[str, list[int]]:
     Any write to a file changes its ctime, which no user call can set back; a copy or a move to
     another file system changes inode and ctime.
     """
-    path = Path(path)
     out: dict[str, list[int]] = {}
-    for p in sorted(path.rglob("*")):
-        if p.name in IGNORED_FILES:
-            continue
+    for name, p in _artifact_files(Path(path)):
         st = p.stat()
-        if stat.S_ISREG(st.st_mode):
-            out[p.relative_to(path).as_posix()] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        out[name] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
     return out
 
 

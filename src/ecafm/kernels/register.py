@@ -1280,8 +1280,8 @@ def _resample_rows(z: np.ndarray, ys: np.ndarray, x_off: np.ndarray, order: int)
 
     The tensor-product spline then separates: each output row is a weighted sum of (order + 1)
     coefficient rows, sampled at a constant sub-pixel offset, so it costs 2 (order + 1) passes
-    over the frame instead of (order + 1)^2 gathers per pixel (512^2 px, cubic: 9 ms against
-    104 ms on this machine). Same prefilter as scipy (edge padding by 12, ``spline_filter``
+    over the frame instead of (order + 1)^2 gathers per pixel (512^2 px, cubic: 19-25 ms against
+    96-98 ms on this machine). Same prefilter as scipy (edge padding by 12, ``spline_filter``
     with mode "nearest"); equal to ``map_coordinates`` to rounding inside the frame. Written
     here because scipy has no separable evaluation with per-row coordinates.
     """

@@ -93,6 +93,9 @@ def render(phys: Physics, sub: Substrate, t: float, *, t_start: float | None = N
     sy, sx = phys.site_y.tolist(), phys.site_x.tolist()
     r_ever_l, rv_l, r_px_l, m_l, w_l = (np.asarray(a, float).tolist() for a in (r_ever, rv, r_px, m, w))
     cat_l = cat.tolist() if full else None
+    # (volumes, radii, summed thickness, thickest so far, its label): caps, then voids
+    kinds = ((m_l, r_px_l, dep, best, label), (w_l, rv_l, void, vbest, vlabel)) if full else \
+        ((m_l, r_px_l, dep, None, None), (w_l, rv_l, void, None, None))
     for i in np.flatnonzero(r_ever > 0).tolist():
         syi, sxi, r_e, r_v = sy[i], sx[i], r_ever_l[i], rv_l[i]
         r_box = max(r_e, r_v)
@@ -115,8 +118,8 @@ def render(phys: Physics, sub: Substrate, t: float, *, t_start: float | None = N
             rho2 = (row_y[r0:r1, None] - syi) ** 2 + (cols[None, c0:c1] + xo[:, None] - sxi) ** 2
         ev = ever[sl]
         ev |= rho2 < r_e ** 2
-        for vol, rad, acc, top, lab_of in ((m_l[i], r_px_l[i], dep, best if full else None, label if full else None),
-                                           (w_l[i], r_v, void, vbest if full else None, vlabel if full else None)):
+        for vols, radii, acc, top, lab_of in kinds:
+            vol, rad = vols[i], radii[i]
             if not vol > 0:
                 continue
             g_grid = np.maximum(1.0 - rho2_grid / rad ** 2, 0.0)
