@@ -20,6 +20,7 @@ from ecafm.kernels.register import (
     estimate_shift_qc,
     gradient_magnitude,
     loop_closure_error,
+    refine_shift,
 )
 
 MARGIN = 32
@@ -175,6 +176,29 @@ def test_check_shift_equals_estimate_shift_qc(replaced):
     assert check_shift(ref, mov, s, weights=w, min_peak_ratio=1.5) == \
         estimate_shift_qc(ref, mov, weights=w, min_peak_ratio=1.5)
     assert check_shift(ref, mov, s, weights=w, min_peak_ratio=1.5, prev=(s.dy + 20, s.dx)).flags[-1] == "jump"
+
+
+@pytest.mark.parametrize("changed", [0.0, 0.3], ids=["static", "changed30"])
+def test_refine_shift_from_the_dft_peak_equals_the_refined_estimate(changed):
+    """The refinement started at the DFT-upsampled peak lands where estimate_shift's own (started
+    at the parabola) does, within the refinement's tolerance, and much closer to the truth than
+    the peak it started from; peak ratio and flags are the start's."""
+    errs = []
+    for seed in range(4):
+        truth = tuple(np.random.default_rng(2000 + seed).uniform(-6, 6, 2))
+        ref, mov, stable = _pair(seed, shift=truth, changed=changed, noise=1.0)
+        w = stable if changed else None
+        coarse = estimate_shift(ref, mov, weights=w, n_refine=0, upsample_factor=20)
+        fine = refine_shift(ref, mov, coarse, weights=w)
+        full = estimate_shift(ref, mov, weights=w)
+        assert abs(fine.dy - full.dy) < 3e-3 and abs(fine.dx - full.dx) < 3e-3
+        assert (fine.peak_ratio, fine.flags, fine.crlb) == (coarse.peak_ratio, coarse.flags, coarse.crlb)
+        assert fine.error == pytest.approx(full.error, rel=0.05)
+        errs.append([np.hypot(coarse.dy - truth[0], coarse.dx - truth[1]),
+                     np.hypot(fine.dy - truth[0], fine.dx - truth[1])])
+    e = np.sqrt(np.mean(np.square(errs), axis=0))
+    assert e[1] < 0.05 and e[1] < 0.5 * e[0]
+    assert refine_shift(ref, mov, coarse, n_refine=0) == coarse
 
 
 def test_gradient_magnitude_nan_safe():

@@ -144,6 +144,7 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
         estimate_shift,
         estimate_shift_qc,
         gradient_magnitude,
+        refine_shift,
     )
 
     ref = _fill(reference)
@@ -152,10 +153,13 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
     kw = dict(max_jump_px=math.inf, min_peak_ratio=params.min_peak_ratio,
               max_disagreement_px=params.max_disagreement_px, upsample_factor=params.upsample_factor,
               gradients=(gradient_magnitude(ref, dtype=ref.dtype), gradient_magnitude(mov, dtype=mov.dtype)))
-    # First pass on the whole frames; its QC flags matter only when it is the final estimate
-    # (no stable-region pass), so its gradient check is deferred to that case.
+    # First pass on the whole frames. It seeds the stable-region mask (k robust sigmas of the
+    # aligned difference), for which its DFT-upsampled peak (1 / upsample_factor px) is precise
+    # enough; the least-squares refinement and the gradient check run only when it is the final
+    # estimate (no stable-region pass). bench-m, 120 pairs: -7% time per pair, row-mean error
+    # RMS 0.0164 -> 0.0148 px against the truth.
     s0 = estimate_shift(ref, mov, min_peak_ratio=params.min_peak_ratio,
-                        upsample_factor=params.upsample_factor)
+                        upsample_factor=params.upsample_factor, n_refine=0)
     start = _start(ref, mov, s0)
     if not s0.ok:
         # A weak whole-frame peak: tall caps growing between the frames dominate the heights'
@@ -163,8 +167,8 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
         # locked on there with a clean peak). The estimates of the gradient images and of the
         # substrate's texture are the other starts; the smallest robust sigma of the aligned
         # difference wins.
-        for g in (estimate_shift(*kw["gradients"], upsample_factor=params.upsample_factor),
-                  estimate_shift(*_texture(ref, mov), upsample_factor=params.upsample_factor)):
+        for g in (estimate_shift(*kw["gradients"], upsample_factor=params.upsample_factor, n_refine=0),
+                  estimate_shift(*_texture(ref, mov), upsample_factor=params.upsample_factor, n_refine=0)):
             alt = _start(ref, mov, g)
             if alt is not None and (start is None or alt[3] < start[3]):
                 s0, start = replace(s0, dy=g.dy, dx=g.dx), alt
@@ -190,7 +194,7 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
             if loose is not None:
                 broad = pair(loose)
     s = estimate_shift_qc(ref, mov, weights=weights, moving_weights=moving_weights, **kw) \
-        if weights is not None else check_shift(ref, mov, s0, **kw)
+        if weights is not None else check_shift(ref, mov, refine_shift(ref, mov, s0), **kw)
     if broad is not None and s.ok:
         # fit_k < stable_k (an option; the default fits on the stable_k mask): the estimate uses
         # only the tight core, against deposits that change by less than stable_k sigmas and
