@@ -1160,21 +1160,44 @@ def _lmeds_poly(xs: np.ndarray, y: np.ndarray, deg: int, max_subsets: int = 2000
     Not in scipy or scikit-image (scikit-learn's RANSAC needs a threshold we do not know), and
     exhaustive over 31 strips it is a few milliseconds, so it is written here.
     """
+    n, k = xs.size, deg + 1
+    sub = _subsets(n, k, max_subsets)
+    V = np.vander(xs, k)
+    A, b = V[sub], y[sub]
+    # |det| of a Vandermonde matrix is the product of the differences of its nodes: singular
+    # subsets (two strips at one row) are those with a near-zero difference
+    d = xs[sub]
+    vdet = np.ones(len(sub))
+    for i in range(k):
+        for j in range(i + 1, k):
+            vdet *= d[:, j] - d[:, i]
+    keep = np.abs(vdet) > 1e-12
+    coef = np.linalg.solve(A[keep], b[keep][..., None])[..., 0]
+    r2 = (y[None, :] - coef @ V.T) ** 2
+    # the median along each row by selection (np.median's own values, without its overhead)
+    h = n // 2
+    if n % 2:
+        med = np.partition(r2, h, axis=1)[:, h]
+    else:
+        part = np.partition(r2, (h - 1, h), axis=1)
+        med = (part[:, h - 1] + part[:, h]) / 2
+    return coef[int(np.argmin(med))]
+
+
+@lru_cache(maxsize=64)
+def _subsets(n: int, k: int, max_subsets: int) -> np.ndarray:
+    """Every k-subset of range(n) (a seeded random ``max_subsets`` of them when there are more),
+    as rows of indices; cached (never modify the returned array)."""
     from itertools import combinations
     from math import comb
 
-    n, k = xs.size, deg + 1
     if comb(n, k) <= max_subsets:
         sub = np.array(list(combinations(range(n), k)), dtype=np.intp)
     else:
         rng = np.random.default_rng(0)
         sub = np.sort(np.array([rng.choice(n, k, replace=False) for _ in range(max_subsets)]), axis=1)
-    V = np.vander(xs, k)
-    A, b = V[sub], y[sub]
-    keep = np.abs(np.linalg.det(A)) > 1e-12
-    coef = np.linalg.solve(A[keep], b[keep][..., None])[..., 0]
-    med = np.median((y[None, :] - coef @ V.T) ** 2, axis=1)
-    return coef[int(np.argmin(med))]
+    sub.setflags(write=False)
+    return sub
 
 
 def _biweight_poly(xs: np.ndarray, y: np.ndarray, deg: int, n_iter: int = 30):
