@@ -493,6 +493,27 @@ def test_lmeds_start_recovers_the_majority_polynomial():
     assert np.allclose(_lmeds_poly(xs, y, 2), [0.4, -0.3, 0.2], atol=1e-9)
 
 
+@pytest.mark.parametrize(("n", "deg"), [(12, 1), (11, 2), (10, 2), (31, 2)])
+def test_lmeds_equals_brute_force(n, deg):
+    """The least-median-of-squares fit is, of the exact fits through every deg + 1 strips, the one
+    with the least median squared residual (odd and even strip counts)."""
+    from itertools import combinations
+
+    from ecafm.kernels.register import _lmeds_poly
+
+    rng = np.random.default_rng(n + deg)
+    xs = np.sort(rng.uniform(-1, 1, n))
+    y = 0.1 + 0.3 * xs + rng.normal(0, 0.05, n)
+    y[: n // 3] += 0.8
+    best, best_med = None, np.inf
+    for sub in combinations(range(n), deg + 1):
+        c = np.polyfit(xs[list(sub)], y[list(sub)], deg)
+        med = np.median((y - np.polyval(c, xs)) ** 2)
+        if med < best_med:
+            best, best_med = c, med
+    np.testing.assert_allclose(_lmeds_poly(xs, y, deg), best, rtol=0, atol=1e-8)
+
+
 def test_robust_row_fit_auto_takes_the_quadratic_only_when_curved():
     from ecafm.kernels.register import robust_row_fit
 
