@@ -103,4 +103,13 @@ def test_dead_conversion_needs_residue_and_left_behind_volume():
 
     sc = d.assign(site=7)
     assert dead_cycles(pd.DataFrame({"site": [7]}), sc, 0.4).tolist() == [1]
+    # many sites in one table: each site's first cycle has no previous residual, even when the
+    # site before it ended high (site 3 would otherwise see 1250 - 1250 left behind: not dead)
+    other = pd.DataFrame({"cycle": [0, 1, 2], "plated_nm3": [1000.0] * 3, "residual_nm3": [500.0, 500.0, 600.0],
+                          "residue_nm3": [300.0] * 3, "detection_limit_nm3": [50.0] * 3, "site": 3})
+    both = pd.concat([sc, other.assign(site=9)], ignore_index=True)
+    assert dead_conversion(both, 0.4).tolist() == [*dead_conversion(d, 0.4), *dead_conversion(other, 0.4)]
+    assert dead_conversion(other, 0.4).tolist() == [True, False, False]
+    shuffled = pd.concat([other.assign(site=3), sc]).sample(frac=1.0, random_state=0)
+    assert dead_cycles(pd.DataFrame({"site": [7, 3, 5]}), shuffled, 0.4).tolist() == [1, 0, -1]
     assert dead_cycles(pd.DataFrame({"site": [7]}), sc, 0.6).tolist() == [-1]

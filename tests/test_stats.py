@@ -94,17 +94,37 @@ def test_benjamini_hochberg_known_values():
     np.testing.assert_allclose(benjamini_hochberg(p), [0.04, 0.16 / 3, 0.16 / 3, 0.20])
 
 
-def test_vectorised_bootstrap_spearman_equals_scipy_per_resample():
-    """The one-pass Spearman of the block bootstrap gives spearmanr's numbers, ties included."""
+@pytest.mark.parametrize("decimals", [1, None])  # many ties; none
+def test_vectorised_bootstrap_spearman_equals_scipy_per_resample(decimals):
+    """The one-pass Spearman of the block bootstrap gives spearmanr's numbers, with and without ties."""
     from scipy import stats
 
     from ecafm.stats import _spearman_rows
 
     rng = np.random.default_rng(7)
-    x = np.round(rng.normal(size=60), 1)  # many ties
-    y = x + np.round(rng.normal(size=60), 1)
+    x, e = rng.normal(size=60), rng.normal(size=60)
+    if decimals is not None:
+        x, e = np.round(x, decimals), np.round(e, decimals)
+    y = x + e
     picks = [rng.integers(0, 60, rng.integers(20, 60)) for _ in range(50)]
     picks.append(np.array([3, 3, 3, 3]))  # constant x: dropped, as spearmanr gives NaN
     got = _spearman_rows(x, y, picks)
     want = np.array([stats.spearmanr(x[p], y[p])[0] for p in picks[:-1]])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_bootstrap_cache_gives_the_same_numbers():
+    """Calls sharing a cache (resamples, ranks) return what independent calls return, even when
+    the valid sites differ between calls (NaN in x) and a rank vector repeats."""
+    rng = np.random.default_rng(8)
+    pos = rng.uniform(0, 100, (200, 2))
+    y = rng.normal(size=200)
+    xs = [y + rng.normal(size=200) for _ in range(3)]
+    xs[1][[5, 17, 40]] = np.nan  # other valid sites: other resamples
+    xs.append(xs[0].copy())  # same values again: cached ranks
+    cache: dict = {}
+    for x in xs + xs[::-1]:
+        got = spearman_block_bootstrap(x, y, pos, block=25.0, n_boot=100, seed=3, cache=cache)
+        want = spearman_block_bootstrap(x, y, pos, block=25.0, n_boot=100, seed=3)
+        assert got == want
+    assert sum(k[0] == "resamples" for k in cache) == 2

@@ -79,13 +79,12 @@ def lifetime_table(sites: pd.DataFrame, endpoint: str) -> pd.DataFrame:
 def dead_cycles(sites: pd.DataFrame, site_cycles: pd.DataFrame, fraction: float) -> np.ndarray:
     """Dead-Li conversion cycle per site at another ``fraction`` (:func:`ecafm.sites.dead_conversion`),
     for the sensitivity table; only cycles whose residue rule was decided (followed by a plating)."""
-    from ecafm.sites import _first_true, dead_conversion
+    from ecafm.sites import dead_conversion
 
-    last = site_cycles["cycle"].max()
-    first = {site: _first_true(dead_conversion(d, fraction) & (d["cycle"] < last).to_numpy(),
-                               d["cycle"].to_numpy())
-             for site, d in site_cycles.sort_values("cycle").groupby("site")}
-    return np.array([first.get(s, -1) for s in sites["site"]], int)
+    sc = site_cycles.sort_values(["site", "cycle"], kind="stable")
+    hit = dead_conversion(sc, fraction) & (sc["cycle"] < sc["cycle"].max()).to_numpy()
+    first = sc.loc[hit].groupby("site")["cycle"].first()
+    return first.reindex(sites["site"]).fillna(-1).to_numpy(int)
 
 
 # --------------------------------------------------------------------------- descriptors
@@ -211,13 +210,14 @@ def correlate(sites: pd.DataFrame, site_cycles: pd.DataFrame, desc: pd.DataFrame
     pos = sites.set_index("site").loc[desc["site"], ["y_nm", "x_nm"]].to_numpy()
     rows = []
     cols = [c for c in desc.columns if c != "site"]
+    cache: dict = {}  # resamples and ranks shared by the descriptors (same sites, same seed)
     for c in cols:
         x = desc[c].to_numpy(float)
         if np.isfinite(x).sum() < 10 or np.nanstd(x) == 0:
             continue
         for target, y in (("lifetime_cycles", life), ("dead_fraction", dead_frac)):
             r = stats.spearman_block_bootstrap(x, y, pos, block=params.block_nm, n_boot=params.n_boot,
-                                               seed=params.seed)
+                                               seed=params.seed, cache=cache)
             rows.append({"descriptor": c, "target": target, **r})
     out = pd.DataFrame(rows)
     if len(out):

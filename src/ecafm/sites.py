@@ -135,7 +135,7 @@ def track_sites(segs: list[xr.Dataset], *, params: SegmentParams = _DEFAULT
 
 
 def dead_conversion(d: pd.DataFrame, fraction: float) -> np.ndarray:
-    """Per cycle of one site (rows of its site-cycle table in cycle order): dead-Li conversion.
+    """Per row of a site-cycle table (sorted by site, then cycle; one site or many): dead-Li conversion.
 
     A stripping converts the site when inactive residue is detected on it (``residue_nm3`` above
     the noise-propagated ``detection_limit_nm3``) and the material this cycle left behind, the
@@ -150,6 +150,9 @@ def dead_conversion(d: pd.DataFrame, fraction: float) -> np.ndarray:
     vp = np.maximum(d["plated_nm3"].to_numpy(float), 0.0)
     rl = d["residual_nm3"].to_numpy(float)
     prev = np.concatenate([[0.0], np.maximum(rl[:-1], 0.0)])
+    if "site" in d and len(d):
+        site = d["site"].to_numpy()
+        prev[np.r_[True, site[1:] != site[:-1]]] = 0.0  # each site's first cycle
     seen = d["residue_nm3"].to_numpy(float) >= d["detection_limit_nm3"].to_numpy(float)
     return seen & (vp > 0) & (rl - prev >= fraction * vp)
 
