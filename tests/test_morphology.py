@@ -173,3 +173,53 @@ def test_porosity_proxy_ranks_the_generators_porosity_apart_from_roughness():
     assert np.median(rho["relative"]) >= 0.75, rho
     assert np.median(rho["relative"]) > np.median(rho["fixed"]) + 0.03, rho
     assert np.median(rho_rough["relative"]) < np.median(rho_rough["fixed"]) - 0.1, rho_rough
+
+
+def test_mean_curvature_of_a_dome_and_a_bowl():
+    """Paraboloid z = -r^2 / (2 R): Laplacian / 2 = -1 / R everywhere; a bowl has +1 / R."""
+    yy, xx = np.mgrid[0:33, 0:33] * 10.0  # nm
+    r2 = (yy - 160.0) ** 2 + (xx - 170.0) ** 2
+    dome = patch_descriptors(-r2 / (2 * 5000.0), 10.0)["mean_curvature"]
+    bowl = patch_descriptors(r2 / (2 * 2000.0), 10.0)["mean_curvature"]
+    assert dome == pytest.approx(-1 / 5000.0, rel=1e-9) and bowl == pytest.approx(1 / 2000.0, rel=1e-9)
+    holed = -r2 / (2 * 5000.0)
+    holed[10:14, 3:9] = np.nan  # NaN pixels and their neighbours leave the average
+    assert patch_descriptors(holed, 10.0)["mean_curvature"] == pytest.approx(-1 / 5000.0, rel=1e-9)
+
+
+def test_windows_computed_together_equal_each_window_alone():
+    """descriptors_at stacks the windows of one shape; each row must be the window's own descriptors
+    (plane, moments, pit count, correlation length, Hurst), with NaN holes and clipped edge windows."""
+    rng = np.random.default_rng(9)
+    h = ndi.gaussian_filter(rng.normal(size=(120, 140)), 1.5) * 5
+    h[30:36, 40:52] = np.nan
+    for cy, cx in rng.uniform(5, 115, (25, 2)):
+        h[int(cy):int(cy) + 3, int(cx):int(cx) + 3] -= 40.0  # pits for the 2 Sq rule
+    c = np.r_[rng.uniform(0, 119, (40, 2)), [[0.0, 0.0], [119.0, 139.0], [33.0, 45.0]]]
+    got = descriptors_at(h, c, window_px=21, pixel_nm=20.0)
+    for i, (y, x) in enumerate(c):
+        y0, x0 = max(0, int(round(y)) - 10), max(0, int(round(x)) - 10)
+        d = patch_descriptors(h[y0:int(round(y)) + 11, x0:int(round(x)) + 11], 20.0, pit_radius_nm=20.0)
+        np.testing.assert_allclose(got[i], [d[k] for k in DESCRIPTORS], rtol=1e-9, atol=1e-12)
+    assert (got[:, DESCRIPTORS.index("pit_density_per_um2")] > 0).sum() >= 10
+
+
+def test_plane_and_hurst_against_lstsq_and_polyfit():
+    """The batched plane fit and Hurst slope are the per-patch lstsq and polyfit."""
+    from ecafm.kernels.morphology import _detrend, _hurst
+
+    rng = np.random.default_rng(10)
+    p = rng.normal(size=(6, 15, 19)) + np.arange(19) * 0.3 - np.arange(15)[:, None] * 0.2
+    p[2, 3:5, 4:9] = np.nan
+    yy, xx = np.mgrid[0:15, 0:19]
+    for k in range(6):
+        ok = np.isfinite(p[k])
+        a = np.c_[np.ones(ok.sum()), xx[ok], yy[ok]]
+        coef = np.linalg.lstsq(a, p[k][ok], rcond=None)[0]
+        np.testing.assert_allclose(_detrend(p)[k], p[k] - (coef[0] + coef[1] * xx + coef[2] * yy), atol=1e-12)
+    z = ndi.gaussian_filter(rng.normal(size=(4, 40, 40)), (0, 1, 1))
+    lags = np.array([1, 2, 3, 4, 6, 8])
+    for k in range(4):
+        s = [np.mean(np.concatenate([(z[k][:, g:] - z[k][:, :-g]).ravel(), (z[k][g:] - z[k][:-g]).ravel()]) ** 2)
+             for g in lags]
+        assert _hurst(z)[k] == pytest.approx(np.clip(np.polyfit(np.log(lags), np.log(s), 1)[0] / 2, 0, 1), abs=1e-12)

@@ -15,40 +15,134 @@ DESCRIPTORS = ("Sq", "Sq_upper", "Sa", "Ssk", "Sku_excess", "Sz", "Sdr", "mean_s
 
 
 def _detrend(p: np.ndarray) -> np.ndarray:
-    ny, nx = p.shape
-    yy, xx = np.mgrid[0:ny, 0:nx]
-    ok = np.isfinite(p)
-    a = np.c_[np.ones(ok.sum()), xx[ok], yy[ok]]
-    coef, *_ = np.linalg.lstsq(a, p[ok], rcond=None)
-    return p - (coef[0] + coef[1] * xx + coef[2] * yy)
+    """Remove each patch's least-squares plane over its finite pixels; ``p`` shape (n, y, x).
+
+    The normal equations of every patch at once (3x3 each): the same plane as a per-patch
+    ``lstsq`` on the finite pixels, to rounding.
+    """
+    n, ny, nx = p.shape
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(float)
+    basis = np.stack([np.ones((ny, nx)), xx, yy]).reshape(3, -1)  # (3, pixels)
+    ok = np.isfinite(p).reshape(n, -1).astype(float)
+    z = np.where(np.isfinite(p), p, 0.0).reshape(n, -1)
+    ata = (ok @ (basis[:, None] * basis[None]).reshape(9, -1).T).reshape(n, 3, 3)
+    atb = z @ basis.T
+    coef = _solve3(ata, atb)
+    return p - (coef @ basis).reshape(n, ny, nx)
 
 
-def _corr_length(z: np.ndarray, px: float) -> float:
-    """Distance (nm) where the radially averaged autocorrelation falls to 1/e."""
-    f = np.fft.rfft2(z, s=(2 * z.shape[0], 2 * z.shape[1]))
-    acf = np.fft.irfft2(np.abs(f) ** 2)[: z.shape[0], : z.shape[1]]
-    acf /= acf[0, 0]
-    r = np.hypot(*np.mgrid[0 : z.shape[0], 0 : z.shape[1]]).astype(int)
-    prof = np.bincount(r.ravel(), acf.ravel()) / np.maximum(np.bincount(r.ravel()), 1)
-    below = np.flatnonzero(prof < 1 / np.e)
-    if below.size == 0:
-        return float("nan")
-    k = below[0]
+def _solve3(ata: np.ndarray, atb: np.ndarray) -> np.ndarray:
+    """Batched 3x3 solves; singular systems (fewer than 3 independent pixels) by least squares."""
+    try:
+        return np.linalg.solve(ata, atb[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return np.stack([np.linalg.lstsq(m, v, rcond=None)[0] for m, v in zip(ata, atb, strict=True)])
+
+
+def _corr_length(z: np.ndarray, px: float) -> np.ndarray:
+    """Distance (nm) where the radially averaged autocorrelation falls to 1/e; ``z`` (n, y, x)."""
+    n, ny, nx = z.shape
+    f = np.fft.rfft2(z, s=(2 * ny, 2 * nx))
+    acf = np.fft.irfft2(np.abs(f) ** 2, s=(2 * ny, 2 * nx))[:, :ny, :nx]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acf = acf / acf[:, :1, :1]
+    r = np.hypot(*np.mgrid[0:ny, 0:nx]).astype(int).ravel()
+    onehot = np.zeros((r.size, r.max() + 1))
+    onehot[np.arange(r.size), r] = 1.0
+    prof = acf.reshape(n, -1) @ (onehot / np.maximum(onehot.sum(axis=0), 1.0))
+    below = prof < 1 / np.e
+    k = np.argmax(below, axis=1)
+    out = np.full(n, np.nan)
+    hit = below.any(axis=1) & (k > 0)
+    rows = np.flatnonzero(hit)
+    a, b = prof[rows, k[rows] - 1], prof[rows, k[rows]]
     # linear interpolation between k-1 and k
-    a, b = prof[k - 1], prof[k]
-    return float((k - 1 + (a - 1 / np.e) / (a - b)) * px)
+    out[rows] = (k[rows] - 1 + (a - 1 / np.e) / (a - b)) * px
+    return out
 
 
-def _hurst(z: np.ndarray) -> float:
+def _hurst(z: np.ndarray) -> np.ndarray:
     """Hurst exponent from the height-height correlation (structure function) at small lags."""
+    n, ny, nx = z.shape
     lags = np.array([1, 2, 3, 4, 6, 8])
-    lags = lags[lags < min(z.shape) // 3]
+    lags = lags[lags < min(ny, nx) // 3]
     if lags.size < 3:
-        return float("nan")
-    s = [np.mean(np.concatenate([(z[:, lag:] - z[:, :-lag]).ravel(), (z[lag:] - z[:-lag]).ravel()]) ** 2)
-         for lag in lags]
-    slope = np.polyfit(np.log(lags), np.log(np.maximum(s, 1e-30)), 1)[0]
-    return float(np.clip(slope / 2, 0, 1))
+        return np.full(n, np.nan)
+    s = np.stack([(((z[:, :, lag:] - z[:, :, :-lag]) ** 2).sum(axis=(1, 2))
+                   + ((z[:, lag:] - z[:, :-lag]) ** 2).sum(axis=(1, 2))) / (ny * (nx - lag) + (ny - lag) * nx)
+                  for lag in lags], axis=1)
+    x = np.log(lags) - np.log(lags).mean()
+    y = np.log(np.maximum(s, 1e-30))
+    slope = (y - y.mean(axis=1, keepdims=True)) @ x / (x @ x)  # least-squares line, as polyfit(deg=1)
+    return np.clip(slope / 2, 0, 1)
+
+
+def _stack_descriptors(stack: np.ndarray, pixel_nm: float, *, pit_k: float = 2.0,
+                       pits: bool = True) -> np.ndarray:
+    """Every descriptor but the two top-hat ones of same-shaped patches ``stack`` (n, y, x).
+
+    Columns in :data:`DESCRIPTORS` order; ``porosity_proxy`` and ``crest_rms`` are NaN, and so
+    are the two patch-relative pit columns with ``pits=False`` (the caller has its own).
+    All-NaN patches give NaN rows.
+    """
+    p = np.asarray(stack, float)
+    n = len(p)
+    out = np.full((n, len(DESCRIPTORS)), np.nan)
+    any_ok = np.isfinite(p).reshape(n, -1).any(axis=1)
+    if not any_ok.any():
+        return out
+    if not any_ok.all():
+        out[any_ok] = _stack_descriptors(p[any_ok], pixel_nm, pit_k=pit_k, pits=pits)
+        return out
+    z = _detrend(p)
+    ok = np.isfinite(z)
+    cnt = ok.sum(axis=(1, 2))
+    v = z - (np.where(ok, z, 0.0).sum(axis=(1, 2)) / cnt)[:, None, None]  # NaN off the valid pixels
+    zf = np.where(ok, v, 0.0)
+
+    def mean(a: np.ndarray) -> np.ndarray:
+        return np.where(ok, a, 0.0).sum(axis=(1, 2)) / cnt
+
+    sq = np.sqrt(mean(v**2))
+    up = v - np.nanmedian(v.reshape(n, -1), axis=1)[:, None, None]
+    pos = ok & (up > 0)
+    n_up = pos.sum(axis=(1, 2))
+    sq_up = np.sqrt(np.where(pos, up**2, 0.0).sum(axis=(1, 2)) / np.maximum(n_up, 1))
+    safe = np.where(sq > 0, sq, 1.0)
+    col = {"Sq": sq, "Sq_upper": np.where(n_up > 0, sq_up, 0.0), "Sa": mean(np.abs(v)),
+           "Ssk": np.where(sq > 0, mean(v**3) / safe**3, 0.0),
+           "Sku_excess": np.where(sq > 0, mean(v**4) / safe**4 - 3.0, 0.0),
+           "Sz": np.nanmax(v.reshape(n, -1), axis=1) - np.nanmin(v.reshape(n, -1), axis=1)}
+    gy, gx = np.gradient(zf, pixel_nm, axis=(1, 2))
+    slope2 = gx**2 + gy**2
+    col["Sdr"] = mean(np.sqrt(1 + slope2) - 1)
+    col["mean_slope"] = mean(np.sqrt(slope2))
+    # Laplacian / 2 (the mean curvature at small slopes), averaged over the pixels whose 5-point
+    # stencil lies on valid pixels inside the patch: dome < 0 < bowl. A stencil reflected at the
+    # patch edge (ndimage.laplace) makes the patch average telescope to exactly zero.
+    c = (slice(None), slice(1, -1), slice(1, -1))
+    lap = (zf[:, 2:, 1:-1] + zf[:, :-2, 1:-1] + zf[:, 1:-1, 2:] + zf[:, 1:-1, :-2] - 4 * zf[c]) / pixel_nm**2
+    inner = ok[c] & ok[:, 2:, 1:-1] & ok[:, :-2, 1:-1] & ok[:, 1:-1, 2:] & ok[:, 1:-1, :-2]
+    n_inner = inner.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        col["mean_curvature"] = np.where(inner, lap, 0.0).sum(axis=(1, 2)) / n_inner / 2
+    col["corr_length_nm"] = _corr_length(zf, pixel_nm)
+    col["hurst"] = _hurst(zf)
+    if pits:
+        pit = ok & (zf < -pit_k * sq[:, None, None])
+        three_d = np.zeros((3, 3, 3), bool)
+        three_d[1] = ndi.generate_binary_structure(2, 1)  # no connection between patches
+        lab, _ = ndi.label(pit, structure=three_d)
+        # labels are numbered in scan order, so each patch's labels follow the previous patch's
+        top = np.maximum.accumulate(lab.reshape(n, -1).max(axis=1))
+        n_pit = np.diff(np.r_[0, top])
+        area_um2 = cnt * (pixel_nm / 1000.0) ** 2
+        col["pit_density_per_um2"] = n_pit / area_um2
+        col["pit_fraction"] = pit.sum(axis=(1, 2)) / cnt
+    for j, name in enumerate(DESCRIPTORS):
+        if name in col:
+            out[:, j] = col[name]
+    return out
 
 
 #: a pixel is a pit when its black top-hat is this many times the local crest RMS
@@ -144,38 +238,12 @@ def patch_descriptors(patch: np.ndarray, pixel_nm: float, *, pit_k: float = 2.0,
         raise ValueError(f"patch must be 2-D and at least 4x4 px, got shape {p.shape}")
     if not np.isfinite(p).any():
         return dict.fromkeys(DESCRIPTORS, float("nan"))
-    z = _detrend(p)
-    ok = np.isfinite(z)
-    v = z[ok]
-    v = v - v.mean()
-    sq = float(np.sqrt(np.mean(v**2)))
-    up = v - np.median(v)
-    up = up[up > 0]
-    out = {"Sq": sq, "Sq_upper": float(np.sqrt(np.mean(up**2))) if up.size else 0.0,
-           "Sa": float(np.mean(np.abs(v)))}
-    out["Ssk"] = float(np.mean(v**3) / sq**3) if sq > 0 else 0.0
-    out["Sku_excess"] = float(np.mean(v**4) / sq**4 - 3.0) if sq > 0 else 0.0
-    out["Sz"] = float(v.max() - v.min())
-    zf = np.where(ok, z - np.nanmean(z), 0.0)
-    gy, gx = np.gradient(zf, pixel_nm)
-    slope2 = gx**2 + gy**2
-    out["Sdr"] = float(np.mean(np.sqrt(1 + slope2[ok]) - 1))
-    out["mean_slope"] = float(np.mean(np.sqrt(slope2[ok])))
-    lap = ndi.laplace(zf) / pixel_nm**2
-    out["mean_curvature"] = float(np.mean(lap[ok]) / 2)
-    out["corr_length_nm"] = _corr_length(zf, pixel_nm)
-    out["hurst"] = _hurst(zf)
-    pits = ok & (zf < -pit_k * sq)
-    lab, n = ndi.label(pits)
-    area_um2 = ok.sum() * (pixel_nm / 1000.0) ** 2
-    out["pit_density_per_um2"] = float(n / area_um2) if area_um2 > 0 else float("nan")
-    out["pit_fraction"] = float(pits.sum() / ok.sum())
+    out = dict(zip(DESCRIPTORS, map(float, _stack_descriptors(p[None], pixel_nm, pit_k=pit_k)[0]), strict=True))
     if tophat:
+        ok = np.isfinite(p)
         rp, crest2 = relative_pits(p, pixel_nm, radius_nm=pit_radius_nm if pit_radius_nm else pixel_nm)
         out["porosity_proxy"] = float(rp.sum() / ok.sum())
         out["crest_rms"] = float(np.sqrt(crest2.sum() / ok.sum()))
-    else:
-        out["porosity_proxy"] = out["crest_rms"] = float("nan")
     return out
 
 
@@ -228,20 +296,34 @@ def descriptors_at(height: np.ndarray, centers_yx: np.ndarray, *, window_px: int
         crest_map = np.sqrt(window_mean(crest2, h_ok, window_px))
     jd, jf = DESCRIPTORS.index("pit_density_per_um2"), DESCRIPTORS.index("pit_fraction")
     jp, jc = DESCRIPTORS.index("porosity_proxy"), DESCRIPTORS.index("crest_rms")
+    boxes = {}  # window bounds per centre; windows of one shape are computed as one stack
     for i, (y, x) in enumerate(c):
         y0, y1 = max(0, int(round(y)) - half), min(h.shape[0], int(round(y)) + half + 1)
         x0, x1 = max(0, int(round(x)) - half), min(h.shape[1], int(round(x)) + half + 1)
         if y1 - y0 >= 4 and x1 - x0 >= 4:
-            d = patch_descriptors(h[y0:y1, x0:x1], pixel_nm, tophat=pits is None)
-            out[i] = [d[k] for k in DESCRIPTORS]
-            if pits is not None:
-                ok = np.isfinite(h[y0:y1, x0:x1])
-                n_ok = max(int(ok.sum()), 1)
-                out[i, jf] = float(pits[y0:y1, x0:x1].sum() / n_ok)
-                iy, ix = min(max(int(round(y)), 0), h.shape[0] - 1), min(max(int(round(x)), 0), h.shape[1] - 1)
-                out[i, jp], out[i, jc] = proxy_map[iy, ix], crest_map[iy, ix]
-                n_pits = np.unique(lab[y0:y1, x0:x1]).size - (0 in lab[y0:y1, x0:x1])
-                out[i, jd] = float(n_pits / (n_ok * (pixel_nm / 1000.0) ** 2))
+            boxes[i] = (y0, y1, x0, x1)
+    shapes: dict[tuple[int, int], list[int]] = {}
+    for i, (y0, y1, x0, x1) in boxes.items():
+        shapes.setdefault((y1 - y0, x1 - x0), []).append(i)
+    for idx in shapes.values():
+        stack = np.stack([h[y0:y1, x0:x1] for y0, y1, x0, x1 in (boxes[i] for i in idx)])
+        out[idx] = _stack_descriptors(stack, pixel_nm, pits=pits is None)
+        if pits is None:  # the top-hat columns of each patch on its own
+            for k, i in enumerate(idx):
+                ok = np.isfinite(stack[k])
+                if ok.any():
+                    rp, crest2 = relative_pits(stack[k], pixel_nm, radius_nm=pixel_nm)
+                    out[i, jp], out[i, jc] = rp.sum() / ok.sum(), np.sqrt(crest2.sum() / ok.sum())
+    if pits is not None:
+        for i, (y0, y1, x0, x1) in boxes.items():
+            ok = np.isfinite(h[y0:y1, x0:x1])
+            n_ok = max(int(ok.sum()), 1)
+            out[i, jf] = float(pits[y0:y1, x0:x1].sum() / n_ok)
+            y, x = c[i]
+            iy, ix = min(max(int(round(y)), 0), h.shape[0] - 1), min(max(int(round(x)), 0), h.shape[1] - 1)
+            out[i, jp], out[i, jc] = proxy_map[iy, ix], crest_map[iy, ix]
+            n_pits = np.unique(lab[y0:y1, x0:x1]).size - (0 in lab[y0:y1, x0:x1])
+            out[i, jd] = float(n_pits / (n_ok * (pixel_nm / 1000.0) ** 2))
     return out
 
 
