@@ -131,6 +131,31 @@ def test_input_edited_in_place_is_rehashed(tmp_path, monkeypatch):
     assert entry["sha256"] == physical_hash(path)
 
 
+def test_input_file_hashed_once_per_job_until_edited(tmp_path, monkeypatch):
+    """A job recording the same raw file in two outputs hashes it once; an edit in place (same
+    size, old mtime put back) changes the ctime and is hashed again."""
+    import os
+    import time
+
+    from ecafm.store import describe_input, sha256_file
+
+    raw = tmp_path / "frame.gwy"
+    raw.write_bytes(b"GWYP" + bytes(range(256)) * 40)
+    calls = _count_file_hashes(monkeypatch)
+    first, again = describe_input(raw), describe_input(raw)
+    assert len(calls) == 1 and first == again
+    st = raw.stat()
+    time.sleep(0.01)
+    data = bytearray(raw.read_bytes())
+    data[-1] ^= 0xFF
+    raw.write_bytes(bytes(data))
+    os.utime(raw, ns=(st.st_atime_ns, st.st_mtime_ns))
+    edited = describe_input(raw)
+    assert len(calls) == 2 and edited["sha256"] != first["sha256"]
+    monkeypatch.undo()
+    assert edited["sha256"] == sha256_file(raw)
+
+
 def test_copied_input_is_rehashed(tmp_path, monkeypatch):
     """A copy (times preserved, new inodes) is hashed again, with the same result."""
     import shutil

@@ -274,6 +274,22 @@ class Step:
     threads: int = 1
 
 
+_INPUT_SHA256: dict[tuple, str] = {}
+
+
+def _input_file_sha256(path: Path) -> str:
+    """sha256 of an input file, once per process while its size, times and inode stay the same.
+
+    A job writing several outputs records the same inputs in each record: ingest hashed its 321
+    raw bench-m files twice (3.4 s each time, at this machine's 180 MB/s sha256).
+    """
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if key not in _INPUT_SHA256:
+        _INPUT_SHA256[key] = sha256_file(path)
+    return _INPUT_SHA256[key]
+
+
 def describe_input(path: str | Path) -> dict[str, Any]:
     """Input entry: path, sha256 (file) or physical hash (directory), and its version id if any."""
     path = Path(path)
@@ -292,7 +308,7 @@ def describe_input(path: str | Path) -> dict[str, Any]:
         else:
             entry["sha256"] = physical_hash(path)
     else:
-        entry["sha256"] = sha256_file(path)
+        entry["sha256"] = _input_file_sha256(path)
     if rec is not None:
         entry["version_id"] = rec["version_id"]
         entry["logical_sha256"] = rec["artifact"]["logical_sha256"]
@@ -597,8 +613,12 @@ def write_file(path: str | Path, writer, *, step: Step, kind: str = "file") -> d
     return record
 
 
-def open_cube(path: str | Path, *, chunks: Any = None) -> xr.Dataset:
-    """Open a cube written by :func:`write_cube` (lazily, dask-backed)."""
+def open_cube(path: str | Path, *, chunks: Any = None, dask: bool = True) -> xr.Dataset:
+    """Open a cube written by :func:`write_cube` (lazily, dask-backed).
+
+    ``dask=False``: lazily indexed numpy arrays instead, for small cubes a job loads whole (20
+    segment cubes of bench-m load in 2.2 s instead of 4.8 s through dask's scheduler).
+    """
     import xarray as xr
 
     path = Path(path)
@@ -610,7 +630,7 @@ def open_cube(path: str | Path, *, chunks: Any = None) -> xr.Dataset:
         # Snakemake marks directory outputs with a .snakemake_timestamp file that zarr warns about.
         warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp")
         return xr.open_zarr(path, zarr_format=3, consolidated=False,
-                            chunks=chunks if chunks is not None else {})
+                            chunks=None if not dask else chunks if chunks is not None else {})
 
 
 def verify(path: str | Path) -> list[str]:
