@@ -59,6 +59,38 @@ def test_cube_from_frames_and_log(tmp_path):
     assert read_record(tmp_path / "c.zarr")["step"]["params"]["metal"] == "Li"
 
 
+def test_reading_in_two_processes_gives_the_same_cube(tmp_path):
+    """threads=2 reads the files in two forked processes: the same cube, QC table and input hashes."""
+    d = make_dataset(tmp_path / "ds", n_frames=9, n_cycles=2, half_s=100.0, zero_frames=(4,))
+    one = _ingest(d, tmp_path / "c1.zarr", qc_table=tmp_path / "qc1.tsv", threads=1, dataset_id="ds")
+    two = _ingest(d, tmp_path / "c2.zarr", qc_table=tmp_path / "qc2.tsv", threads=2, dataset_id="ds")
+    assert one["artifact"]["logical_sha256"] == two["artifact"]["logical_sha256"]
+    assert [i["sha256"] for i in one["inputs"]] == [i["sha256"] for i in two["inputs"]]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "qc1.tsv", sep="\t"),
+                                  pd.read_csv(tmp_path / "qc2.tsv", sep="\t"))
+    assert two["run"]["threads"] == 2
+
+
+def test_bad_file_read_in_a_worker_process_is_named(tmp_path):
+    """A file that fails in a reader process raises the same InputFileError (file and cause) in
+    the job, and no cube is left behind."""
+    import pickle
+
+    d = make_dataset(tmp_path / "ds", n_frames=6)
+    bad = d["raw"] / "frame_003.gwy"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    with pytest.raises(InputFileError) as serial:
+        _ingest(d, tmp_path / "c1.zarr", threads=1)
+    with pytest.raises(InputFileError) as pooled:
+        _ingest(d, tmp_path / "c2.zarr", threads=2)
+    assert "frame_003.gwy" in str(pooled.value) and str(pooled.value) == str(serial.value)
+    assert not (tmp_path / "c2.zarr").exists()
+    err = InputFileError("a.gwy", "truncated", frame=2, hint="re-export it")
+    back = pickle.loads(pickle.dumps(err))
+    assert (str(back), back.path, back.cause, back.frame, back.hint) == \
+        (str(err), "a.gwy", "truncated", 2, "re-export it")
+
+
 def test_negative_current_plates_swaps_phases(tmp_path):
     d = make_dataset(tmp_path / "ds", n_frames=4)
     _ingest(d, tmp_path / "c.zarr", positive_current_plates=False)

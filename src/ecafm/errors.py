@@ -16,11 +16,18 @@ class InputFileError(EcafmError, ValueError):
         self.path = str(path)
         self.frame = frame
         self.cause = cause
+        self.hint = hint
         where = f"{self.path}" + (f" (frame {frame})" if frame is not None else "")
         msg = f"{where}: {cause}"
         if hint:
             msg += f". {hint}"
         super().__init__(msg)
+
+    def __reduce__(self):
+        # so that the error crosses a process pool intact (Exception pickles only its message)
+        import functools
+
+        return functools.partial(type(self), frame=self.frame, hint=self.hint), (self.path, self.cause)
 
 
 class ConfigError(EcafmError, ValueError):

@@ -199,10 +199,10 @@ def ingest(
     # dask, so no job holds the whole cube in memory.
     frames: list[RawFrame] = []
     qc_of: dict[tuple[str, int], dict[str, Any]] = {}
-    for i, f in enumerate(files):
-        for fr in read_frames(f, fmt=fmt, channel=channel):
-            qc_of[(fr.path, fr.index)] = frame_qc(fr.height, params=qc)
-            frames.append(_placeholder(fr))
+    for i, scanned in enumerate(_scan_files(files, fmt, channel, qc, threads)):
+        for fr, q in scanned:
+            qc_of[(fr.path, fr.index)] = q
+            frames.append(fr)
         if (i + 1) % 10 == 0 or i + 1 == len(files):
             log.info("read %d/%d files (%d frames)", i + 1, len(files), len(frames))
     if not frames:
@@ -338,15 +338,53 @@ def ingest(
     return record
 
 
-def _placeholder(fr: RawFrame) -> RawFrame:
-    """The frame's metadata with zero-memory stand-ins for its arrays (shapes kept)."""
+def _scan_file(path: str, fmt: str | None, channel: str | None, qc: QCParams) -> tuple[list, tuple]:
+    """Every frame of one file as (metadata without arrays, QC), and the file's provenance hash."""
     import dataclasses
 
-    def ghost(a):
-        return np.broadcast_to(np.float32(0), np.shape(a))
+    from ecafm.store import hash_input_file
 
-    return dataclasses.replace(fr, height=ghost(fr.height),
-                               channels={k: (ghost(v), u) for k, (v, u) in fr.channels.items()})
+    frames = [(dataclasses.replace(fr, height=np.shape(fr.height),
+                                   channels={k: (np.shape(v), u) for k, (v, u) in fr.channels.items()}),
+               frame_qc(fr.height, params=qc))
+              for fr in read_frames(path, fmt=fmt, channel=channel)]
+    return frames, hash_input_file(path)
+
+
+def _scan_files(files: list[str], fmt: str | None, channel: str | None, qc: QCParams, threads: int):
+    """:func:`_scan_file` of each file in order, with zero-memory placeholders for the arrays.
+
+    With ``threads`` > 1 the files are read in that many forked processes: the readers parse in
+    Python under the GIL, so threads would not help (bench-m's 321 .gwy files: 12 s in one).
+    """
+    import dataclasses
+    import sys
+
+    from ecafm.store import remember_input_hash
+
+    def ghost(shape):
+        return np.broadcast_to(np.float32(0), shape)
+
+    def placeholders(path, scanned):
+        frames, (key, digest) = scanned
+        remember_input_hash(path, key, digest)  # hashed while the file was read: not again at the write
+        return [(dataclasses.replace(fr, height=ghost(fr.height),
+                                     channels={k: (ghost(s), u) for k, (s, u) in fr.channels.items()}), q)
+                for fr, q in frames]
+
+    if threads <= 1 or len(files) < 2 * threads or sys.platform != "linux":
+        for f in files:
+            yield placeholders(f, _scan_file(f, fmt, channel, qc))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    read_frames(files[0], fmt=fmt, channel=channel)  # import the reader once, before the fork
+    with ProcessPoolExecutor(threads, mp_context=multiprocessing.get_context("fork")) as pool:
+        scans = pool.map(partial(_scan_file, fmt=fmt, channel=channel, qc=qc), files, chunksize=4)
+        for f, scanned in zip(files, scans, strict=True):
+            yield placeholders(f, scanned)
 
 
 def _read_var(path: str, var: str, fmt: str, channel: str | None) -> np.ndarray:
