@@ -113,9 +113,13 @@ def test_vectorised_bootstrap_spearman_equals_scipy_per_resample(decimals):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
-def test_bootstrap_cache_gives_the_same_numbers():
+@pytest.mark.parametrize("kept_ranks", [8, 2])  # 2: ranks dropped and recomputed
+def test_bootstrap_cache_gives_the_same_numbers(kept_ranks, monkeypatch):
     """Calls sharing a cache (resamples, ranks) return what independent calls return, even when
     the valid sites differ between calls (NaN in x) and a rank vector repeats."""
+    import ecafm.stats
+
+    monkeypatch.setattr(ecafm.stats, "_RANK_CACHE", kept_ranks)
     rng = np.random.default_rng(8)
     pos = rng.uniform(0, 100, (200, 2))
     y = rng.normal(size=200)
@@ -128,3 +132,4 @@ def test_bootstrap_cache_gives_the_same_numbers():
         want = spearman_block_bootstrap(x, y, pos, block=25.0, n_boot=100, seed=3)
         assert got == want
     assert sum(k[0] == "resamples" for k in cache) == 2
+    assert len(cache[("ranks",)]) == min(kept_ranks, 5)  # y, x0, x2 on all sites; y, x1 without 3

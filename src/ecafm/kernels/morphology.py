@@ -305,7 +305,9 @@ def descriptors_at(height: np.ndarray, centers_yx: np.ndarray, *, window_px: int
     shapes: dict[tuple[int, int], list[int]] = {}
     for i, (y0, y1, x0, x1) in boxes.items():
         shapes.setdefault((y1 - y0, x1 - x0), []).append(i)
-    for idx in shapes.values():
+    # at most 256 windows per stack: ~20 temporaries of the stack's size are alive at once
+    batches = [idx[k:k + 256] for idx in shapes.values() for k in range(0, len(idx), 256)]
+    for idx in batches:
         stack = np.stack([h[y0:y1, x0:x1] for y0, y1, x0, x1 in (boxes[i] for i in idx)])
         out[idx] = _stack_descriptors(stack, pixel_nm, pits=pits is None)
         if pits is None:  # the top-hat columns of each patch on its own
