@@ -181,8 +181,10 @@ def _site_table(tr, sc: pd.DataFrame, feet: list[np.ndarray], cycles: list[int],
         by_site = {int(i): slice(a, b) for i, a, b in zip(ids, start, [*start[1:], len(srt)], strict=True)}
     # birth footprint of every site: centroid and area, one labelled pass per birth cycle
     centre, area = {}, {}
-    for k in {cycles.index(b) for b in tr.birth_cycle.values()}:
-        ids = [s for s, b in tr.birth_cycle.items() if cycles.index(b) == k]
+    born: dict[int, list[int]] = {}
+    for s, b in tr.birth_cycle.items():
+        born.setdefault(cycles.index(b), []).append(s)
+    for k, ids in born.items():
         ones = np.ones(feet[k].shape)
         n_px = ndi.sum_labels(ones, feet[k], ids)
         com = ndi.center_of_mass(ones, feet[k], ids)

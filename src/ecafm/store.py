@@ -137,9 +137,13 @@ def file_stats(path: str | Path) -> dict[str, list[int]]:
     """
     out: dict[str, list[int]] = {}
     for name, p in _artifact_files(Path(path)):
-        st = p.stat()
-        out[name] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        out[name] = _identity(p.stat())
     return out
+
+
+def _identity(st) -> list[int]:
+    """Size, mtime, ctime and inode: they all stay the same only while the file is untouched."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def logical_hash(ds: xr.Dataset | xr.DataArray) -> str:
@@ -291,8 +295,7 @@ def _input_file_sha256(path: Path) -> str:
 
 def _input_key(path: str | Path) -> tuple:
     path = Path(path)
-    st = path.stat()
-    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return (str(path.resolve()), *_identity(path.stat()))
 
 
 def hash_input_file(path: str | Path) -> tuple[tuple, str]:

@@ -240,11 +240,15 @@ def patch_descriptors(patch: np.ndarray, pixel_nm: float, *, pit_k: float = 2.0,
         return dict.fromkeys(DESCRIPTORS, float("nan"))
     out = dict(zip(DESCRIPTORS, map(float, _stack_descriptors(p[None], pixel_nm, pit_k=pit_k)[0]), strict=True))
     if tophat:
-        ok = np.isfinite(p)
-        rp, crest2 = relative_pits(p, pixel_nm, radius_nm=pit_radius_nm if pit_radius_nm else pixel_nm)
-        out["porosity_proxy"] = float(rp.sum() / ok.sum())
-        out["crest_rms"] = float(np.sqrt(crest2.sum() / ok.sum()))
+        out["porosity_proxy"], out["crest_rms"] = _tophat_columns(p, pixel_nm, pit_radius_nm or pixel_nm)
     return out
+
+
+def _tophat_columns(patch: np.ndarray, pixel_nm: float, radius_nm: float) -> tuple[float, float]:
+    """``porosity_proxy`` and ``crest_rms`` of one patch from its own top-hats (:func:`relative_pits`)."""
+    n_ok = np.isfinite(patch).sum()
+    rp, crest2 = relative_pits(patch, pixel_nm, radius_nm=radius_nm)
+    return float(rp.sum() / n_ok), float(np.sqrt(crest2.sum() / n_ok))
 
 
 def pit_mask(height: np.ndarray, pixel_nm: float, *, radius_nm: float, depth_nm: float) -> np.ndarray:
@@ -312,10 +316,8 @@ def descriptors_at(height: np.ndarray, centers_yx: np.ndarray, *, window_px: int
         out[idx] = _stack_descriptors(stack, pixel_nm, pits=pits is None)
         if pits is None:  # the top-hat columns of each patch on its own
             for k, i in enumerate(idx):
-                ok = np.isfinite(stack[k])
-                if ok.any():
-                    rp, crest2 = relative_pits(stack[k], pixel_nm, radius_nm=pixel_nm)
-                    out[i, jp], out[i, jc] = rp.sum() / ok.sum(), np.sqrt(crest2.sum() / ok.sum())
+                if np.isfinite(stack[k]).any():
+                    out[i, jp], out[i, jc] = _tophat_columns(stack[k], pixel_nm, pixel_nm)
     if pits is not None:
         for i, (y0, y1, x0, x1) in boxes.items():
             ok = np.isfinite(h[y0:y1, x0:x1])
