@@ -408,9 +408,21 @@ def estimate_link(left: xr.Dataset, right: xr.Dataset, *, params: RegisterParams
     ny = left.sizes["y"]
 
     def first_last(ds):
-        g = np.flatnonzero(_good_frames(ds)) if ds is not None else np.array([], int)
-        return (None, None) if not g.size else ((ds["height"][g[0]].values, int(ds["frame"][g[0]])),
-                                                (ds["height"][g[-1]].values, int(ds["frame"][g[-1]])))
+        # the first and the last good frame, read one at a time (a lazily opened cycle is not
+        # read whole: bench-m's link job read three cycles of 16 frames for four frames)
+        if ds is None:
+            return None, None
+        ok = np.flatnonzero(ds["frame_ok"].values)
+
+        def good(order):
+            for i in order:
+                h = ds["height"][int(i)].values
+                if np.isfinite(h).any():
+                    return h, int(ds["frame"][int(i)])
+            return None
+
+        a = good(ok)
+        return (None, None) if a is None else (a, good(ok[::-1]))
 
     (lf, ll), (rf, _), (bf, _) = first_last(left), first_last(right), first_last(before)
     specs = {"link": (ll, rf), "direct": (lf, rf), "skip": (bf, rf)}
@@ -854,8 +866,9 @@ def run_link(left_path, right_path, out, *, params: RegisterParams, step,
     one, for the skip link; None at the first boundary)."""
     from ecafm.store import open_cube, write_cube
 
-    before = None if before_path is None else open_cube(before_path).load()
-    res = estimate_link(open_cube(left_path).load(), open_cube(right_path).load(), params=params,
+    # opened lazily: estimate_link reads only the frames it links
+    before = None if before_path is None else open_cube(before_path, dask=False)
+    res = estimate_link(open_cube(left_path, dask=False), open_cube(right_path, dask=False), params=params,
                         before=before)
     return write_cube(res, out, step=step)
 

@@ -116,7 +116,7 @@ def align_to_reference(h: np.ndarray, h_ref: np.ndarray, *, n_iter: int = 4,
             return np.linalg.lstsq(ata, atb, rcond=None)[0]
 
     sel = np.isfinite(d)
-    noise = _pixel_noise(d)
+    noise = noise_rows = _pixel_noise(d)
     if sel.any() and noise <= 1e-9 * (float(np.nanmax(np.abs(d[sel]))) + 1.0):
         noise = 0.0
     if not sel.any():
@@ -142,7 +142,9 @@ def align_to_reference(h: np.ndarray, h_ref: np.ndarray, *, n_iter: int = 4,
             coef = fit(use)
     out = h - plane(coef)
     if rows:  # per-line offsets left by line-wise leveling (rows with deposits shift)
-        out -= _row_offsets(out - h_ref)
+        # the row steps of ``out - h_ref`` are those of ``d`` less the plane's constant step
+        # along x, which the noise estimate's median removes: its noise is ``d``'s (to rounding)
+        out -= _row_offsets(out - h_ref, noise=noise_rows)
     return out
 
 
@@ -160,13 +162,13 @@ def _pixel_noise(r: np.ndarray) -> float:
     dxr = dxr[np.isfinite(dxr)]
     if not dxr.size:
         return 0.0
-    dev = np.abs(dxr - np.median(dxr))
+    dev = np.abs(dxr - median_inplace(dxr))  # (order of the steps is irrelevant from here)
     s = float(np.quantile(dev, 0.25)) / 0.318639  # sigma of the steps (sqrt(2) x the pixels')
     for _ in range(2):
         keep = dev[dev < 3.0 * s]
         if keep.size < 10 or s <= 0:
             break
-        s = 1.4826 * float(np.median(keep))  # (clipping at 3 sigma moves the MAD by 0.1%)
+        s = 1.4826 * median_inplace(keep)  # (clipping at 3 sigma moves the MAD by 0.1%)
     return s / np.sqrt(2.0)
 
 
@@ -242,7 +244,8 @@ def _row_searchsorted(srt: np.ndarray, n: np.ndarray, v: np.ndarray, side: str) 
     return np.sum(valid & (srt <= v[:, None]), axis=1)
 
 
-def _row_offsets(r: np.ndarray, *, min_px: int = 10, min_support: float = 0.2) -> np.ndarray:
+def _row_offsets(r: np.ndarray, *, min_px: int = 10, min_support: float = 0.2,
+                 noise: float | None = None) -> np.ndarray:
     """Offset of every row of a difference image ``r`` from its unchanged pixels, shape (ny, 1).
 
     Where much of a row changed (a cluster of deposits late in the cycling; the line-wise
@@ -255,10 +258,11 @@ def _row_offsets(r: np.ndarray, *, min_px: int = 10, min_support: float = 0.2) -
     pushed 20-60 nm down, on seed 94 the tops of caps covering 80% of a row (offsets of
     110-140 nm where the neighbours had 1-2). Deposits only add height and leveling pushes
     covered rows down, so such a row takes the LOWER of its cluster and its neighbours'
-    offset.
+    offset. ``noise``: :func:`_pixel_noise` of ``r`` when the caller has it.
     """
     ny = r.shape[0]
-    noise = _pixel_noise(r)
+    if noise is None:
+        noise = _pixel_noise(r)
     med, support = _cluster_centers(r, noise, min_px=min_px, return_support=True)
     found = np.isfinite(med)
     if not found.any():
