@@ -89,11 +89,10 @@ def run(spec: dict) -> None:
 def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     spec = json.loads(Path(argv[0]).read_text())
-    import dask
-
     import ecafm.store  # noqa: F401  (import cost counted apart from the job's work)
+    from ecafm.snakemake_adapter import use_dask_scheduler
 
-    dask.config.set(scheduler="threads", num_workers=int(spec["threads"]))
+    use_dask_scheduler("", threads=int(spec["threads"]))  # as the rule's script does
     t1 = time.perf_counter()
     run(spec)
     t2 = time.perf_counter()
