@@ -67,16 +67,16 @@ def robust_offset(d: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Median of the stable part of ``d`` (the mode region), NaN-safe."""
     v = np.asarray(d, np.float64)
     sel = np.isfinite(v) if mask is None else (np.asarray(mask, bool) & np.isfinite(v))
-    v = v[sel]
+    v = v[sel]  # a copy: reordered in place by the medians below
     if v.size == 0:
         return 0.0
-    med = float(np.median(v))
+    med = median_inplace(v)
     for _ in range(3):
-        s = 1.4826 * float(np.median(np.abs(v - med)))
+        s = 1.4826 * median_inplace(np.abs(v - med))
         w = v[np.abs(v - med) < 3 * max(s, 1e-6)]
         if w.size < 10:
             break
-        med = float(np.median(w))
+        med = median_inplace(w)
     return med
 
 
