@@ -237,6 +237,19 @@ def test_row_drift_rms_error(interpolation):
     assert np.sqrt(np.mean((s.dy - dy) ** 2 + (s.dx - dx) ** 2)) > 0.3
 
 
+def test_row_drift_with_the_callers_whole_frame_shift():
+    """Given the caller's whole-frame shift, the strips are pre-shifted by its rounded value
+    and the result meets the same bound. A pre-shift 16 px off, beyond the strips' search
+    (strip_height / 3), leaves them unable to find their match: the given shift is used."""
+    ref, mov, dy, dx = _drift_pair(0)
+    s = estimate_shift(ref, mov)
+    rd = estimate_row_drift(ref, mov, strip_height=32, overlap=0.5, shift=(s.dy, s.dx))
+    assert rd.ok
+    assert np.sqrt(np.mean((rd.dy - dy) ** 2 + (rd.dx - dx) ** 2)) <= 0.3
+    off = estimate_row_drift(ref, mov, strip_height=32, overlap=0.5, shift=(s.dy, s.dx + 16.0))
+    assert not off.ok or np.sqrt(np.mean((off.dy - dy) ** 2 + (off.dx - dx) ** 2)) > 0.3
+
+
 def test_row_drift_skips_a_strip_whose_weight_lies_only_on_its_border():
     """A strip whose stable pixels all sit on its border (where the apodization window is zero)
     is left out like an empty strip, instead of stopping the whole pair (seen with a dilated
@@ -371,6 +384,7 @@ def test_compose_accepts_shift_objects():
         ),
         (lambda: estimate_row_drift(np.ones((64, 64)), np.ones((64, 64)), strip_height=4), "strip"),
         (lambda: estimate_row_drift(np.ones((64, 64)), np.ones((64, 64)), overlap=1.0), "overlap"),
+        (lambda: estimate_row_drift(np.ones((64, 64)), np.ones((64, 64)), shift=(np.nan, 0.0)), "finite"),
         (lambda: apply_shift(np.ones((8, 8)), 1.0, 0.0, order=7), "order"),
         (lambda: apply_row_drift(np.ones((8, 8)), np.zeros(7), np.zeros(8)), "dy_rows"),
         (lambda: compose_shifts(np.zeros((3, 3))), r"\(n, 2\)"),
@@ -385,6 +399,7 @@ def test_compose_accepts_shift_objects():
         "upsample",
         "strip-height",
         "overlap",
+        "row-drift-shift",
         "order",
         "row-drift-shape",
         "pairwise-shape",

@@ -215,7 +215,7 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
     if params.row_drift and s.ok and ny >= 2 * params.strip_height:
         rd = estimate_row_drift(ref, mov, strip_height=params.strip_height, weights=moving_weights,
                                 upsample_factor=params.upsample_factor, interpolation=params.row_model,
-                                min_peak_ratio=params.min_peak_ratio)
+                                min_peak_ratio=params.min_peak_ratio, shift=(s.dy, s.dx))
         usable = rd.ok and np.isfinite(rd.dy).all() and np.isfinite(rd.dx).all()
         scatter = rd.strip_scatter() if usable else float("nan")
         agree = usable and math.hypot(np.mean(rd.dy) - s.dy, np.mean(rd.dx) - s.dx) <= max(0.5, 5 * s.error)
