@@ -1061,8 +1061,8 @@ def estimate_row_drift(
         line does not (0.029 and 0.017 px).
     shift : (dy, dx), optional
         The whole-frame shift when the caller has it; its rounded value is the strips' integer
-        pre-shift. Without it, the pre-shift comes from a refined estimate on the whole frames
-        here (bench-m: about a fifth of the row-drift time).
+        pre-shift. Without it, the pre-shift is the integer peak of a phase correlation of the
+        whole frames, computed here.
 
     Returns
     -------
