@@ -204,6 +204,59 @@ def test_growth_tracking_splits_caps_that_merge_at_the_peak(rng):
     assert agree > 0.9
 
 
+def _matched(lab, truth, iou_min=0.5):
+    """True sites with a predicted site at IoU >= iou_min (one-to-one at 0.5)."""
+    n = 0
+    for t in np.unique(truth[truth > 0]):
+        ids, cnt = np.unique(lab[(truth == t) & (lab > 0)], return_counts=True)
+        if ids.size:
+            p = ids[np.argmax(cnt)]
+            n += cnt.max() / ((truth == t) | (lab == p)).sum() >= iou_min
+    return n
+
+
+def test_layers_give_a_frozen_cap_its_own_site_next_to_a_growing_one(rng):
+    """A dead cap left by the last stripping and a new cap growing on its flank: the growing
+    cap never has a maximum of its own early in the plating, so the growth tracking hands it to
+    the frozen cap; the height before the plating shows the frozen cap alone."""
+    shape = (48, 64)
+    frozen = _cap(shape, 24, 24, 9.0, 80.0)
+
+    def grow(f):  # 6 px away: early on, the sum of the two has its one maximum in the overlap
+        return _cap(shape, 24, 30, 8.0 * f ** (1 / 3), 70.0 * f ** (1 / 3))
+
+    frames = [frozen + grow(f) + rng.normal(0, 0.5, shape) for f in (0.25, 0.5, 0.75, 1.0)]
+    before = frozen + rng.normal(0, 0.5, shape)
+    truth = np.where(frozen >= grow(1.0), 1, 2) * ((frozen + grow(1.0)) > 4)
+    kw = dict(threshold=4.0, marker_h=2.0, min_distance=2, min_area=4)
+    old = ks.segment_sites_growth(frames[-1], frames[-1] > 4, [before, *frames], **kw)
+    assert _matched(old, truth) == 1  # the failure this partition exists for
+    lab = ks.segment_sites_layers(frames[-1], frames[-1] > 4, [before, *frames], **kw)
+    assert lab.max() == 2
+    assert _matched(lab, truth) == 2
+
+
+def test_layers_keep_a_site_that_regrows_from_its_remnant_in_one_piece(rng):
+    """A cap stripped to a steep remnant regrows: the growth is a ring around the remnant (the
+    remnant is thicker than the growth at the centre), yet it is one site, not a remnant site
+    inside a ring split in pieces."""
+    shape = (48, 48)
+    remnant = _cap(shape, 24, 24, 5.0, 60.0)  # aspect 12 nm/px, about that of the full cap
+    full = _cap(shape, 24, 24, 8.0, 100.0)
+    assert (remnant > full - remnant).any()  # the remnant is the thicker layer at the centre
+    frames = [remnant + f * (full - remnant) + rng.normal(0, 0.5, shape)
+              for f in (0.25, 0.5, 0.75, 1.0)]
+    before = remnant + rng.normal(0, 0.5, shape)
+    lab = ks.segment_sites_layers(frames[-1], frames[-1] > 4, [before, *frames], threshold=4.0,
+                                  marker_h=2.0, min_distance=2, min_area=4)
+    assert lab.max() == 1
+    assert _matched(lab, (full > 4).astype(int)) == 1
+    # without the remnant check, the remnant would be a site of its own
+    split = ks.segment_sites_layers(frames[-1], frames[-1] > 4, [before, *frames], threshold=4.0,
+                                    marker_h=2.0, min_distance=2, min_area=4, remnant_ratio=10.0)
+    assert split.max() >= 2
+
+
 def test_tip_erosion_undoes_the_dilation_of_a_steep_cap():
     """A cap imaged by a paraboloid tip looks a pixel wider; the erosion by that tip takes back
     most of the added volume (not the whole ring: the tip never reached the cap's foot)."""

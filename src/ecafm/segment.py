@@ -66,7 +66,7 @@ class SegmentParams:
     marker_h_nm: float = 2.0
     marker_min_distance_px: int = 2
     marker_smooth_px: float = 0.0
-    site_markers: str = "growth"
+    site_markers: str = "layers"
     neck_dynamic_px: float = 0.5
     min_overlap: float = 0.2
     tile_px: int = 16
@@ -471,7 +471,12 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     ``h_ref``, ``h_start``, ``h_peak``, ``h_trough``, ``label_peak``, ``state_end``.
     """
     from ecafm.constants import get_metal
-    from ecafm.kernels.sites import segment_sites, segment_sites_growth, split_necks
+    from ecafm.kernels.sites import (
+        segment_sites,
+        segment_sites_growth,
+        segment_sites_layers,
+        split_necks,
+    )
 
     px = float(np.asarray(cur.attrs["pixel_size_nm"]).ravel()[0])
     a_px = float(np.prod(np.asarray(cur.attrs["pixel_size_nm"], float).ravel()[:2])) \
@@ -607,7 +612,13 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     # ---------------------------------------------------------------- sites at the plating peak
     above_peak = h_peak - h_ref
     thr = np.maximum(tau_last_plate if tau_last_plate is not None else 0.0, params.film_nm)
-    if params.site_markers == "growth":
+    if params.site_markers == "layers":
+        label_peak = segment_sites_layers(
+            above_peak, above_peak > thr, _growth_maps(allf, range(n_prev, n_prev + n_cur), h_ref),
+            threshold=thr, marker_h=params.marker_h_nm,
+            min_distance=params.marker_min_distance_px, min_area=min_area,
+            smooth_px=params.marker_smooth_px)
+    elif params.site_markers == "growth":
         label_peak = segment_sites_growth(
             above_peak, above_peak > thr, _growth_maps(allf, range(n_prev, n_prev + n_cur), h_ref),
             threshold=thr, marker_h=params.marker_h_nm,
@@ -618,7 +629,7 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
                                    min_distance=params.marker_min_distance_px,
                                    min_area=min_area, smooth_px=params.marker_smooth_px)
     else:
-        raise ValueError(f"site_markers must be 'peak' or 'growth', got {params.site_markers!r}")
+        raise ValueError(f"site_markers must be 'layers', 'growth' or 'peak', got {params.site_markers!r}")
     if params.neck_dynamic_px > 0:
         label_peak = split_necks(label_peak, dynamic_px=params.neck_dynamic_px, min_area=min_area)
     site_lab = np.where(np.isin(state, (kc.VOID, kc.INACTIVE_RESIDUE, kc.ACTIVE_DEPOSIT,
