@@ -612,22 +612,15 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     # ---------------------------------------------------------------- sites at the plating peak
     above_peak = h_peak - h_ref
     thr = np.maximum(tau_last_plate if tau_last_plate is not None else 0.0, params.film_nm)
-    if params.site_markers == "layers":
-        label_peak = segment_sites_layers(
+    kw = dict(marker_h=params.marker_h_nm, min_distance=params.marker_min_distance_px,
+              min_area=min_area, smooth_px=params.marker_smooth_px)
+    by_rule = {"layers": segment_sites_layers, "growth": segment_sites_growth}
+    if params.site_markers in by_rule:
+        label_peak = by_rule[params.site_markers](
             above_peak, above_peak > thr, _growth_maps(allf, range(n_prev, n_prev + n_cur), h_ref),
-            threshold=thr, marker_h=params.marker_h_nm,
-            min_distance=params.marker_min_distance_px, min_area=min_area,
-            smooth_px=params.marker_smooth_px)
-    elif params.site_markers == "growth":
-        label_peak = segment_sites_growth(
-            above_peak, above_peak > thr, _growth_maps(allf, range(n_prev, n_prev + n_cur), h_ref),
-            threshold=thr, marker_h=params.marker_h_nm,
-            min_distance=params.marker_min_distance_px, min_area=min_area,
-            smooth_px=params.marker_smooth_px)
+            threshold=thr, **kw)
     elif params.site_markers == "peak":
-        label_peak = segment_sites(above_peak, above_peak > thr, marker_h=params.marker_h_nm,
-                                   min_distance=params.marker_min_distance_px,
-                                   min_area=min_area, smooth_px=params.marker_smooth_px)
+        label_peak = segment_sites(above_peak, above_peak > thr, **kw)
     else:
         raise ValueError(f"site_markers must be 'layers', 'growth' or 'peak', got {params.site_markers!r}")
     if params.neck_dynamic_px > 0:
