@@ -264,12 +264,13 @@ def site_scores(labels: xr.Dataset, segs: list[xr.Dataset], truth: xr.Dataset, g
     whose footprint holds a local maximum (3 x 3) of the noise-free true height at the plating
     peak. Caps add up, so a cap on a neighbour's flank often has none; a watershed of the height
     has no marker for it, and only the growth history can separate it (demo seed 0 at 1 nm: 180
-    of 483 true sites have no maximum of their own, and 36 of them are matched).
+    of 483 true sites have no maximum of their own, and 51 of them are matched; 36 with
+    ``site_markers: growth``).
 
     And ``site_recall_{nn_lt3px, nn_3to5px, nn_ge5px}`` (with ``sites_true_*``): the fraction
     of true sites matched, by the distance from the site's centre to the nearest other site's
-    (generator centres, px). Where the loss lies: on demo seed 0 at 1 nm, 0.96 of the 242
-    sites at 5 px or more from any other are matched, 0.35 of the 106 at 3-5 px and 0.10 of
+    (generator centres, px). Where the loss lies: on demo seed 0 at 1 nm, 0.99 of the 242
+    sites at 5 px or more from any other are matched, 0.46 of the 106 at 3-5 px and 0.16 of
     the 135 closer than 3 px (nucleation clusters on porous ground). The latter are beyond what
     any partition of the height reaches: ``benchmarks/site_partition_ceiling.py``.
     """
