@@ -270,7 +270,7 @@ def site_scores(labels: xr.Dataset, segs: list[xr.Dataset], truth: xr.Dataset, g
     And ``site_recall_{nn_lt3px, nn_3to5px, nn_ge5px}`` (with ``sites_true_*``): the fraction
     of true sites matched, by the distance from the site's centre to the nearest other site's
     (generator centres, px). Where the loss lies: on demo seed 0 at 1 nm, 0.99 of the 242
-    sites at 5 px or more from any other are matched, 0.46 of the 106 at 3-5 px and 0.16 of
+    sites at 5 px or more from any other are matched, 0.46 of the 106 at 3-5 px and 0.15 of
     the 135 closer than 3 px (nucleation clusters on porous ground). The latter are beyond what
     any partition of the height reaches: ``benchmarks/site_partition_ceiling.py``.
     """

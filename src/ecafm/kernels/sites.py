@@ -160,7 +160,7 @@ def segment_sites_growth(height: np.ndarray, mask: np.ndarray, growth: list[np.n
 def segment_sites_layers(height: np.ndarray, mask: np.ndarray, growth: list[np.ndarray], *,
                          threshold: float | np.ndarray, marker_h: float = 2.0,
                          min_distance: int = 2, min_area: int = 4, smooth_px: float = 0.0,
-                         remnant_ratio: float = 0.5) -> np.ndarray:
+                         remnant_ratio: float = 0.5, neck_dynamic_px: float = 0.0) -> np.ndarray:
     """Sites at a plating peak: the growth-tracked sites, with the caps this plating left alone
     split off as sites of their own.
 
@@ -187,19 +187,26 @@ def segment_sites_layers(height: np.ndarray, mask: np.ndarray, growth: list[np.n
     remnant_ratio : float
         Growth on a frozen cap's top, as a fraction of its height, above which the cap is the
         remnant of a regrowing site (growth below ``threshold`` always counts as none).
+    neck_dynamic_px : float
+        :func:`split_necks` of both layers' sites on their whole footprints, before the layers
+        cut them (0: none). Splitting after the cut parts the cut shapes: on the demo preset at
+        256 px, 25 of 184 sites at the last peak came from that, and site F1 rose 0.715 -> 0.753
+        with the split moved here.
     """
     from skimage.segmentation import watershed
 
     m = np.asarray(mask, bool)
     kw = dict(marker_h=marker_h, min_distance=min_distance, min_area=min_area, smooth_px=smooth_px)
-    lab = segment_sites_growth(height, m, growth, threshold=threshold, **kw)
+    lab = split_necks(segment_sites_growth(height, m, growth, threshold=threshold, **kw),
+                      dynamic_px=neck_dynamic_px, min_area=min_area)
     if len(growth) < 2 or not lab.any():
         return lab
     h = np.asarray(height, np.float64)
     before = np.asarray(growth[0], np.float64)
     grew = h - before
     thr = np.broadcast_to(np.asarray(threshold, np.float64), h.shape)
-    lab_b = segment_sites(before, m & (before > thr), **kw)
+    lab_b = split_necks(segment_sites(before, m & (before > thr), **kw), dynamic_px=neck_dynamic_px,
+                        min_area=min_area)
     n_b = int(lab_b.max())
     if n_b == 0:
         return lab
