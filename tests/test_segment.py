@@ -204,15 +204,11 @@ def test_growth_tracking_splits_caps_that_merge_at_the_peak(rng):
     assert agree > 0.9
 
 
-def _matched(lab, truth, iou_min=0.5):
-    """True sites with a predicted site at IoU >= iou_min (one-to-one at 0.5)."""
-    n = 0
-    for t in np.unique(truth[truth > 0]):
-        ids, cnt = np.unique(lab[(truth == t) & (lab > 0)], return_counts=True)
-        if ids.size:
-            p = ids[np.argmax(cnt)]
-            n += cnt.max() / ((truth == t) | (lab == p)).sum() >= iou_min
-    return n
+def _matched(lab, truth):
+    """True sites matched one-to-one at IoU >= 0.5 (the score's matching)."""
+    from ecafm.score import _match_sites
+
+    return len(_match_sites(truth, lab, 0.5))
 
 
 def test_layers_give_a_frozen_cap_its_own_site_next_to_a_growing_one(rng):

@@ -614,22 +614,19 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     thr = np.maximum(tau_last_plate if tau_last_plate is not None else 0.0, params.film_nm)
     kw = dict(marker_h=params.marker_h_nm, min_distance=params.marker_min_distance_px,
               min_area=min_area, smooth_px=params.marker_smooth_px)
-    necks = params.neck_dynamic_px
+    growth = (_growth_maps(allf, range(n_prev, n_prev + n_cur), h_ref)
+              if params.site_markers in ("layers", "growth") else [])
     if params.site_markers == "layers":  # necks split on whole footprints, before the layers cut them
-        label_peak = segment_sites_layers(
-            above_peak, above_peak > thr, _growth_maps(allf, range(n_prev, n_prev + n_cur), h_ref),
-            threshold=thr, neck_dynamic_px=necks, **kw)
-        necks = 0.0
+        label_peak = segment_sites_layers(above_peak, above_peak > thr, growth, threshold=thr,
+                                          neck_dynamic_px=params.neck_dynamic_px, **kw)
     elif params.site_markers == "growth":
-        label_peak = segment_sites_growth(
-            above_peak, above_peak > thr, _growth_maps(allf, range(n_prev, n_prev + n_cur), h_ref),
-            threshold=thr, **kw)
+        label_peak = segment_sites_growth(above_peak, above_peak > thr, growth, threshold=thr, **kw)
     elif params.site_markers == "peak":
         label_peak = segment_sites(above_peak, above_peak > thr, **kw)
     else:
         raise ValueError(f"site_markers must be 'layers', 'growth' or 'peak', got {params.site_markers!r}")
-    if necks > 0:
-        label_peak = split_necks(label_peak, dynamic_px=necks, min_area=min_area)
+    if params.site_markers != "layers" and params.neck_dynamic_px > 0:
+        label_peak = split_necks(label_peak, dynamic_px=params.neck_dynamic_px, min_area=min_area)
     site_lab = np.where(np.isin(state, (kc.VOID, kc.INACTIVE_RESIDUE, kc.ACTIVE_DEPOSIT,
                                         kc.DORMANT_DEPOSIT)), label_peak[None], 0).astype(np.int32)
     usable_cur = np.flatnonzero(c_fr.usable)
