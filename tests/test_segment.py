@@ -253,6 +253,33 @@ def test_layers_keep_a_site_that_regrows_from_its_remnant_in_one_piece(rng):
     assert split.max() >= 2
 
 
+def test_layers_give_the_flank_a_growing_cap_covers_to_it_not_to_a_site_of_its_own(rng):
+    """A frozen cap on the rim of a big growing cap: its growth-tracked label, started in the
+    height before the plating, also claims the growing cap's flank over it. Once the frozen part
+    is a site of its own, that flank is most of nothing: it joins the cap that grew over it."""
+    shape = (48, 64)
+    frozen = _cap(shape, 24, 39, 8.0, 100.0)
+
+    def grow(f):  # 15 px from the frozen cap, which sits on its rim at the peak
+        return _cap(shape, 24, 24, 14.0 * f ** (1 / 3), 100.0 * f ** (1 / 3))
+
+    frames = [frozen + grow(f) + rng.normal(0, 0.5, shape) for f in (0.25, 0.5, 0.75, 1.0)]
+    before = frozen + rng.normal(0, 0.5, shape)
+    truth = np.where(frozen >= grow(1.0), 1, 2) * ((frozen + grow(1.0)) > 4)
+    kw = dict(threshold=4.0, marker_h=2.0, min_distance=2, min_area=4)
+    old = ks.segment_sites_growth(frames[-1], frames[-1] > 4, [before, *frames], **kw)
+    flank = (old == old[24, 39]) & (truth == 2)  # the frozen cap's label where growth is thicker
+    assert flank.sum() >= 20
+    lab = ks.segment_sites_layers(frames[-1], frames[-1] > 4, [before, *frames], **kw)
+    assert lab.max() == 2
+    assert _matched(lab, truth) == 2
+    assert (lab[flank] == lab[24, 24]).mean() > 0.9
+    # without the hand-over, the flank is a third site
+    kept = ks.segment_sites_layers(frames[-1], frames[-1] > 4, [before, *frames], taken_ratio=1.0,
+                                   **kw)
+    assert kept.max() == 3
+
+
 def test_tip_erosion_undoes_the_dilation_of_a_steep_cap():
     """A cap imaged by a paraboloid tip looks a pixel wider; the erosion by that tip takes back
     most of the added volume (not the whole ring: the tip never reached the cap's foot)."""
