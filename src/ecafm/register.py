@@ -104,6 +104,8 @@ def _fill(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a)
     a = a.astype(np.float32 if a.dtype == np.float32 else np.float64, copy=False)
     ok = np.isfinite(a)
+    if ok.all():  # the usual frame: no median of all its pixels (3 ms at 512^2)
+        return a.copy()
     return np.where(ok, a, np.nanmedian(a[ok]) if ok.any() else 0.0)
 
 
