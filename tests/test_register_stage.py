@@ -586,3 +586,40 @@ def test_a_failed_boundary_is_bridged_by_the_direct_or_the_skip_link():
     # the mean rule: a failed link still excludes every later frame
     old = compose_transforms(within, links([None, (3, 6, -3.0), (0, 6, -6.0)], ok2), fusion="mean", **kw)
     assert old["ok"].values.tolist() == [True] * 6 + [False] * 6
+
+
+@pytest.mark.parametrize("wrong", ["gradients", "heights"])
+def test_disagreement_is_settled_by_which_estimate_aligns_the_frames(monkeypatch, wrong):
+    """Heights and gradient images disagree by 1.5 px. When the gradients are the wrong one (demo
+    at 256 px, the first plating's peak: its flag cost every site of that plating), the pair is
+    kept unflagged at the heights' shift; when the heights are wrong, the flag stays."""
+    from dataclasses import replace
+
+    from scipy import ndimage as ndi
+
+    import ecafm.kernels.register as kr
+    from ecafm.register import estimate_pair
+
+    rng = np.random.default_rng(7)
+    base = ndi.gaussian_filter(rng.normal(size=(176, 176)), 2.0) * 5
+    ref = base[8:-8, 8:-8].astype(np.float32)
+    mov = ndi.shift(base, (0.3, -0.2), order=3, mode="nearest")[8:-8, 8:-8].astype(np.float32)
+    mov += rng.normal(0, 0.05, mov.shape).astype(np.float32)
+    if wrong == "gradients":
+        real, calls = kr.gradient_magnitude, []
+
+        def gm(h, **k):  # the moving frame's gradient image (second call) displaced by 1.5 px
+            calls.append(1)
+            g = real(h, **k)
+            return ndi.shift(g, (1.5, 0.0), order=1, mode="nearest") if len(calls) % 2 == 0 else g
+
+        monkeypatch.setattr(kr, "gradient_magnitude", gm)
+    else:
+        real_qc = kr._qc  # the heights' estimate pushed 1.5 px off before its check
+        monkeypatch.setattr(kr, "_qc", lambda s1, *a, **k: real_qc(replace(s1, dy=s1.dy + 1.5), *a, **k))
+    r = estimate_pair(ref, mov, params=RegisterParams())
+    if wrong == "gradients":
+        assert r.ok, r.flags
+        assert r.dy == pytest.approx(0.3, abs=0.05) and r.dx == pytest.approx(-0.2, abs=0.05)
+    else:
+        assert r.flags == ("disagreement",)
