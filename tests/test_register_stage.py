@@ -623,3 +623,28 @@ def test_disagreement_is_settled_by_which_estimate_aligns_the_frames(monkeypatch
         assert r.dy == pytest.approx(0.3, abs=0.05) and r.dx == pytest.approx(-0.2, abs=0.05)
     else:
         assert r.flags == ("disagreement",)
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_fast_method_hands_a_pair_it_flags_to_the_robust_method(seed):
+    """A coarse texture (correlation length 8 px, like bench-m at 512 px) gives the fast estimate
+    a broad peak that it flags weak_peak; the pair is then estimated by the robust method."""
+    from scipy import ndimage as ndi
+
+    from ecafm.kernels.register import estimate_fast, fast_spectra
+    from ecafm.register import estimate_pair_fast
+
+    rng = np.random.default_rng(seed)
+    n, margin = 128, 16
+    big = ndi.gaussian_filter(rng.standard_normal((n + 2 * margin,) * 2), 8.0)
+    big *= 3.0 / big.std()
+    shift = tuple(rng.uniform(-1.5, 1.5, 2))
+    moved = np.fft.ifft2(ndi.fourier_shift(np.fft.fft2(big), shift)).real
+    ref = (big[margin:-margin, margin:-margin] + rng.normal(0, 0.2, (n, n))).astype(np.float32)
+    mov = (moved[margin:-margin, margin:-margin] + rng.normal(0, 0.2, (n, n))).astype(np.float32)
+    params = RegisterParams(method="fast")
+    alone, _ = estimate_fast(fast_spectra(ref), fast_spectra(mov), min_peak_ratio=params.min_peak_ratio)
+    assert "weak_peak" in alone.flags
+    r = estimate_pair_fast(ref, mov, params=params)
+    assert r.ok, r.flags
+    assert np.hypot(r.dy - shift[0], r.dx - shift[1]) < 0.05
