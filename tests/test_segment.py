@@ -211,6 +211,17 @@ def _matched(lab, truth):
     return len(_match_sites(truth, lab, 0.5))
 
 
+def _frozen_and_growing(frozen, grow, rng):
+    """Plating frames (a quarter, half, three quarters and all of the charge) of a cap growing
+    beside a frozen one, the height before the plating, the true sites at the peak (1 frozen, 2
+    growing, by the thicker cap) and the partition's keywords."""
+    shape = frozen.shape
+    frames = [frozen + grow(f) + rng.normal(0, 0.5, shape) for f in (0.25, 0.5, 0.75, 1.0)]
+    before = frozen + rng.normal(0, 0.5, shape)
+    truth = np.where(frozen >= grow(1.0), 1, 2) * ((frozen + grow(1.0)) > 4)
+    return frames, before, truth, dict(threshold=4.0, marker_h=2.0, min_distance=2, min_area=4)
+
+
 def test_layers_give_a_frozen_cap_its_own_site_next_to_a_growing_one(rng):
     """A dead cap left by the last stripping and a new cap growing on its flank: the growing
     cap never has a maximum of its own early in the plating, so the growth tracking hands it to
@@ -221,10 +232,7 @@ def test_layers_give_a_frozen_cap_its_own_site_next_to_a_growing_one(rng):
     def grow(f):  # 6 px away: early on, the sum of the two has its one maximum in the overlap
         return _cap(shape, 24, 30, 8.0 * f ** (1 / 3), 70.0 * f ** (1 / 3))
 
-    frames = [frozen + grow(f) + rng.normal(0, 0.5, shape) for f in (0.25, 0.5, 0.75, 1.0)]
-    before = frozen + rng.normal(0, 0.5, shape)
-    truth = np.where(frozen >= grow(1.0), 1, 2) * ((frozen + grow(1.0)) > 4)
-    kw = dict(threshold=4.0, marker_h=2.0, min_distance=2, min_area=4)
+    frames, before, truth, kw = _frozen_and_growing(frozen, grow, rng)
     old = ks.segment_sites_growth(frames[-1], frames[-1] > 4, [before, *frames], **kw)
     assert _matched(old, truth) == 1  # the failure this partition exists for
     lab = ks.segment_sites_layers(frames[-1], frames[-1] > 4, [before, *frames], **kw)
@@ -263,10 +271,7 @@ def test_layers_give_the_flank_a_growing_cap_covers_to_it_not_to_a_site_of_its_o
     def grow(f):  # 15 px from the frozen cap, which sits on its rim at the peak
         return _cap(shape, 24, 24, 14.0 * f ** (1 / 3), 100.0 * f ** (1 / 3))
 
-    frames = [frozen + grow(f) + rng.normal(0, 0.5, shape) for f in (0.25, 0.5, 0.75, 1.0)]
-    before = frozen + rng.normal(0, 0.5, shape)
-    truth = np.where(frozen >= grow(1.0), 1, 2) * ((frozen + grow(1.0)) > 4)
-    kw = dict(threshold=4.0, marker_h=2.0, min_distance=2, min_area=4)
+    frames, before, truth, kw = _frozen_and_growing(frozen, grow, rng)
     old = ks.segment_sites_growth(frames[-1], frames[-1] > 4, [before, *frames], **kw)
     flank = (old == old[24, 39]) & (truth == 2)  # the frozen cap's label where growth is thicker
     assert flank.sum() >= 20
