@@ -149,6 +149,32 @@ def test_watershed_ignores_noise_bumps(rng):
     assert ks.segment_sites(h, h > 2.0, marker_h=2.0).max() == 1
 
 
+@pytest.mark.parametrize("kind", ["smooth", "plateaus", "masked", "flat", "distance"])
+def test_h_maxima_matches_scikit_image(rng, kind):
+    """The one-sort h-maxima gives scikit-image's values on smooth, tied, masked and flat images."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima as sk_h_maxima
+
+    img = ndi.gaussian_filter(rng.normal(size=(97, 131)), 3) * 40
+    if kind == "plateaus":  # many ties: values on a 0.5 grid
+        img = np.round(img * 2) / 2
+    elif kind == "masked":  # deposits on a zero floor, as segment_sites feeds it
+        img = np.where(img > 2, img, 0.0)
+    elif kind == "flat":
+        img = np.full((20, 30), 3.0)
+    elif kind == "distance":  # split_necks: distance transform of two overlapping discs
+        yy, xx = np.mgrid[:60, :80]
+        discs = (np.hypot(yy - 30, xx - 28) < 14) | (np.hypot(yy - 30, xx - 50) < 12)
+        img = ndi.distance_transform_edt(discs) + discs
+    for h in (0.7, 2.0, 5.0):
+        ours = ks.h_maxima(img, h)
+        ref = sk_h_maxima(img, h)
+        assert ours.dtype == ref.dtype
+        np.testing.assert_array_equal(ours, ref)
+    if kind == "smooth":
+        assert ks.h_maxima(img, 2.0).sum() > 0  # the comparison is not between two empty maps
+
+
 def test_tracking_births_merges_splits_families():
     a = np.zeros((20, 40), np.int32)
     a[2:8, 2:8] = 1  # site A

@@ -36,7 +36,7 @@ def segment_sites(height: np.ndarray, mask: np.ndarray, *, marker_h: float = 2.0
     ndarray of int32, shape (ny, nx)
         Site labels 1..n in raster order of their markers, 0 outside the mask.
     """
-    from skimage.morphology import h_maxima, remove_small_objects
+    from skimage.morphology import remove_small_objects
     from skimage.segmentation import watershed
 
     h = np.asarray(height, np.float64)
@@ -117,7 +117,7 @@ def segment_sites_growth(height: np.ndarray, mask: np.ndarray, growth: list[np.n
     marker_h, min_distance, min_area, smooth_px :
         As in :func:`segment_sites`.
     """
-    from skimage.morphology import h_maxima, remove_small_objects
+    from skimage.morphology import remove_small_objects
     from skimage.segmentation import watershed
 
     m_final = np.asarray(mask, bool)
@@ -258,7 +258,6 @@ def split_necks(lab: np.ndarray, *, dynamic_px: float = 0.7, min_area: int = 4) 
     least ``dynamic_px`` (h-maxima) become markers of a watershed of the negated distance.
     Pieces smaller than ``min_area`` go back to their neighbours (a site is never dropped).
     """
-    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
     lab = np.asarray(lab, np.int32)
@@ -309,6 +308,62 @@ def split_necks(lab: np.ndarray, *, dynamic_px: float = 0.7, min_area: int = 4) 
         rest = m & (out == 0)
         out[rest] = site
     return relabel(out.astype(np.int32))
+
+
+def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
+    """``skimage.morphology.h_maxima(image, h)`` of a 2-D float image (8-connected), same values,
+    in about half the time.
+
+    scikit-image's grey reconstruction argsorts the stacked seed and mask twice: once for the
+    pixel order and once more, identically, inside ``rank_order`` for the ranks. That second
+    sort was half of every call (bench-m segment job: 16 calls, 2.3 s of argsort out of 12.7 s).
+    Here the order is sorted once and the ranks follow from it; the flood itself is
+    scikit-image's own Cython ``reconstruction_loop``. If that private function is ever moved
+    or changed, this falls back to the public ``h_maxima``.
+    """
+    image = np.asarray(image)
+    try:
+        from skimage.morphology._grayreconstruct import reconstruction_loop
+    except ImportError:  # pragma: no cover - depends on the installed scikit-image
+        reconstruction_loop = None
+    if (reconstruction_loop is None or image.ndim != 2 or image.dtype != np.float64
+            or min(image.shape) < 1 or h <= 0):
+        from skimage.morphology import h_maxima as sk_h_maxima
+
+        return sk_h_maxima(image, h)
+    if h > np.ptp(image):
+        return np.zeros(image.shape, np.uint8)
+    # h_maxima's own shift: h plus the float resolution of each value
+    resolution = 2 * np.finfo(image.dtype).resolution * np.abs(image)
+    seed = image - h - resolution
+    ny, nx = image.shape
+    pad_value = seed.min()
+    images = np.full((2, ny + 2, nx + 2), pad_value, np.float64)
+    images[0, 1:-1, 1:-1] = seed
+    images[1, 1:-1, 1:-1] = image
+    isize = images.size
+    sint = np.result_type(np.min_scalar_type(-isize), np.int32)
+    uint = np.dtype(sint.char.upper())
+    row = nx + 2
+    nb = np.array([-row - 1, -row, -row + 1, -1, 1, row - 1, row, row + 1], sint)
+    flat = images.reshape(-1)
+    order = np.argsort(flat)  # the one sort (rank_order's argsort of the same array is identical)
+    # ranks of the distinct values in ascending order (rank_order's result)
+    srt = flat[order]
+    step = np.empty(isize, uint)
+    step[0] = 0
+    np.cumsum(srt[1:] != srt[:-1], out=step[1:], dtype=uint)
+    values = srt[np.r_[True, srt[1:] != srt[:-1]]]
+    rank = np.empty(isize, uint)
+    rank[order] = step
+    index_sorted = order.astype(sint, copy=False)[::-1]  # dilation: largest first
+    prev = np.full(isize, -1, sint)
+    nxt = np.full(isize, -1, sint)
+    prev[index_sorted[1:]] = index_sorted[:-1]
+    nxt[index_sorted[:-1]] = index_sorted[1:]
+    reconstruction_loop(rank, prev, nxt, nb, index_sorted[0], isize // 2)
+    rec = values[rank[: isize // 2]].reshape(ny + 2, nx + 2)[1:-1, 1:-1]
+    return ((image - rec) >= h).astype(np.uint8)
 
 
 def drop_small(lab: np.ndarray, min_area: int) -> np.ndarray:
