@@ -57,10 +57,13 @@ def run(spec: dict) -> None:
                     step=_step(rule, {"loop_weight": p.loop_weight, "loop_fusion": p.loop_fusion}, wc))
     elif rule == "apply_registration":
         from ecafm.register import RegisterParams, run_apply
+        from ecafm.segment import SegmentParams
 
         o = RegisterParams().resample_order
-        run_apply(a["leveled"], a["transforms"], a["out"], order=o,
-                  step=_step(rule, {"resample_order": o}, wc))
+        sp = SegmentParams()
+        tip = sp.tip_radius_nm if sp.tip_deconvolution else 0.0
+        run_apply(a["leveled"], a["transforms"], a["out"], order=o, first_path=a.get("first"),
+                  tip_radius_nm=tip, step=_step(rule, {"resample_order": o, "tip_radius_nm": tip}, wc))
     elif rule == "segment_cycle":
         from ecafm.segment import SegmentParams, run_segment
 

@@ -158,7 +158,7 @@ def stage_jobs(data: dict, out: Path) -> list[dict]:
                                           "cube": cube, "out": tf, "table": out / "transforms.tsv"}, 1, work))
     for c in cycles:
         jobs.append(run_job("apply_registration", {"leveled": lev[c], "transforms": tf, "out": reg[c],
-                                                   "cycle": c}, 2, work))
+                                                   "first": lev[cycles[0]], "cycle": c}, 2, work))
     for c in cycles:
         a = {"cycle": c, "cur": reg[c], "first": reg[cycles[0]], "transforms": tf, "out": seg[c],
              "table": out / "segment" / f"cycle_{c}.classes.tsv"}

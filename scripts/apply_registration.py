@@ -7,5 +7,8 @@ sm = snakemake  # noqa: F821  (injected by Snakemake)
 setup_job(sm)
 with logged_failure(sm):
     order = int(sm.params.resample_order)
+    tip = float(sm.params.tip_radius_nm)
     run_apply(sm.input.leveled, sm.input.transforms, sm.output[0], order=order,
-              step=step_of(sm, {"resample_order": order}, [sm.input.leveled, sm.input.transforms]))
+              first_path=sm.input.first, tip_radius_nm=tip,
+              step=step_of(sm, {"resample_order": order, "tip_radius_nm": tip},
+                           [sm.input.leveled, sm.input.transforms, sm.input.first]))

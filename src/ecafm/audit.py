@@ -146,9 +146,13 @@ def _compose(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> N
 def _apply(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:
     from ecafm.register import run_apply
 
-    # records from before resample_order existed were resampled linearly
+    # records from before resample_order existed were resampled linearly; from before the
+    # aligned heights, there is no third input (the first cycle's leveled cube)
+    params = rec["step"]["params"]
     run_apply(inputs[0], inputs[1], out["zarr"], step=_step(rec, inputs),
-              order=int(rec["step"]["params"].get("resample_order", 1)))
+              order=int(params.get("resample_order", 1)),
+              first_path=inputs[2] if len(inputs) > 2 else None,
+              tip_radius_nm=float(params.get("tip_radius_nm", 0.0)))
 
 
 def _rule_and_cycle(p: Path) -> tuple[str | None, int | None]:

@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 
 
 def run_level_register(cube: str | Path, out_dir: str | Path, *, level: LevelParams = LevelParams(),
-                       register: RegisterParams = RegisterParams(), apply: bool = True) -> dict[str, Path]:
-    """Level, register (within, links, compose) and optionally apply, per cycle, like the workflow."""
+                       register: RegisterParams = RegisterParams(), apply: bool = True,
+                       segment: SegmentParams | None = None) -> dict[str, Path]:
+    """Level, register (within, links, compose) and optionally apply, per cycle, like the workflow
+    (``segment``: the tip radius of the aligned heights the apply step stores for segmentation)."""
     out = Path(out_dir)
     cycles = cycle_segments(open_cube(cube))
     lp, rp = asdict(level), asdict(register)
@@ -43,9 +45,12 @@ def run_level_register(cube: str | Path, out_dir: str | Path, *, level: LevelPar
     if apply:
         for c in cycles:
             reg = out / f"cycle_{c}.zarr"
-            run_apply(lev[c], tf, reg, order=register.resample_order,
-                      step=Step("apply_registration", {"resample_order": register.resample_order},
-                                {"cycle": str(c)}))
+            sp = segment or SegmentParams()
+            tip = sp.tip_radius_nm if sp.tip_deconvolution else 0.0
+            run_apply(lev[c], tf, reg, order=register.resample_order, first_path=lev[cycles[0]],
+                      tip_radius_nm=tip,
+                      step=Step("apply_registration", {"resample_order": register.resample_order,
+                                                       "tip_radius_nm": tip}, {"cycle": str(c)}))
             paths[f"cycle_{c}"] = reg
     return paths
 

@@ -934,11 +934,19 @@ def run_compose(within_paths, link_paths, cube_path, out, table, *, step,
 
 
 def run_apply(leveled_path, transforms_path, out, *, step,
-              order: int = RegisterParams.resample_order) -> dict[str, Any]:
+              order: int = RegisterParams.resample_order, first_path=None,
+              tip_radius_nm: float = 0.0) -> dict[str, Any]:
+    """:func:`apply_cycle` of one leveled cycle, written. With ``first_path`` (the leveled cube of
+    the data set's first cycle) the cube also holds ``height_aligned``, the heights the segment
+    stage compares (:func:`ecafm.segment.add_aligned`, tip radius ``tip_radius_nm``)."""
     from ecafm.store import open_cube, write_cube
 
     lev = open_cube(leveled_path)
     tf = open_cube(transforms_path).load()
     ds = apply_cycle(lev, tf, order=order)
+    if first_path is not None:
+        from ecafm.segment import add_aligned
+
+        ds = add_aligned(ds, open_cube(first_path), tf, order=order, tip_radius_nm=tip_radius_nm)
     ds.attrs = {**lev.attrs, "stage": "register", "common_field_px": tf.attrs["common_field_px"]}
     return write_cube(ds, out, step=step)

@@ -119,18 +119,28 @@ def first_plating_frame(cycle0: xr.Dataset) -> int:
     return int(cycle0["frame"].values[idx[0]])
 
 
-def reference_height(cycle0: xr.Dataset, tip_radius_nm: float = 0.0) -> tuple[np.ndarray, int]:
-    """h_ref: the last usable frame before the first plating (else the first usable frame)."""
+def _reference_index(cycle0: xr.Dataset) -> int:
+    """Index (in ``cycle0``) of h_ref: the last usable frame before the first plating (else the
+    first usable frame). ``cycle0`` needs the coordinates ``frame``, ``phase``, ``frame_ok`` and
+    ``registration_ok``."""
     fp = first_plating_frame(cycle0)
     usable = cycle0["frame_ok"].values & cycle0["registration_ok"].values
     fr = cycle0["frame"].values
     cand = np.flatnonzero(usable & (fr < fp))
     if cand.size == 0:
         cand = np.flatnonzero(usable)
+        if cand.size == 0:
+            raise ValueError("no usable frame in the first cycle: cannot choose h_ref")
         log.warning("no usable frame before the first plating; h_ref = frame %d", int(fr[cand[0]]))
         cand = cand[:1]
-    i = int(cand[-1])
-    return _tip(cycle0["height"][i].values.astype(np.float64), cycle0, tip_radius_nm), int(fr[i])
+    return int(cand[-1])
+
+
+def reference_height(cycle0: xr.Dataset, tip_radius_nm: float = 0.0) -> tuple[np.ndarray, int]:
+    """h_ref: the last usable frame before the first plating (else the first usable frame)."""
+    i = _reference_index(cycle0)
+    return (_tip(cycle0["height"][i].values.astype(np.float64), cycle0, tip_radius_nm),
+            int(cycle0["frame"].values[i]))
 
 
 def _tip(h: np.ndarray, ds: xr.Dataset, tip_radius_nm: float) -> np.ndarray:
@@ -141,13 +151,67 @@ def _tip(h: np.ndarray, ds: xr.Dataset, tip_radius_nm: float) -> np.ndarray:
     return kc.tip_erode(h, tip_radius_nm, px)
 
 
-def _load(ds: xr.Dataset, tf: xr.Dataset, h_ref: np.ndarray, fp: int, tip_radius_nm: float = 0.0
-          ) -> _Frames:
-    ds = ds.load()
-    h = ds["height"].values.astype(np.float64)
+#: registered-cube variable: every frame tip-eroded and aligned to h_ref (see :func:`add_aligned`)
+ALIGNED = "height_aligned"
+
+
+def _aligned_matches(ds: xr.Dataset, ref_frame: int | None, tip_radius_nm: float) -> bool:
+    if ALIGNED not in ds or ref_frame is None:
+        return False
+    a = ds[ALIGNED].attrs
+    return (int(a.get("reference_frame", -1)) == int(ref_frame)
+            and float(a.get("tip_radius_nm", -1.0)) == float(tip_radius_nm))
+
+
+def add_aligned(reg: xr.Dataset, first_leveled: xr.Dataset, transforms: xr.Dataset, *, order: int,
+                tip_radius_nm: float) -> xr.Dataset:
+    """``reg`` (one registered cycle, lazy) with ``height_aligned``: each frame tip-eroded
+    (``tip_radius_nm``; 0 = none) and aligned to h_ref (:func:`ecafm.kernels.change.align_to_reference`).
+
+    The segment job of cycle c reads cycles c-2 .. c+1, and aligned every frame it read: 42
+    alignments per bench-m job for 16 frames of its own, 2.4 s of its 10 s. Done here, each
+    frame is aligned once. h_ref is resampled from the first cycle's leveled cube with the same
+    function as that cycle's own registered cube, so it is the h_ref the segment job computes
+    (it checks the reference frame and tip radius recorded here, and aligns itself otherwise).
+    """
+    from ecafm.register import _apply_one
+
+    rect = tuple(int(v) for v in transforms.attrs["common_field_px"])
+    t0 = transforms.sel(frame=first_leveled["frame"].values)
+    lev0 = first_leveled.assign_coords(registration_ok=("frame", t0["ok"].values.astype(bool)))
+    try:
+        i = _reference_index(lev0)
+    except ValueError as exc:  # e.g. a movie without potentiostat phases: nothing to segment
+        log.warning("no aligned heights stored (%s); the segment stage would align them itself", exc)
+        return reg
+    h0, _ = _apply_one(lev0["height"][i].values, t0["shift_y"][i].values, t0["shift_x"][i].values,
+                       rect=rect, order=int(order))
+    h_ref = _tip(h0.astype(np.float64), lev0, tip_radius_nm)
+
+    def one(h: np.ndarray) -> np.ndarray:
+        return kc.align_to_reference(_tip(h.astype(np.float64), lev0, tip_radius_nm), h_ref).astype(np.float32)
+
+    al = xr.apply_ufunc(one, reg["height"], input_core_dims=[["y", "x"]], output_core_dims=[["y", "x"]],
+                        vectorize=True, dask="parallelized", output_dtypes=[np.float32])
+    al.attrs = {"units": "nm", "long_name": "registered height, tip-eroded, aligned to h_ref",
+                "reference_frame": int(lev0["frame"].values[i]), "tip_radius_nm": float(tip_radius_nm)}
+    return reg.assign({ALIGNED: al})
+
+
+def _load(ds: xr.Dataset, tf: xr.Dataset, h_ref: np.ndarray, fp: int, tip_radius_nm: float = 0.0,
+          ref_frame: int | None = None) -> _Frames:
+    """The frames of ``ds`` as :class:`_Frames`, each aligned to ``h_ref`` (frame ``ref_frame``):
+    read from ``height_aligned`` when apply_registration stored it for the same reference and
+    tip radius, else aligned here."""
+    if _aligned_matches(ds, ref_frame, tip_radius_nm):  # aligned once, by apply_registration
+        ds = ds.drop_vars("height").load()
+        h = ds[ALIGNED].values.astype(np.float64)
+    else:
+        ds = ds.drop_vars(ALIGNED, errors="ignore").load()
+        h = ds["height"].values.astype(np.float64)
+        for i in range(h.shape[0]):  # common height datum and tilt: stable pixels at the reference
+            h[i] = kc.align_to_reference(_tip(h[i], ds, tip_radius_nm), h_ref)
     err = tf["error_px"].sel(frame=ds["frame"].values).values.astype(np.float64)
-    for i in range(h.shape[0]):  # common height datum and tilt: stable pixels at the reference
-        h[i] = kc.align_to_reference(_tip(h[i], ds, tip_radius_nm), h_ref)
     # Registered row r shows raw scan line r + shift_y(r) (the drift moved it there): that line's
     # scan time, not r's, says how much charge had passed when it was imaged.
     n, ny = h.shape[:2]
@@ -428,7 +492,8 @@ def _growth_maps(allf: _Frames, frames, h_ref: np.ndarray) -> list[np.ndarray]:
 
 def _prev_trough_residue(prev2: xr.Dataset, tf: xr.Dataset, h_ref: np.ndarray, fp: int, tip: float,
                          moved_next: np.ndarray, params: SegmentParams, min_area: int,
-                         err_ref: float) -> tuple[np.ndarray, np.ndarray] | None:
+                         err_ref: float, ref_frame: int | None = None
+                         ) -> tuple[np.ndarray, np.ndarray] | None:
     """Residue pixels at cycle c-2's stripping trough, the history of the first trough in ``allf``.
 
     Dead Li stays, and once a neighbour's cap grows over it its core is no longer STATIC through
@@ -446,7 +511,7 @@ def _prev_trough_residue(prev2: xr.Dataset, tf: xr.Dataset, h_ref: np.ndarray, f
     if strip.size == 0:
         return None
     sel = [int(strip[-1])] + ([int(plate[plate < strip[-1]][-1])] if (plate < strip[-1]).any() else [])
-    two = _load(prev2.isel(frame=sel), tf, h_ref, fp, tip)
+    two = _load(prev2.isel(frame=sel), tf, h_ref, fp, tip, ref_frame)
     ts = _trough_sites(two.h[0], two.valid[0], float(two.sigma_r[0]), two.h[1] if len(sel) > 1 else None,
                        moved_next, np.zeros(h_ref.shape, bool), h_ref, params,
                        min_area, err_ref)
@@ -491,13 +556,14 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     n_rows = int(transforms.sizes["y"])
     ny, nx = h_ref.shape
 
-    c_fr = _load(cur, transforms, h_ref, fp, tip)
-    p_fr = _load(prev, transforms, h_ref, fp, tip) if prev is not None else None
+    c_fr = _load(cur, transforms, h_ref, fp, tip, ref_frame)
+    p_fr = _load(prev, transforms, h_ref, fp, tip, ref_frame) if prev is not None else None
     # of the next cycle only its plating is used: those frames alone are read and aligned
     # (bench-m: 8 of its 16 frames; each alignment ~0.1 s)
     n_fr = None
     if nxt is not None:
-        n_fr = _load(nxt.isel(frame=np.flatnonzero(_kinds(nxt, fp) == PLATE)), transforms, h_ref, fp, tip)
+        n_fr = _load(nxt.isel(frame=np.flatnonzero(_kinds(nxt, fp) == PLATE)), transforms, h_ref, fp, tip,
+                     ref_frame)
     n_cur = len(c_fr.frame)
     n_prev = 0 if p_fr is None else len(p_fr.frame)
     parts = [p for p in (p_fr, c_fr) if p is not None]
@@ -547,7 +613,7 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     # ---------------------------------------------------------------- site-level residue
     first = np.flatnonzero((run == 0) & allf.usable)  # prev's plating: the next one after c-2's trough
     prev0 = (_prev_trough_residue(prev2, transforms, h_ref, fp, tip, moved[first].any(axis=0),
-                                  params, min_area, err_ref)
+                                  params, min_area, err_ref, ref_frame)
              if prev2 is not None and params.residue_lookback and params.residue_retention > 0
              and run_kind[0] == PLATE and first.size else None)
     prev_dead0, prev_h0 = prev0 if prev0 is not None else (None, None)

@@ -102,6 +102,17 @@ def get_resample_order(wildcards):
     return config["register"]["resample_order"]
 
 
+def get_first_leveled(wildcards):
+    """Leveled cube of the data set's first cycle (apply_registration aligns to its h_ref)."""
+    return f"results/level/{wildcards.dataset}/cycle_{get_cycles(wildcards.dataset)[0]}.zarr"
+
+
+def get_tip_radius(wildcards):
+    """Tip radius (nm) the segment stage erodes with; 0 when tip deconvolution is off."""
+    seg = config["segment"]
+    return float(seg["tip_radius_nm"]) if seg["tip_deconvolution"] else 0.0
+
+
 def get_link_inputs(wildcards):
     # the cycle before the left one feeds the skip link (robust cycle-start adjustment)
     c = int(wildcards.cycle)

@@ -71,6 +71,8 @@ rule apply_registration:
     input:
         leveled="results/level/{dataset}/cycle_{cycle}.zarr",
         transforms="results/register/{dataset}/transforms.zarr",
+        # the first cycle's h_ref: every frame is aligned to it here, once (segment reads them)
+        first=get_first_leveled,
     output:
         directory("results/register/{dataset}/cycle_{cycle}.zarr"),
     log:
@@ -89,6 +91,7 @@ rule apply_registration:
         dask_scheduler=get_dask_scheduler,
     params:
         resample_order=get_resample_order,
+        tip_radius_nm=get_tip_radius,
     script:
         "../../scripts/apply_registration.py"
 
