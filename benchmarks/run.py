@@ -552,10 +552,14 @@ def figure(r: dict, path: Path) -> None:
         a2.set_ylim(0, 1100)
         ax[2].legend(loc="upper left")
         ax[2].set_title("N vs 10N frames")
-    else:
+    elif r.get("snakemake"):
         smk = r["snakemake"]
         ax[2].bar([f"--cores {c}" for c in sorted(smk)], [smk[c]["wall_s"] for c in sorted(smk)])
         ax[2].set_ylabel("snakemake wall s")
+    else:  # --skip-snakemake --skip-scaling: say so instead of an empty axis
+        ax[2].axis("off")
+        ax[2].text(0.5, 0.5, "no Snakemake runs and no N vs 10N runs\n(--skip-snakemake --skip-scaling)",
+                   ha="center", va="center", transform=ax[2].transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
