@@ -60,8 +60,7 @@ def run(spec: dict) -> None:
         from ecafm.segment import SegmentParams
 
         o = RegisterParams().resample_order
-        sp = SegmentParams()
-        tip = sp.tip_radius_nm if sp.tip_deconvolution else 0.0
+        tip = SegmentParams().erosion_tip_nm
         run_apply(a["leveled"], a["transforms"], a["out"], order=o, first_path=a.get("first"),
                   tip_radius_nm=tip, step=_step(rule, {"resample_order": o, "tip_radius_nm": tip}, wc))
     elif rule == "segment_cycle":

@@ -43,10 +43,9 @@ def run_level_register(cube: str | Path, out_dir: str | Path, *, level: LevelPar
                                             "loop_fusion": register.loop_fusion}))
     paths = {"transforms": tf, "table": out / "transforms.tsv"}
     if apply:
+        tip = (segment or SegmentParams()).erosion_tip_nm
         for c in cycles:
             reg = out / f"cycle_{c}.zarr"
-            sp = segment or SegmentParams()
-            tip = sp.tip_radius_nm if sp.tip_deconvolution else 0.0
             run_apply(lev[c], tf, reg, order=register.resample_order, first_path=lev[cycles[0]],
                       tip_radius_nm=tip,
                       step=Step("apply_registration", {"resample_order": register.resample_order,

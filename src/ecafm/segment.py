@@ -81,6 +81,11 @@ class SegmentParams:
         if isinstance(self.residue_lookback, bool) or self.residue_lookback not in (0, 1):
             raise ValueError(f"segment.residue_lookback must be 0 or 1, got {self.residue_lookback!r}")
 
+    @property
+    def erosion_tip_nm(self) -> float:
+        """Tip radius the frames are eroded with: ``tip_radius_nm``, or 0 without deconvolution."""
+        return self.tip_radius_nm if self.tip_deconvolution else 0.0
+
     def min_area(self, pixel_nm: float) -> int:
         """Minimum changed area (px): config value, at least the tip footprint."""
         tip = int(np.ceil(np.pi * (self.tip_radius_nm / pixel_nm) ** 2))
@@ -548,7 +553,7 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
         if np.asarray(cur.attrs["pixel_size_nm"]).size > 1 else px * px
     cpv = get_metal(metal).charge_per_nm3_C
     min_area = params.min_area(px)
-    tip = params.tip_radius_nm if params.tip_deconvolution else 0.0
+    tip = params.erosion_tip_nm
     h_ref, ref_frame = reference_height(cycle0, tip)
     fp = first_plating_frame(cycle0)
     err_ref = float(np.nan_to_num(transforms["error_px"].sel(frame=ref_frame).values))

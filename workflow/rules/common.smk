@@ -108,7 +108,8 @@ def get_first_leveled(wildcards):
 
 
 def get_tip_radius(wildcards):
-    """Tip radius (nm) the segment stage erodes with; 0 when tip deconvolution is off."""
+    """Tip radius (nm) the segment stage erodes with; 0 when tip deconvolution is off
+    (SegmentParams.erosion_tip_nm, from the config without importing ecafm here)."""
     seg = config["segment"]
     return float(seg["tip_radius_nm"]) if seg["tip_deconvolution"] else 0.0
 
