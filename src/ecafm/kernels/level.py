@@ -67,16 +67,20 @@ def _design(ny: int, nx: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sorted_row_medians(s: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Row medians of the first ``counts[i]`` entries of each row of ``s``; ``s`` is sorted in place.
+    """Row medians (float64) of the first ``counts[i]`` entries of each row of ``s`` after sorting.
 
-    Entries to ignore must sort last (NaN or +inf). Rows with ``counts == 0`` give NaN.
+    ``s`` is a float32 copy made for this call and sorted in place: numpy sorts 512-value float32
+    rows with SIMD sorting networks, ~9x faster than float64 ones (0.34 against 3.2 ms for a
+    512^2 frame on this machine). The values are residuals of a few nm, so rounding them to
+    float32 moves a median by ~1e-7 of its size. Entries to ignore must sort last (NaN or +inf).
+    Rows with ``counts == 0`` give NaN.
     """
     s.sort(axis=1)
     rows = np.arange(s.shape[0])
     lo = np.maximum((counts - 1) // 2, 0)
     hi = np.maximum(counts // 2, 0)
     hi = np.minimum(hi, s.shape[1] - 1)
-    med = (s[rows, lo] + s[rows, hi]) / 2.0
+    med = (s[rows, lo].astype(np.float64) + s[rows, hi]) / 2.0
     med[counts == 0] = np.nan
     return med
 
@@ -162,7 +166,7 @@ def _subtract_plane(z, row, col, cross, u, v, out):
 
 def _diff_offsets(z: np.ndarray) -> np.ndarray:
     """Line offsets from the median of differences of adjacent rows (robust to smooth deposits)."""
-    d = z[1:] - z[:-1]
+    d = (z[1:] - z[:-1]).astype(np.float32)
     counts = np.isfinite(d).sum(axis=1)
     med = _sorted_row_medians(d, counts)  # NaN sorts last
     med[counts == 0] = 0.0
@@ -250,8 +254,9 @@ def level_frame(
     def row_medians(row, col, cross, bg, counts):
         """Median of background pixels of z - plane per row; rows with too few interpolated."""
         _subtract_plane(z, row, col, cross, u, v, out=tmp)
-        tmp[~bg] = np.inf
-        med = _sorted_row_medians(tmp, counts)
+        t32 = tmp.astype(np.float32)
+        t32[~bg] = np.inf
+        med = _sorted_row_medians(t32, counts)
         ok = counts >= min_row
         if not ok.any():
             return np.zeros(ny)

@@ -8,16 +8,53 @@ import numpy as np
 
 
 def median_inplace(a: np.ndarray) -> float:
-    """Median of a 1-D float array without NaN, by one selection; reorders ``a``.
+    """Median of a 1-D float array without NaN; may reorder ``a``.
 
-    Same value as ``np.median``, which partitions at two positions (three with its NaN check)
-    and is several times slower on the 10^5-10^6 values of a frame.
+    Same value as ``np.median``, to the last bit. For 2^15 values or more it brackets the median
+    between two order statistics of a strided sample of ~4096 values (Floyd-Rivest style), counts
+    the values below the bracket and selects the median among the few inside; when the bracket
+    misses (a periodic array whose stride hits one phase, heavy ties) it falls back to one
+    ``np.partition`` of the whole array. Written here because ``np.median`` partitions at two
+    positions (three with its NaN check): on a 512^2 frame 3-5 ms against ~1 ms this way.
     """
     n = a.size
+    if n >= _BRACKET_MIN:
+        med = _bracketed_median(a)
+        if med is not None:
+            return med
     k = n // 2
     a.partition(k)
     hi = a[k]
     return float(hi) if n % 2 else float((a[:k].max() + hi) / 2.0)
+
+
+_BRACKET_MIN = 1 << 15
+_BRACKET_SAMPLE = 4096
+_BRACKET_Z = 5.0  # half-width of the bracket in binomial standard deviations of the sample rank
+
+
+def _bracketed_median(a: np.ndarray) -> float | None:
+    """The median of ``a`` from a sample bracket, or None when the bracket does not hold it."""
+    n = a.size
+    s = np.sort(a[:: max(n // _BRACKET_SAMPLE, 1)])
+    m = s.size
+    k_hi = n // 2
+    k_lo = k_hi if n % 2 else k_hi - 1
+    rank = (k_hi + 0.5) * m / n
+    half = _BRACKET_Z * 0.5 * math.sqrt(m) + 1.0
+    lo = s[max(int(rank - half), 0)]
+    hi = s[min(int(rank + half), m - 1)]
+    below = int(np.count_nonzero(a < lo))
+    if below > k_lo:
+        return None
+    inside = a >= lo
+    inside &= a <= hi
+    sel = a[inside]
+    if below + sel.size <= k_hi:
+        return None
+    i, j = k_lo - below, k_hi - below
+    sel.partition([i, j] if i != j else i)
+    return float(sel[j]) if i == j else float((sel[i] + sel[j]) / 2.0)
 
 
 def tukey(m: int, alpha: float) -> np.ndarray:
