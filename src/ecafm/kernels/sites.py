@@ -347,7 +347,9 @@ def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
     row = nx + 2
     nb = np.array([-row - 1, -row, -row + 1, -1, 1, row - 1, row, row + 1], sint)
     flat = images.reshape(-1)
-    order = np.argsort(flat)  # the one sort (rank_order's argsort of the same array is identical)
+    order = _stack_order(image, seed)
+    if order is None:
+        order = np.argsort(flat)  # the one sort (rank_order's argsort of the same array is identical)
     # ranks of the distinct values in ascending order (rank_order's result)
     srt = flat[order]
     step = np.empty(isize, uint)
@@ -364,6 +366,30 @@ def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
     reconstruction_loop(rank, prev, nxt, nb, index_sorted[0], isize // 2)
     rec = values[rank[: isize // 2]].reshape(ny + 2, nx + 2)[1:-1, 1:-1]
     return ((image - rec) >= h).astype(np.uint8)
+
+
+def _stack_order(image: np.ndarray, seed: np.ndarray) -> np.ndarray | None:
+    """Ascending order of the padded (seed, image) stack of :func:`h_maxima`, from one argsort
+    of ``image`` alone (half the values; ~40 -> ~25 ms at 512^2).
+
+    ``seed = image - h - resolution`` is non-decreasing in ``image``, so the image's order sorts
+    the seed too (checked; None when rounding breaks it, and the caller sorts the whole stack).
+    The two sorted runs are merged by a stable argsort (linear for two runs); the border pads,
+    all equal to ``seed.min()``, go first.
+    """
+    ny, nx = image.shape
+    o = np.argsort(image, axis=None)
+    ss = seed.reshape(-1)[o]
+    if not (ss[1:] >= ss[:-1]).all():
+        return None
+    row = nx + 2
+    plane = (ny + 2) * row
+    pix = (o // nx + 1) * row + (o % nx + 1)  # flat offset of each sorted pixel in one padded plane
+    merge = np.argsort(np.concatenate([ss, image.reshape(-1)[o]]), kind="stable")
+    border = np.ones((ny + 2, nx + 2), bool)
+    border[1:-1, 1:-1] = False
+    pads = np.flatnonzero(border)
+    return np.concatenate([pads, pads + plane, np.concatenate([pix, pix + plane])[merge]])
 
 
 def drop_small(lab: np.ndarray, min_area: int) -> np.ndarray:
