@@ -168,3 +168,27 @@ def test_remove_scars_errors():
         remove_scars(np.zeros((8, 8)), max_width=0)
     with pytest.raises(ValueError, match="max_length"):
         remove_scars(np.zeros((8, 8)), min_length=5, max_length=2)
+
+
+def test_row_medians_of_rows_longer_than_the_sort_network(monkeypatch):
+    """Rows of 513-1024 values are sorted in two halves and their medians picked from the two
+    runs: the same values as one sort of the whole row (ties, NaN and +inf fill included)."""
+    import ecafm.kernels.level as kl
+
+    rng = np.random.default_rng(11)
+    for t in range(60):
+        ny, nx = int(rng.integers(1, 30)), int(rng.integers(513, 1025))
+        s = rng.normal(size=(ny, nx)).astype(np.float32)
+        if t % 3 == 0:
+            s = np.round(s * 2).astype(np.float32)  # many ties
+        ignore = rng.random((ny, nx)) < rng.random()
+        s[ignore] = np.inf if t % 2 else np.nan
+        counts = (~ignore).sum(axis=1)
+        got = kl._sorted_row_medians(s.copy(), counts)
+        monkeypatch.setattr(kl, "_SORT_NETWORK", 10**6)
+        want = kl._sorted_row_medians(s.copy(), counts)
+        monkeypatch.undo()
+        np.testing.assert_array_equal(got, want)
+        finite = counts > 0
+        exp = [np.median(r[np.isfinite(r)].astype(np.float64)) for r in s[finite]]
+        np.testing.assert_allclose(got[finite], exp, rtol=0, atol=1e-6)

