@@ -75,7 +75,6 @@ def _sorted_row_medians(s: np.ndarray, counts: np.ndarray) -> np.ndarray:
     float32 moves a median by ~1e-7 of its size. Entries to ignore must sort last (NaN or +inf).
     Rows with ``counts == 0`` give NaN.
     """
-    rows = np.arange(s.shape[0])
     lo = np.maximum((counts - 1) // 2, 0)
     hi = np.maximum(counts // 2, 0)
     hi = np.minimum(hi, s.shape[1] - 1)
@@ -88,6 +87,7 @@ def _sorted_row_medians(s: np.ndarray, counts: np.ndarray) -> np.ndarray:
         med = (_kth_of_two(a, b, lo).astype(np.float64) + _kth_of_two(a, b, hi)) / 2.0
     else:
         s.sort(axis=1)
+        rows = np.arange(s.shape[0])
         med = (s[rows, lo].astype(np.float64) + s[rows, hi]) / 2.0
     med[counts == 0] = np.nan
     return med
