@@ -171,14 +171,31 @@ def test_h_maxima_matches_scikit_image(rng, kind):
         ref = sk_h_maxima(img, h)
         assert ours.dtype == ref.dtype
         np.testing.assert_array_equal(ours, ref)
-    if kind == "smooth":
+    if kind in ("smooth", "masked"):
         assert ks.h_maxima(img, 2.0).sum() > 0  # the comparison is not between two empty maps
-        # and it went through the merged order (one sort of the image), not the whole-stack sort
+        # and it went through the merged order (one sort of the image; for the masked image,
+        # of its non-zero part), not the whole-stack sort
         seed = img - 2.0 - 2 * np.finfo(float).resolution * np.abs(img)
         order = ks._stack_order(img, seed)
         stack = np.full((2, img.shape[0] + 2, img.shape[1] + 2), seed.min())
         stack[0, 1:-1, 1:-1], stack[1, 1:-1, 1:-1] = seed, img
         np.testing.assert_array_equal(stack.reshape(-1)[order], np.sort(stack, axis=None))
+
+
+def test_argsort_floor_places_the_zero_floor_among_sorted_values(rng):
+    """The zero floor of a masked image is placed, not sorted: still an ascending order, with
+    negative values below it, NaN last, and -0.0 counted with the floor."""
+    z = np.where(rng.random(5000) < 0.6, 0.0, rng.normal(0, 3, 5000))
+    z[:7] = -0.0
+    z[10:13] = np.nan
+    o = ks._argsort_floor(z)
+    np.testing.assert_array_equal(np.sort(o), np.arange(z.size))  # a permutation
+    np.testing.assert_array_equal(z[o], np.sort(z))  # ascending, NaN last
+    zeros = o[z[o] == 0]
+    np.testing.assert_array_equal(zeros, np.flatnonzero(z == 0))  # the floor in index order
+    assert (z < 0).any() and (z[o][: (z < 0).sum()] < 0).all()
+    few = rng.normal(size=300)  # fewer than 1/8 zeros: a plain argsort
+    np.testing.assert_array_equal(ks._argsort_floor(few), np.argsort(few))
 
 
 def test_tracking_births_merges_splits_families():

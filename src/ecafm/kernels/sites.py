@@ -378,7 +378,7 @@ def _stack_order(image: np.ndarray, seed: np.ndarray) -> np.ndarray | None:
     all equal to ``seed.min()``, go first.
     """
     ny, nx = image.shape
-    o = np.argsort(image, axis=None)
+    o = _argsort_floor(image.reshape(-1))
     ss = seed.reshape(-1)[o]
     if not (ss[1:] >= ss[:-1]).all():
         return None
@@ -390,6 +390,24 @@ def _stack_order(image: np.ndarray, seed: np.ndarray) -> np.ndarray | None:
     border[1:-1, 1:-1] = False
     pads = np.flatnonzero(border)
     return np.concatenate([pads, pads + plane, np.concatenate([pix, pix + plane])[merge]])
+
+
+def _argsort_floor(z: np.ndarray) -> np.ndarray:
+    """An ascending order of the flat array ``z``, with a zero floor placed rather than sorted.
+
+    Every caller of :func:`h_maxima` feeds it a masked image: heights or distances inside the
+    footprints, 0 outside, often half of the frame. numpy's default argsort (the AVX-512
+    quicksort) slows down 2-6x on such runs of equal values (1024^2, half zeros: 198-318 ms
+    against 49 ms for the other half alone). When at least 1/8 of the values are 0, the rest
+    are sorted and the zeros (in index order) go where 0 falls among them.
+    """
+    zero = z == 0.0
+    if np.count_nonzero(zero) < z.size // 8:
+        return np.argsort(z)
+    idx = np.flatnonzero(~zero)
+    o = idx[np.argsort(z[idx])]
+    k = int(np.searchsorted(z[o], 0.0))  # NaN sorts last, above 0
+    return np.concatenate([o[:k], np.flatnonzero(zero), o[k:]])
 
 
 def drop_small(lab: np.ndarray, min_area: int) -> np.ndarray:
