@@ -55,7 +55,9 @@ def segment_sites(height: np.ndarray, mask: np.ndarray, *, marker_h: float = 2.0
     if n and min_distance > 1:
         # merge markers closer than min_distance: keep the tallest of each close group
         cy, cx = np.array(ndi.center_of_mass(peaks, mk, range(1, n + 1))).T.reshape(2, -1)
-        top = np.asarray(ndi.maximum(hs, mk, range(1, n + 1)))
+        # over the marker pixels only: scipy argsorts every value it is given (1024^2: 0.2 s a call)
+        on = mk > 0
+        top = np.asarray(ndi.maximum(hs[on], mk[on], range(1, n + 1)))
         order = np.argsort(-top, kind="stable")
         # greedy, tallest first: a marker is kept unless a kept one lies closer than
         # min_distance (neighbour lists from a k-d tree instead of all pairs in Python)
