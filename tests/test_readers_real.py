@@ -214,3 +214,29 @@ def test_explicit_format_mismatch(real, tmp_path):
     shutil.copy(src, dst)
     with pytest.raises(InputFileError, match="sheet says format 'gwy'"):
         read_frames(dst, fmt="gwy")
+
+
+def test_each_format_imports_only_its_reader_and_stays_quiet(real):
+    """A .gwy file loads no AFMReader module (AFMReader.spm alone pulls in pySPM and
+    scikit-learn, 2.3 s of every ingest); a Nanoscope file loads AFMReader.spm and its loguru
+    messages reach neither stdout nor stderr."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from ecafm.io.afm import read_frames\n"
+        "read_frames(sys.argv[1])\n"
+        "readers = {'AFMReader.' + m for m in ('asd', 'gwy', 'h5_jpk', 'ibw', 'jpk', 'spm', 'stp')}\n"
+        "print(sorted(readers & set(sys.modules)))\n"
+    )
+    out = {}
+    for rel in ("gwy/PTO_110_Virgin0001.gwy", "spm/Veeco_20160622.003", "ibw/AR_20211011.ibw"):
+        r = subprocess.run([sys.executable, "-c", code, str(real(rel))], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr == "", r.stderr  # AFMReader's loguru output silenced
+        out[rel] = r.stdout.strip().splitlines()
+    assert out["gwy/PTO_110_Virgin0001.gwy"] == ["[]"]
+    assert out["spm/Veeco_20160622.003"] == ["['AFMReader.spm']"]
+    assert out["ibw/AR_20211011.ibw"] == ["['AFMReader.ibw']"]
