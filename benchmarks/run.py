@@ -549,6 +549,7 @@ def figure(r: dict, path: Path) -> None:
     ax[0].bar(names, [st[n]["ms_per_frame"] for n in names], color="tab:blue")
     ax[0].set_ylabel("ms per frame (in process, sum of jobs)")
     ax[0].set_title(f"{r['dataset']}: time per stage ({r['frames']} frames)")
+    ax[0].tick_params(axis="x", labelrotation=30)  # "register" and "segment" overlap flat
     ax0b = ax[0].twinx()
     ax0b.plot(names, [st[n]["max_rss_mib"] for n in names], "o-", color="tab:red")
     ax0b.set_ylabel("peak RSS per job (MiB)", color="tab:red")
