@@ -71,6 +71,28 @@ def test_change_labels_errors():
         kc.change_labels(np.zeros(4), np.zeros(4), sigma_r=0.1)
 
 
+@pytest.mark.parametrize("min_area", [1, 2, 4, 9])
+def test_hysteresis_regions_equal_scikit_image_threshold_then_small_object_removal(rng, min_area):
+    """One labelling gives scikit-image's hysteresis followed by its small-object removal."""
+    from scipy import ndimage as ndi
+    from skimage.filters import apply_hysteresis_threshold
+    from skimage.morphology import remove_small_objects
+
+    z = ndi.gaussian_filter(rng.normal(size=(120, 90)), 1.0) * 4
+    z[5:9, 5:40] = np.nan  # non-finite differences are never changed
+    for low, high in ((1.5, 3.0), (0.5, 0.8), (2.0, 2.0), (3.0, 1.0)):
+        ref = apply_hysteresis_threshold(z, low, high)
+        if min_area > 1:
+            ref = remove_small_objects(ref, max_size=min_area - 1)
+        ours = kc.hysteresis_regions(z, low, high, min_area=min_area)
+        assert ours.dtype == bool
+        np.testing.assert_array_equal(ours, ref)
+        assert 0 < ref.sum() < ref.size  # a comparison of two non-trivial maps
+    # regions below min_area that reach the high threshold are dropped
+    assert kc.hysteresis_regions(z, 1.5, 3.0, min_area=1).sum() > kc.hysteresis_regions(
+        z, 1.5, 3.0, min_area=9).sum()
+
+
 def test_state_classes_first_match_wins():
     h_ref = np.zeros((1, 7))
     h = np.array([[0.5, -10, 10, 10, 10, 2.0, 10]])
