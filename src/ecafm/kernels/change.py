@@ -50,17 +50,23 @@ def robust_sigma(d: np.ndarray, mask: np.ndarray | None = None, *, n_iter: int =
     if v.size == 0:
         return float("nan")
     med = median_inplace(v)
-    s = 1.4826 * median_inplace(np.abs(v - med))
+    s = 1.4826 * median_inplace(_abs_dev(v, med))
     for _ in range(n_iter):
         if s <= 0:
             break
-        w = v[np.abs(v - med) < clip * s]
+        w = v[_abs_dev(v, med) < clip * s]
         if w.size < 10:
             break
         med = median_inplace(w)
         # MAD of a normal clipped at +-3 sigma is 0.9986 of the unclipped one: no correction
-        s = 1.4826 * median_inplace(np.abs(w - med))
+        s = 1.4826 * median_inplace(_abs_dev(w, med))
     return s
+
+
+def _abs_dev(v: np.ndarray, center: float) -> np.ndarray:
+    """``np.abs(v - center)`` with one temporary array instead of two (same values)."""
+    a = v - center
+    return np.abs(a, out=a)
 
 
 def robust_offset(d: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -72,8 +78,8 @@ def robust_offset(d: np.ndarray, mask: np.ndarray | None = None) -> float:
         return 0.0
     med = median_inplace(v)
     for _ in range(3):
-        s = 1.4826 * median_inplace(np.abs(v - med))
-        w = v[np.abs(v - med) < 3 * max(s, 1e-6)]
+        s = 1.4826 * median_inplace(_abs_dev(v, med))
+        w = v[_abs_dev(v, med) < 3 * max(s, 1e-6)]
         if w.size < 10:
             break
         med = median_inplace(w)
