@@ -574,7 +574,15 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     parts = [p for p in (p_fr, c_fr) if p is not None]
     if n_fr is not None:
         parts.append(n_fr)
+    # the previous cycle's last usable heights (h_start below), kept before the parts' heights
+    # are dropped: the concatenated copy holds them, and bench-l's segment job held every
+    # height three times (parts, concatenation, rectified frames)
+    p_last = None
+    if p_fr is not None and p_fr.usable.any():
+        p_last = p_fr.h[np.flatnonzero(p_fr.usable)[-1]].astype(np.float32)
     allf = _concat(parts)
+    for p in parts:
+        p.h = None
     n_all = len(allf.frame)
     sl_cur = slice(n_prev, n_prev + n_cur)
     # half-cycle id along the sequence: consecutive runs of kind
@@ -675,10 +683,7 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     if h_trough is None:
         h_trough = h_peak
     # h_start: state before this cycle's plating (end of the previous stripping, or h_ref)
-    h_start = h_ref.astype(np.float32)
-    if p_fr is not None:
-        pidx = np.flatnonzero(p_fr.usable)
-        h_start = p_fr.h[pidx[-1]].astype(np.float32) if pidx.size else h_start
+    h_start = h_ref.astype(np.float32) if p_last is None else p_last
 
     # ---------------------------------------------------------------- sites at the plating peak
     above_peak = h_peak - h_ref
