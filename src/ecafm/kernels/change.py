@@ -168,7 +168,7 @@ def _pixel_noise(r: np.ndarray) -> float:
     dxr = dxr[np.isfinite(dxr)]
     if not dxr.size:
         return 0.0
-    dev = np.abs(dxr - median_inplace(dxr))  # (order of the steps is irrelevant from here)
+    dev = _abs_dev(dxr, median_inplace(dxr))  # (order of the steps is irrelevant from here)
     s = float(np.quantile(dev, 0.25)) / 0.318639  # sigma of the steps (sqrt(2) x the pixels')
     for _ in range(2):
         keep = dev[dev < 3.0 * s]
