@@ -23,6 +23,7 @@ from ecafm.kernels.register import (
     gradient_magnitude,
     loop_closure_error,
     refine_shift,
+    taper_weights,
 )
 
 MARGIN = 32
@@ -261,6 +262,28 @@ def test_row_drift_skips_a_strip_whose_weight_lies_only_on_its_border():
     assert rd.ok
     assert not rd.strip_ok[2] and rd.strip_ok[[0, 1, 3, 4]].all()  # strips start every 16 rows
     assert np.sqrt(np.mean((rd.dy - dy) ** 2 + (rd.dx - dx) ** 2)) <= 0.3
+
+
+def test_weights_tapered_once_by_the_caller_give_the_same_estimates():
+    """``taper_weights`` + ``tapered=True`` (estimate_pair tapers the stable mask once for the
+    shift and its strips) equals letting each function taper the raw weights, and the weights
+    still count: without them the estimates differ."""
+    ref, mov, dy, dx = _drift_pair(1)
+    rng = np.random.default_rng(5)
+    w = ndi.gaussian_filter(rng.standard_normal(ref.shape), 6.0) < 0.02  # ~half the frame stable
+    wm = np.roll(w, 2, axis=1)
+    qc = estimate_shift_qc(ref, mov, weights=w, moving_weights=wm)
+    assert estimate_shift_qc(ref, mov, weights=taper_weights(w), moving_weights=taper_weights(wm),
+                             tapered=True) == qc
+    assert estimate_shift_qc(ref, mov, weights=w, moving_weights=wm, tapered=True) != qc
+    kw = dict(strip_height=32, overlap=0.5, shift=(qc.dy, qc.dx))
+    rd = estimate_row_drift(ref, mov, weights=wm, **kw)
+    rt = estimate_row_drift(ref, mov, weights=taper_weights(wm), tapered=True, **kw)
+    assert rd.ok and np.array_equal(rt.dy, rd.dy) and np.array_equal(rt.dx, rd.dx)
+    free = estimate_row_drift(ref, mov, **kw)
+    assert not (np.array_equal(free.dy, rd.dy) and np.array_equal(free.dx, rd.dx))
+    with pytest.raises(ValueError, match="zero everywhere"):
+        taper_weights(np.zeros(ref.shape))
 
 
 def test_apply_row_drift_round_trip():

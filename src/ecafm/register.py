@@ -174,6 +174,7 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
         estimate_shift_qc,
         gradient_magnitude,
         refine_shift,
+        taper_weights,
     )
 
     ref = _fill(reference)
@@ -222,8 +223,10 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
                 weights, moving_weights = pair(tight)
             if loose is not None:
                 broad = pair(loose)
-    s = estimate_shift_qc(ref, mov, weights=weights, moving_weights=moving_weights, **kw) \
-        if weights is not None else check_shift(ref, mov, refine_shift(ref, mov, s0), **kw)
+    # tapered once here for the estimate and its strips (the row drift uses the moving weights)
+    tapered = None if weights is None else (taper_weights(weights), taper_weights(moving_weights))
+    s = estimate_shift_qc(ref, mov, weights=tapered[0], moving_weights=tapered[1], tapered=True, **kw) \
+        if tapered is not None else check_shift(ref, mov, refine_shift(ref, mov, s0), **kw)
     if s.flags == ("disagreement",):
         s = _arbitrate(ref, mov, s, kw["gradients"], weights, moving_weights, params)
     if broad is not None and s.ok:
@@ -244,7 +247,8 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
     row_dy = np.full(ny, s.dy)
     row_dx = np.full(ny, s.dx)
     if params.row_drift and s.ok and ny >= 2 * params.strip_height:
-        rd = estimate_row_drift(ref, mov, strip_height=params.strip_height, weights=moving_weights,
+        rd = estimate_row_drift(ref, mov, strip_height=params.strip_height,
+                                weights=None if tapered is None else tapered[1], tapered=tapered is not None,
                                 upsample_factor=params.upsample_factor, interpolation=params.row_model,
                                 min_peak_ratio=params.min_peak_ratio, shift=(s.dy, s.dx))
         usable = rd.ok and np.isfinite(rd.dy).all() and np.isfinite(rd.dx).all()

@@ -711,15 +711,33 @@ def _check_search(upsample_factor, max_shift) -> None:
         raise ValueError(f"max_shift must be >= 0, got {max_shift!r}")
 
 
-def _soft_weights(weights, moving_weights, shape, taper_sigma: float):
-    """Validated stable-region weights tapered at the excluded regions: (reference, moving)."""
+def _soft_weights(weights, moving_weights, shape, taper_sigma: float, *, tapered: bool = False):
+    """Validated stable-region weights tapered at the excluded regions: (reference, moving).
+
+    ``tapered``: the weights come from :func:`taper_weights` already and are only validated.
+    """
     wr = _check_weights(weights, shape, "weights")
     wm = _check_weights(moving_weights, shape, "moving_weights")
+    if tapered:
+        return wr, wr if wm is None else wm
     if wm is None:
         wm = wr
     wr = None if wr is None else _soft_mask(wr, taper_sigma)
     wm = wr if moving_weights is None else _soft_mask(wm, taper_sigma)
     return wr, wm
+
+
+def taper_weights(weights: np.ndarray) -> np.ndarray:
+    """Stable-region weights tapered to 0 at the excluded regions, as :func:`estimate_shift_qc`
+    and :func:`estimate_row_drift` taper them (Gaussian of 2 px).
+
+    A caller that passes the same weights to both gives them tapered once, with
+    ``tapered=True``: the taper is a Gaussian filter of the whole frame (a few ms at 512^2).
+    """
+    w = _check_weights(weights, np.shape(weights), "weights")
+    if w is None:
+        raise ValueError("weights must be an array, got None")
+    return _soft_mask(w, _TAPER_SIGMA)
 
 
 def _shift_core(
@@ -895,6 +913,7 @@ def estimate_shift_qc(
     max_disagreement_px: float = 1.0,
     upsample_factor: int = 100,
     gradients: tuple[np.ndarray, np.ndarray] | None = None,
+    tapered: bool = False,
 ) -> Shift:
     """Phase-correlation shift with quality flags.
 
@@ -919,6 +938,8 @@ def estimate_shift_qc(
     gradients : (ndarray, ndarray), optional
         ``gradient_magnitude(reference)`` and ``gradient_magnitude(moving)`` when already
         computed (e.g. by a caller that checks the same pair twice); computed when omitted.
+    tapered : bool
+        The weights are :func:`taper_weights` of the stable regions already (not tapered again).
 
     Returns
     -------
@@ -929,7 +950,7 @@ def estimate_shift_qc(
     _check_search(upsample_factor, None)
     gradients = _check_gradients(gradients, reference, moving)
     # weights validated and tapered once for both estimates
-    wr, wm = _soft_weights(weights, moving_weights, reference.shape, _TAPER_SIGMA)
+    wr, wm = _soft_weights(weights, moving_weights, reference.shape, _TAPER_SIGMA, tapered=tapered)
     s1 = _shift_core(reference, moving, wr, wm, n_refine=10, upsample_factor=int(upsample_factor),
                      apodize=True, max_shift=None, min_peak_ratio=min_peak_ratio)
     return _qc(s1, gradients, wr, wm, prev=prev, max_jump_px=max_jump_px,
@@ -1027,6 +1048,7 @@ def estimate_row_drift(
     min_peak_ratio: float = 2.0,
     interpolation: Literal["auto", "line", "quadratic", "linear", "spline"] = "auto",
     shift: tuple[float, float] | None = None,
+    tapered: bool = False,
 ) -> RowDrift:
     """Drift within a raster frame by strip-wise registration.
 
@@ -1063,6 +1085,8 @@ def estimate_row_drift(
         The whole-frame shift when the caller has it; its rounded value is the strips' integer
         pre-shift. Without it, the pre-shift is the integer peak of a phase correlation of the
         whole frames, computed here.
+    tapered : bool
+        ``weights`` is :func:`taper_weights` of the stable region already (not tapered again).
 
     Returns
     -------
@@ -1083,7 +1107,8 @@ def estimate_row_drift(
     w = _check_weights(weights, reference.shape, "weights")
     # the weights are tapered at the excluded regions once, on the whole frame; the strips
     # take their part of it
-    w = None if w is None else _soft_mask(w, _TAPER_SIGMA)
+    if w is not None and not tapered:
+        w = _soft_mask(w, _TAPER_SIGMA)
     core = dict(apodize=True, min_peak_ratio=min_peak_ratio)
     if shift is None:
         g = _shift_core(reference, moving, w, w, upsample_factor=1, max_shift=None, n_refine=10, **core)
