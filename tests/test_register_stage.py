@@ -648,3 +648,42 @@ def test_fast_method_hands_a_pair_it_flags_to_the_robust_method(seed):
     r = estimate_pair_fast(ref, mov, params=params)
     assert r.ok, r.flags
     assert np.hypot(r.dy - shift[0], r.dx - shift[1]) < 0.05
+
+
+def test_chain_computes_each_frames_gradient_image_once_with_the_same_result(monkeypatch):
+    """Inner frames of a chain are in two pairs; their QC gradient images are computed once per
+    frame and handed to both pairs, which then equal pairs estimated on their own."""
+    import xarray as xr
+    from scipy import ndimage as ndi
+
+    import ecafm.register as reg
+
+    ref, mov = _growing_pair(seed=7, n=96, shift=(1.4, -1.1))
+    rng = np.random.default_rng(8)
+    h = np.stack([ref, mov, ndi.shift(mov, (1.3, 0.8), order=3, mode="nearest") + rng.normal(0, 0.3, ref.shape),
+                  ndi.shift(mov, (-1.2, 1.5), order=3, mode="nearest") + rng.normal(0, 0.3, ref.shape)])
+    n = h.shape[0]
+    lev = xr.Dataset({"height": (("frame", "y", "x"), h.astype(np.float32))},
+                     coords={"frame": np.arange(n), "y": np.arange(96.0), "x": np.arange(96.0),
+                             "frame_ok": ("frame", np.ones(n, bool))})
+    p = RegisterParams(strip_height=16)
+    calls, handed = [], []
+    real, real_pair = reg.frame_gradients, reg.estimate_pair
+
+    def pair(a, b, *, params, gradients=None):
+        handed.append(np.array_equal(gradients[0], real(a)) and np.array_equal(gradients[1], real(b)))
+        return real_pair(a, b, params=params, gradients=gradients)
+
+    monkeypatch.setattr(reg, "frame_gradients", lambda f: calls.append(1) or real(f))
+    monkeypatch.setattr(reg, "estimate_pair", pair)
+    res = reg.estimate_within_cycle(lev, params=p)
+    assert len(calls) == n  # not 2 (n - 1)
+    assert handed == [True] * (n - 1)  # each pair got its own frames' gradients, in order
+    monkeypatch.setattr(reg, "estimate_pair", real_pair)
+    f32 = h.astype(np.float32)
+    for k in range(1, n):
+        alone = reg.estimate_pair(f32[k - 1], f32[k], params=p)
+        assert (res["dy"].values[k], res["dx"].values[k]) == (alone.dy, alone.dx)
+        assert np.array_equal(res["row_dy"].values[k], alone.row_dy)
+        assert np.array_equal(res["row_dx"].values[k], alone.row_dx)
+        assert res["flags"].values[k] == reg.flags_to_int(alone.flags)

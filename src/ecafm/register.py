@@ -164,15 +164,27 @@ def _arbitrate(ref, mov, s, gradients, weights, moving_weights, params: Register
     return s
 
 
-def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: RegisterParams) -> PairResult:
-    """Rigid + per-row displacement of ``moving`` relative to ``reference`` on stable regions."""
+def frame_gradients(frame: np.ndarray) -> np.ndarray:
+    """The gradient image of a frame that :func:`estimate_pair`'s QC compares (NaN filled)."""
+    from ecafm.kernels.register import gradient_magnitude
+
+    f = _fill(frame)
+    return gradient_magnitude(f, dtype=f.dtype)
+
+
+def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: RegisterParams,
+                  gradients: tuple[np.ndarray, np.ndarray] | None = None) -> PairResult:
+    """Rigid + per-row displacement of ``moving`` relative to ``reference`` on stable regions.
+
+    ``gradients``: :func:`frame_gradients` of both frames when the caller has them (a chain
+    uses every inner frame in two pairs); computed here otherwise.
+    """
     from ecafm.kernels.register import (
         apply_shift,
         check_shift,
         estimate_row_drift,
         estimate_shift,
         estimate_shift_qc,
-        gradient_magnitude,
         refine_shift,
         taper_weights,
     )
@@ -182,7 +194,7 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
     # the gradient images of the QC check are the same for both passes: computed once
     kw = dict(max_jump_px=math.inf, min_peak_ratio=params.min_peak_ratio,
               max_disagreement_px=params.max_disagreement_px, upsample_factor=params.upsample_factor,
-              gradients=(gradient_magnitude(ref, dtype=ref.dtype), gradient_magnitude(mov, dtype=mov.dtype)))
+              gradients=gradients or (frame_gradients(ref), frame_gradients(mov)))
     # First pass on the whole frames. It seeds the stable-region mask (k robust sigmas of the
     # aligned difference), for which its DFT-upsampled peak (1 / upsample_factor px) is precise
     # enough; the least-squares refinement and the gradient check run only when it is the final
@@ -378,7 +390,11 @@ def estimate_within_cycle(leveled: xr.Dataset, *, params: RegisterParams) -> xr.
                  for a, b in zip(idx[:-1], idx[1:], strict=True)]
         pair_of = lambda a, b: estimate_pair_fast(spec(a), spec(b), params=params)  # noqa: E731
     else:
-        tasks = [dask.delayed(estimate_pair)(frames[a].values, frames[b].values, params=params)
+        # every inner frame is the moving frame of one pair and the reference of the next: its
+        # gradient image (the QC's second estimate) is computed once, as its own task
+        grads = {int(i): dask.delayed(frame_gradients)(frames[int(i)].values) for i in idx}
+        tasks = [dask.delayed(estimate_pair)(frames[a].values, frames[b].values, params=params,
+                                             gradients=(grads[int(a)], grads[int(b)]))
                  for a, b in zip(idx[:-1], idx[1:], strict=True)]
         pairs = list(dask.compute(*tasks)) if tasks else []
         pair_of = lambda a, b: estimate_pair(frames[a].values, frames[b].values, params=params)  # noqa: E731
