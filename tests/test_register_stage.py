@@ -687,3 +687,36 @@ def test_chain_computes_each_frames_gradient_image_once_with_the_same_result(mon
         assert np.array_equal(res["row_dy"].values[k], alone.row_dy)
         assert np.array_equal(res["row_dx"].values[k], alone.row_dx)
         assert res["flags"].values[k] == reg.flags_to_int(alone.flags)
+
+
+def test_link_computes_the_right_cycles_first_frame_gradient_once(monkeypatch):
+    """The three links of a boundary share their moving frame (the right cycle's first): four
+    frames, four gradient images, and the links equal pairs estimated on their own."""
+    import xarray as xr
+    from scipy import ndimage as ndi
+
+    import ecafm.register as reg
+
+    rng = np.random.default_rng(3)
+    base = ndi.gaussian_filter(rng.normal(size=(96, 96)), 2.0) * 5
+
+    def cycle(frames, shifts):
+        h = np.stack([ndi.shift(base, (sy, sx), order=3, mode="nearest")[8:-8, 8:-8] for sy, sx in shifts])
+        return xr.Dataset({"height": (("frame", "y", "x"), h.astype(np.float32))},
+                          coords={"frame": np.array(frames), "y": np.arange(80.0), "x": np.arange(80.0),
+                                  "frame_ok": ("frame", np.ones(len(frames), bool))})
+
+    before, left = cycle([0, 1], [(0, 0), (0.5, 0)]), cycle([2, 3], [(1.0, 0.2), (1.5, 0.4)])
+    right = cycle([4, 5], [(2.0, 0.6), (2.5, 0.8)])
+    p = RegisterParams(strip_height=16)
+    calls = []
+    real = reg.frame_gradients
+    monkeypatch.setattr(reg, "frame_gradients", lambda f: calls.append(1) or real(f))
+    lk = reg.estimate_link(left, right, params=p, before=before)
+    assert len(calls) == 4  # not 6
+    monkeypatch.setattr(reg, "frame_gradients", real)
+    rf = right["height"].values[0]
+    for k, a in enumerate((left["height"].values[1], left["height"].values[0], before["height"].values[0])):
+        alone = reg.estimate_pair(a, rf, params=p)
+        assert (lk["dy"].values[k], lk["dx"].values[k]) == (alone.dy, alone.dx)
+        assert np.array_equal(lk["row_dx"].values[k], alone.row_dx)

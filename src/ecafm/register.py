@@ -331,11 +331,11 @@ def estimate_pair_fast(reference, moving, *, params: RegisterParams) -> PairResu
                       tuple(s.flags), np.asarray(row_dy, float), np.asarray(row_dx, float))
 
 
-def _pair(reference, moving, *, params: RegisterParams) -> PairResult:
-    """The pair estimate of ``params.method``."""
+def _pair(reference, moving, *, params: RegisterParams, gradients=None) -> PairResult:
+    """The pair estimate of ``params.method`` (``gradients``: see :func:`estimate_pair`)."""
     if params.method == "fast":
         return estimate_pair_fast(reference, moving, params=params)
-    return estimate_pair(reference, moving, params=params)
+    return estimate_pair(reference, moving, params=params, gradients=gradients)
 
 
 def _continuity(results: list[PairResult | None], max_jump: float) -> list[PairResult | None]:
@@ -484,9 +484,19 @@ def estimate_link(left: xr.Dataset, right: xr.Dataset, *, params: RegisterParams
     (lf, ll), (rf, _), (bf, _) = first_last(left), first_last(right), first_last(before)
     specs = {"link": (ll, rf), "direct": (lf, rf), "skip": (bf, rf)}
     rows = {}
+    # the first good frame of ``right`` is the moving frame of all three pairs: its QC gradient
+    # image is computed once
+    grads = {}
+
+    def grad(f):
+        if id(f) not in grads:
+            grads[id(f)] = frame_gradients(f)
+        return grads[id(f)]
+
     for kind, (a, b) in specs.items():
         if a is not None and b is not None:
-            r = _pair(a[0], b[0], params=params)
+            g = None if params.method == "fast" else (grad(a[0]), grad(b[0]))
+            r = _pair(a[0], b[0], params=params, gradients=g)
             rows[kind] = (a[1], b[1], r.dy, r.dx, r.error, r.peak_ratio, flags_to_int(r.flags), r.row_dy, r.row_dx)
         else:
             rows[kind] = (-1, -1, np.nan, np.nan, np.nan, np.nan, FLAG_BITS["unlinked"],
