@@ -159,3 +159,37 @@ def test_snakemake_audit_target_passes_then_fails_on_a_tampered_chunk(tmp_path):
     log = (wd / "logs" / "audit_results" / "audit.log").read_text()
     assert "MISMATCH hashes  register/cell1/cycle_0.zarr" in log
     assert chunk.relative_to(wd / "results" / "register" / "cell1" / "cycle_0.zarr").as_posix() in log
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_stages_run_with_one_blas_thread_whoever_calls_them():
+    """OpenBLAS rounds split sums differently per thread count (bench-m register_cycle cycle 3:
+    another logical hash with 2 threads than with 1), and Snakemake jobs, the audit's re-run and
+    the in-process pipeline each had their own count. Every entry point the rules' scripts call
+    runs with one BLAS thread, and the caller's setting comes back afterwards."""
+    from threadpoolctl import threadpool_limits
+
+    from ecafm.blas import one_blas_thread
+    from ecafm.ingest import ingest
+    from ecafm.level import level_cycle
+    from ecafm.lifetime import run_lifetime
+    from ecafm.register import run_apply, run_compose, run_link, run_within
+    from ecafm.segment import run_segment
+    from ecafm.sites import run_track_sites
+
+    if not _blas_threads():
+        pytest.fail("threadpoolctl finds no BLAS library: numpy without OpenBLAS?")
+    with threadpool_limits(limits=2, user_api="blas"):
+        outside = _blas_threads()
+        inside = one_blas_thread(_blas_threads)()
+        assert _blas_threads() == outside
+    assert set(inside) == {1} and max(outside) == 2
+    wrapper = one_blas_thread(lambda: None).__code__
+    for fn in (ingest, level_cycle, run_within, run_link, run_compose, run_apply, run_segment,
+               run_track_sites, run_lifetime):
+        assert fn.__code__ is wrapper and hasattr(fn, "__wrapped__"), fn.__name__

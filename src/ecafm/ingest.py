@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ecafm.blas import one_blas_thread
 from ecafm.errors import InputFileError
 from ecafm.io.afm import RawFrame, iter_sources, read_frames
 
@@ -161,6 +162,7 @@ def row_charges(eclog, times: np.ndarray, line_time: np.ndarray, ny: int) -> tup
     return interp(t_rows), interp(t_end)
 
 
+@one_blas_thread
 def ingest(
     sources: Sequence[str | Path],
     out: str | Path,

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ecafm.blas import one_blas_thread
+
 log = logging.getLogger(__name__)
 
 
@@ -74,6 +76,7 @@ def level_frames(height: xr.DataArray, *, params: LevelParams = LevelParams()) -
     return xr.Dataset({"height": lev, "background": bg})
 
 
+@one_blas_thread
 def level_cycle(cube: str | Path, cycle: int, out: str | Path, *, params: LevelParams, step) -> dict[str, Any]:
     """Level the frames of one cycle of a cube and write them as their own store."""
     from ecafm.store import open_cube, write_cube

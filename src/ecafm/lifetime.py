@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ecafm import stats
+from ecafm.blas import one_blas_thread
 from ecafm.kernels.morphology import DESCRIPTORS, descriptors_at, relative_pits
 
 log = logging.getLogger(__name__)
@@ -299,6 +300,7 @@ def _read_table(path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
+@one_blas_thread
 def run_lifetime(sites_path, site_cycles_path, cycles_path, segment0_path, out_dir, *, ec_log=None,
                  positive_current_plates: bool = True, electrode_area_cm2: float | None = None,
                  params: LifetimeParams = LifetimeParams(), step) -> dict[str, Path]:

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ecafm.blas import one_blas_thread
+
 log = logging.getLogger(__name__)
 
 FLAG_BITS = {"weak_peak": 1, "disagreement": 2, "jump": 4, "not_finite": 8, "ingest_qc": 16,
@@ -916,6 +918,7 @@ def apply_cycle(leveled: xr.Dataset, transforms: xr.Dataset, *,
 
 
 # --------------------------------------------------------------------------- I/O wrappers
+@one_blas_thread
 def run_within(leveled_path, out, *, params: RegisterParams, step) -> dict[str, Any]:
     from ecafm.store import open_cube, write_cube
 
@@ -927,6 +930,7 @@ def run_within(leveled_path, out, *, params: RegisterParams, step) -> dict[str, 
     return write_cube(res, out, step=step)
 
 
+@one_blas_thread
 def run_link(left_path, right_path, out, *, params: RegisterParams, step,
              before_path=None) -> dict[str, Any]:
     """:func:`estimate_link` of two leveled cycles (``before_path``: the cycle before the left
@@ -940,6 +944,7 @@ def run_link(left_path, right_path, out, *, params: RegisterParams, step,
     return write_cube(res, out, step=step)
 
 
+@one_blas_thread
 def run_compose(within_paths, link_paths, cube_path, out, table, *, step,
                 loop_weight: float = RegisterParams.loop_weight,
                 loop_fusion: str = RegisterParams.loop_fusion) -> dict[str, Any]:
@@ -963,6 +968,7 @@ def run_compose(within_paths, link_paths, cube_path, out, table, *, step,
     return write_cube(tf, out, step=step)
 
 
+@one_blas_thread
 def run_apply(leveled_path, transforms_path, out, *, step,
               order: int = RegisterParams.resample_order, first_path=None,
               tip_radius_nm: float = 0.0) -> dict[str, Any]:

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ecafm.blas import one_blas_thread
 from ecafm.kernels import change as kc
 
 log = logging.getLogger(__name__)
@@ -781,6 +782,7 @@ def _class_table(seg: xr.Dataset, heights: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@one_blas_thread
 def run_segment(cycle: int, cur: str | Path, cycle0: str | Path, transforms: str | Path, out: str | Path,
                 table: str | Path, *, prev: str | Path | None = None, nxt: str | Path | None = None,
                 prev2: str | Path | None = None,

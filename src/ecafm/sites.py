@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ecafm.blas import one_blas_thread
 from ecafm.kernels import change as kc
 from ecafm.kernels.sites import region_sums, tile_grid, track_labels
 from ecafm.segment import SegmentParams
@@ -227,6 +228,7 @@ def _site_table(tr, sc: pd.DataFrame, feet: list[np.ndarray], cycles: list[int],
     return pd.DataFrame(out)
 
 
+@one_blas_thread
 def run_track_sites(segment_paths: list[str | Path], labels_out: str | Path, sites_out: str | Path,
                     site_cycles_out: str | Path, cycles_out: str | Path, tiles_out: str | Path, *,
                     params: SegmentParams = _DEFAULT, step) -> dict[str, Any]:
