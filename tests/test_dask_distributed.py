@@ -29,6 +29,12 @@ def dataset(tmp_path):
     return d
 
 
+def _blas_threads() -> tuple[int, ...]:
+    from threadpoolctl import threadpool_info
+
+    return tuple(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+
 def _leveled_cycle(tmp_path, d):
     cube = tmp_path / "cube.zarr"
     ingest([d["raw"]], cube, fmt="gwy", ec_log=d["log"], frame_sheet=d["frames"])
@@ -48,10 +54,14 @@ def test_register_cycle_on_distributed_scheduler_matches_threads(tmp_path, datas
         before = sum(client.run(lambda dask_worker: len(dask_worker.data) + dask_worker.state.executed_count).values())
         run_within(leveled, tmp_path / "distributed.zarr", params=RegisterParams(), step=step)
         after = sum(client.run(lambda dask_worker: len(dask_worker.data) + dask_worker.state.executed_count).values())
+        blas_threads = list(client.run(_blas_threads).values())
     finally:
         client.close()
         use_dask_scheduler("", threads=1)
     assert after > before, "no task ran on the distributed workers"
+    # the stages limit BLAS to one thread in their own process; the workers have one from their
+    # nanny (distributed.nanny.pre-spawn-environ), so partial sums round the same way
+    assert all(blas_threads) and {n for t in blas_threads for n in t} == {1}, blas_threads
     a = read_record(tmp_path / "threads.zarr")["artifact"]
     b = read_record(tmp_path / "distributed.zarr")["artifact"]
     assert a["logical_sha256"] == b["logical_sha256"]

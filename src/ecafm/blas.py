@@ -8,8 +8,8 @@ re-run, the in-process pipeline and a notebook ran with whatever the process had
 default), so the audit reported such artifacts as not reproduced. ecafm's parallelism is one
 Snakemake job per cycle and dask threads inside a job; BLAS threads on top only oversubscribe
 the cores. Every stage entry point runs under :func:`one_blas_thread` (threadpoolctl), whoever
-calls it. dask.distributed workers run in their own processes: start them with
-``OPENBLAS_NUM_THREADS=1`` (dask-jobqueue: ``job_script_prologue``).
+calls it. dask.distributed workers run in their own processes; dask's nanny starts them with
+``OPENBLAS_NUM_THREADS=1`` by default (``distributed.nanny.pre-spawn-environ``).
 """
 
 from __future__ import annotations
