@@ -238,9 +238,13 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
             if loose is not None:
                 broad = pair(loose)
     # tapered once here for the estimate and its strips (the row drift uses the moving weights)
-    tapered = None if weights is None else (taper_weights(weights), taper_weights(moving_weights))
-    s = estimate_shift_qc(ref, mov, weights=tapered[0], moving_weights=tapered[1], tapered=True, **kw) \
-        if tapered is not None else check_shift(ref, mov, refine_shift(ref, mov, s0), **kw)
+    moving_tapered = None
+    if weights is not None:
+        ref_tapered, moving_tapered = taper_weights(weights), taper_weights(moving_weights)
+        s = estimate_shift_qc(ref, mov, weights=ref_tapered, moving_weights=moving_tapered,
+                              tapered=True, **kw)
+    else:
+        s = check_shift(ref, mov, refine_shift(ref, mov, s0), **kw)
     if s.flags == ("disagreement",):
         s = _arbitrate(ref, mov, s, kw["gradients"], weights, moving_weights, params)
     if broad is not None and s.ok:
@@ -262,7 +266,7 @@ def estimate_pair(reference: np.ndarray, moving: np.ndarray, *, params: Register
     row_dx = np.full(ny, s.dx)
     if params.row_drift and s.ok and ny >= 2 * params.strip_height:
         rd = estimate_row_drift(ref, mov, strip_height=params.strip_height,
-                                weights=None if tapered is None else tapered[1], tapered=tapered is not None,
+                                weights=moving_tapered, tapered=True,
                                 upsample_factor=params.upsample_factor, interpolation=params.row_model,
                                 min_peak_ratio=params.min_peak_ratio, shift=(s.dy, s.dx))
         usable = rd.ok and np.isfinite(rd.dy).all() and np.isfinite(rd.dx).all()
@@ -488,16 +492,10 @@ def estimate_link(left: xr.Dataset, right: xr.Dataset, *, params: RegisterParams
     rows = {}
     # the first good frame of ``right`` is the moving frame of all three pairs: its QC gradient
     # image is computed once
-    grads = {}
-
-    def grad(f):
-        if id(f) not in grads:
-            grads[id(f)] = frame_gradients(f)
-        return grads[id(f)]
-
+    g_right = None if rf is None or params.method == "fast" else frame_gradients(rf[0])
     for kind, (a, b) in specs.items():
         if a is not None and b is not None:
-            g = None if params.method == "fast" else (grad(a[0]), grad(b[0]))
+            g = None if g_right is None else (frame_gradients(a[0]), g_right)
             r = _pair(a[0], b[0], params=params, gradients=g)
             rows[kind] = (a[1], b[1], r.dy, r.dx, r.error, r.peak_ratio, flags_to_int(r.flags), r.row_dy, r.row_dx)
         else:
