@@ -153,3 +153,29 @@ def test_asd_movie_flags_near_empty_frames(real, tmp_path):
     qc = pd.read_csv(tmp_path / "qc.tsv", sep="\t")
     assert qc.loc[23, "zero_fraction"] > 0.9 and qc.loc[24, "zero_fraction"] > 0.9
     np.testing.assert_allclose(np.diff(ds["time"].values), 1.0)  # 1000 ms per frame (header)
+
+
+def test_cube_cycles_read_once_per_written_cube(tmp_path, monkeypatch):
+    """The workflow's input functions ask for a cube's cycles dozens of times per DAG: the store
+    is opened once, and opened again when the cube is written anew."""
+    import ecafm.store
+    from ecafm.level import cube_cycles, cycle_segments
+
+    opened = []
+    real_open = ecafm.store.open_cube
+
+    def counting_open(path, **kw):
+        opened.append(kw)
+        return real_open(path, **kw)
+
+    monkeypatch.setattr(ecafm.store, "open_cube", counting_open)
+    cube = tmp_path / "c.zarr"
+    _ingest(make_dataset(tmp_path / "two", n_frames=8, n_cycles=2), cube)
+    assert [cube_cycles(cube) for _ in range(5)] == [[0, 1]] * 5
+    assert opened == [{"dask": False}]
+    assert cube_cycles(cube) == cycle_segments(real_open(cube))
+    # Ingested again with three cycles: the new directory is read, not the cached answer.
+    _ingest(make_dataset(tmp_path / "three", n_frames=9, n_cycles=3), cube)
+    assert cube_cycles(cube) == [0, 1, 2] and len(opened) == 2
+    with pytest.raises(FileNotFoundError, match="no zarr.json"):
+        cube_cycles(tmp_path / "missing.zarr")

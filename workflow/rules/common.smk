@@ -74,12 +74,10 @@ def get_ingest_params(wildcards):
 
 
 def get_cycles(dataset):
-    """Cycles of an ingested cube (known once the ingest checkpoint has run)."""
-    from ecafm.level import cycle_segments
-    from ecafm.store import open_cube
+    """Cycles of an ingested cube (known once the ingest checkpoint has run; read once)."""
+    from ecafm.level import cube_cycles
 
-    cube = checkpoints.ingest_dataset.get(dataset=dataset).output.cube
-    return cycle_segments(open_cube(cube))
+    return cube_cycles(checkpoints.ingest_dataset.get(dataset=dataset).output.cube)
 
 
 def get_level_params(wildcards):
