@@ -9,6 +9,13 @@ import numpy as np
 import pandas as pd
 
 
+def blas_threads() -> tuple[int, ...]:
+    """Thread count of every BLAS library loaded in this process (threadpoolctl)."""
+    from threadpoolctl import threadpool_info
+
+    return tuple(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+
 def write_gwy(path: Path, height_nm: np.ndarray, *, pixel_nm: float = 10.0) -> Path:
     """A real Gwyddion 2 .gwy file (written with gwyfile), heights in metres as Gwyddion keeps them."""
     from gwyfile.objects import GwyContainer, GwyDataField, GwySIUnit

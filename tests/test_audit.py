@@ -14,7 +14,7 @@ from ecafm.audit import MISMATCH, OK, SKIPPED, audit, check_hashes, reexecute, s
 from ecafm.cli import main
 from ecafm.level import LevelParams, cycle_segments, level_cycle
 from ecafm.store import Step, open_cube, read_record, write_cube
-from tests.helpers import make_dataset
+from tests.helpers import blas_threads, make_dataset
 
 
 def small_run(root: Path, *, level: LevelParams = LevelParams(), ingest_params: dict | None = None) -> Path:
@@ -161,12 +161,6 @@ def test_snakemake_audit_target_passes_then_fails_on_a_tampered_chunk(tmp_path):
     assert chunk.relative_to(wd / "results" / "register" / "cell1" / "cycle_0.zarr").as_posix() in log
 
 
-def _blas_threads() -> list[int]:
-    from threadpoolctl import threadpool_info
-
-    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
-
-
 def test_stages_run_with_one_blas_thread_whoever_calls_them():
     """OpenBLAS rounds split sums differently per thread count (bench-m register_cycle cycle 3:
     another logical hash with 2 threads than with 1), and Snakemake jobs, the audit's re-run and
@@ -182,12 +176,12 @@ def test_stages_run_with_one_blas_thread_whoever_calls_them():
     from ecafm.segment import run_segment
     from ecafm.sites import run_track_sites
 
-    if not _blas_threads():
+    if not blas_threads():
         pytest.fail("threadpoolctl finds no BLAS library: numpy without OpenBLAS?")
     with threadpool_limits(limits=2, user_api="blas"):
-        outside = _blas_threads()
-        inside = one_blas_thread(_blas_threads)()
-        assert _blas_threads() == outside
+        outside = blas_threads()
+        inside = one_blas_thread(blas_threads)()
+        assert blas_threads() == outside
     assert set(inside) == {1} and max(outside) == 2
     wrapper = one_blas_thread(lambda: None).__code__
     for fn in (ingest, level_cycle, run_within, run_link, run_compose, run_apply, run_segment,

@@ -10,7 +10,7 @@ from ecafm.level import LevelParams, level_cycle
 from ecafm.register import RegisterParams, run_within
 from ecafm.snakemake_adapter import use_dask_scheduler
 from ecafm.store import Step, open_cube, read_record
-from tests.helpers import make_dataset
+from tests.helpers import blas_threads, make_dataset
 from tests.test_workflow import _snakemake, _workdir
 
 distributed = pytest.importorskip("distributed", reason="dask.distributed not installed (ecafm[hpc])")
@@ -27,12 +27,6 @@ def cluster():
 def dataset(tmp_path):
     d = make_dataset(tmp_path / "data", n_frames=8, n_cycles=2, half_s=100.0, shape=(64, 64))
     return d
-
-
-def _blas_threads() -> tuple[int, ...]:
-    from threadpoolctl import threadpool_info
-
-    return tuple(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
 
 
 def _leveled_cycle(tmp_path, d):
@@ -54,14 +48,14 @@ def test_register_cycle_on_distributed_scheduler_matches_threads(tmp_path, datas
         before = sum(client.run(lambda dask_worker: len(dask_worker.data) + dask_worker.state.executed_count).values())
         run_within(leveled, tmp_path / "distributed.zarr", params=RegisterParams(), step=step)
         after = sum(client.run(lambda dask_worker: len(dask_worker.data) + dask_worker.state.executed_count).values())
-        blas_threads = list(client.run(_blas_threads).values())
+        worker_blas = list(client.run(blas_threads).values())
     finally:
         client.close()
         use_dask_scheduler("", threads=1)
     assert after > before, "no task ran on the distributed workers"
     # the stages limit BLAS to one thread in their own process; the workers have one from their
     # nanny (distributed.nanny.pre-spawn-environ), so partial sums round the same way
-    assert all(blas_threads) and {n for t in blas_threads for n in t} == {1}, blas_threads
+    assert all(worker_blas) and {n for t in worker_blas for n in t} == {1}, worker_blas
     a = read_record(tmp_path / "threads.zarr")["artifact"]
     b = read_record(tmp_path / "distributed.zarr")["artifact"]
     assert a["logical_sha256"] == b["logical_sha256"]
