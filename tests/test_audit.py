@@ -32,7 +32,7 @@ def small_run(root: Path, *, level: LevelParams = LevelParams(), ingest_params: 
     for c in cycle_segments(open_cube(cube)):
         wc = {"dataset": "cell", "cycle": str(c)}
         level_cycle(cube, c, results / "level" / "cell" / f"cycle_{c}.zarr", params=level,
-                    step=Step("level_cycle", asdict(level), wc, (str(cube),)))
+                    step=Step("level_cycle", asdict(level), wc, (str(cube),), job_rule="register_cycle"))
     return results
 
 
@@ -145,6 +145,17 @@ def test_snakemake_audit_target_passes_then_fails_on_a_tampered_chunk(tmp_path):
     assert reexec.loc["cubes/cell1.zarr", "status"] == OK
     assert reexec.loc["register/cell1/transforms.zarr", "status"] == OK
     assert (reexec["status"] == OK).sum() >= 10
+    # one register_cycle job per cycle levels, then registers: two stores, two records, each step
+    # re-run on its own, the transforms from the leveled cube the same job wrote
+    for c in (0, 1):
+        lev, within = f"level/cell1/cycle_{c}.zarr", f"register/cell1/within/cycle_{c}.zarr"
+        assert reexec.loc[lev, "status"] == OK and reexec.loc[within, "status"] == OK
+        rl, rw = (read_record(wd / "results" / a) for a in (lev, within))
+        assert (rl["step"]["rule"], rw["step"]["rule"]) == ("level_cycle", "register_cycle")
+        assert rl["run"]["snakemake_rule"] == rw["run"]["snakemake_rule"] == "register_cycle"
+        assert [i["path"] for i in rl["inputs"]] == ["results/cubes/cell1.zarr"]
+        assert [(i["path"], i["version_id"]) for i in rw["inputs"]] == [(f"results/{lev}", rl["version_id"])]
+    assert not (wd / "logs" / "level_cycle").exists()
 
     chunk = next(p for p in sorted((wd / "results" / "register" / "cell1" / "cycle_0.zarr").rglob("*"))
                  if p.is_file() and "/c/" in p.as_posix())

@@ -52,6 +52,10 @@ def test_crate_round_trip_checks_every_sha256(run, tmp_path):
     params = {o["name"]: o["value"] for o in level["object"] if "PropertyValue" in _types(o)}
     assert params == {"order": "1", "n_iter": "3", "k_sigma": "3.0", "scars": "false"}
     assert [o.id for o in level["object"] if "Dataset" in _types(o)] == ["results/cubes/cell.zarr/"]
+    assert level["instrument"]["description"] == ("step level_cycle, run by Snakemake rule register_cycle "
+                                                  "(script scripts/register_cycle.py)")
+    ingest = next(a for a in actions if a["instrument"]["name"] == "ingest_dataset")
+    assert ingest["instrument"]["description"].startswith("Snakemake rule ingest_dataset")
     ecafm = next(s for s in level["instrument"]["softwareRequirements"] if s["name"] == "ecafm")
     assert ecafm["softwareVersion"]
     assert crate.mainEntity.id == "Snakefile"

@@ -117,8 +117,11 @@ class _Builder:
         if code.get("git_commit"):
             ecafm["identifier"] = code["git_commit"]
         libs = [self.software(k, v) for k, v in sorted(rec.get("libraries", {}).items()) if v]
+        job_rule = rec.get("run", {}).get("snakemake_rule") or rule
+        where = (f"Snakemake rule {rule}" if job_rule == rule
+                 else f"step {rule}, run by Snakemake rule {job_rule}")
         tool = self.context(tid, {"@type": "SoftwareApplication", "name": rule,
-                                  "description": f"Snakemake rule {rule} (script scripts/{rule}.py)"})
+                                  "description": f"{where} (script scripts/{job_rule}.py)"})
         tool["softwareRequirements"] = [ecafm, *libs]
         fps = [self.context(f"{tid}/param/{_id(k)}", {"@type": "FormalParameter", "name": k,
                                                       "additionalType": "Text"})

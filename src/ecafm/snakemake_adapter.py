@@ -84,10 +84,14 @@ def use_dask_scheduler(address: str, *, threads: int) -> Any:
     return client
 
 
-def step_of(sm: Any, params: dict[str, Any], inputs: list[str]) -> Step:
-    """Provenance step of a job: rule, wildcards, params, inputs, threads."""
-    return Step(rule=sm.rule, params=params, wildcards=dict(sm.wildcards.items()),
-                inputs=tuple(inputs), threads=int(sm.threads))
+def step_of(sm: Any, params: dict[str, Any], inputs: list[str], *, step: str | None = None) -> Step:
+    """Provenance step of a job: rule, wildcards, params, inputs, threads.
+
+    ``step`` names a step that is not the rule itself (a job that runs two steps, each writing
+    its own store); the record then keeps the rule that ran it as ``run.snakemake_rule``.
+    """
+    return Step(rule=step or sm.rule, params=params, wildcards=dict(sm.wildcards.items()),
+                inputs=tuple(inputs), threads=int(sm.threads), job_rule=sm.rule)
 
 
 @contextlib.contextmanager

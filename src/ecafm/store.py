@@ -276,6 +276,9 @@ class Step:
     wildcards: Mapping[str, str] = field(default_factory=dict)
     inputs: tuple[str, ...] = ()
     threads: int = 1
+    #: the Snakemake rule whose job ran the step (not hashed: a step keeps its version id
+    #: whichever job runs it); empty outside Snakemake
+    job_rule: str = ""
 
 
 _INPUT_SHA256: dict[tuple, str] = {}
@@ -401,6 +404,7 @@ def _make_record(path: Path, kind: str, logical: str, files: dict[str, str], ste
             "platform": platform.platform(),
             "python_executable": sys.executable,
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "snakemake_rule": step.job_rule or None,
             "threads": step.threads,
             "start": started.isoformat(),
             "end": _dt.datetime.now(_dt.UTC).isoformat(),

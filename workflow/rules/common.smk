@@ -233,29 +233,35 @@ def get_input_mb(input):
     return total / 1e6
 
 
-def get_mem_mb(base_mb, per_input_mb):
+def get_job_input_mb(wildcards, input, per_cycle):
+    """MB of input a job works on: all of it, or (`per_cycle`) one cycle's share of a whole cube."""
+    mb = get_input_mb(input)
+    return mb / max(len(get_cycles(wildcards.dataset)), 1) if per_cycle else mb
+
+
+def get_mem_mb(base_mb, per_input_mb, per_cycle=False):
     """mem_mb resource: `base_mb` + `per_input_mb` per MB of input, doubled at each retry.
 
     `base_mb` covers the interpreter and libraries (about 300 MB resident); `per_input_mb` the
-    decompressed working set of the stage relative to its (compressed) input.
+    decompressed working set of the stage relative to its (compressed) input. `per_cycle`: the
+    input is a whole data set's cube of which the job reads one cycle.
     """
 
     def mem_mb(wildcards, input, attempt):
-        return int(
-            math.ceil(
-                (base_mb + per_input_mb * get_input_mb(input)) * 2 ** (attempt - 1)
-            )
-        )
+        mb = get_job_input_mb(wildcards, input, per_cycle)
+        return int(math.ceil((base_mb + per_input_mb * mb) * 2 ** (attempt - 1)))
 
     return mem_mb
 
 
-def get_runtime(base_min, per_input_gb_min):
+def get_runtime(base_min, per_input_gb_min, per_cycle=False):
     """runtime resource (minutes): `base_min` + `per_input_gb_min` per GB of input, doubled at each retry."""
 
     def runtime(wildcards, input, attempt):
-        minutes = base_min + per_input_gb_min * get_input_mb(input) / 1000
-        return int(math.ceil(minutes * 2 ** (attempt - 1)))
+        mb = get_job_input_mb(wildcards, input, per_cycle)
+        return int(
+            math.ceil((base_min + per_input_gb_min * mb / 1000) * 2 ** (attempt - 1))
+        )
 
     return runtime
 
