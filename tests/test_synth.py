@@ -38,6 +38,15 @@ def test_metal_constants():
         get_metal("K")
 
 
+def test_exact_si_constants_are_scipys():
+    from scipy import constants
+
+    from ecafm.constants import AVOGADRO, ELEMENTARY_CHARGE_C
+
+    assert AVOGADRO == constants.Avogadro
+    assert ELEMENTARY_CHARGE_C == constants.elementary_charge
+
+
 # ----------------------------------------------------------------------------- conservation
 def test_volume_balance_per_plating_half_cycle(demo):
     ds = open_cube(demo / "truth.zarr").load()
