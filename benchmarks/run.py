@@ -111,7 +111,8 @@ def run_job(rule: str, args: dict, threads: int, work: Path) -> dict:
     r = json.loads(res.read_text())
     # the job's own high-water mark; wait4's value can include the harness's (see job.py)
     return {"rule": rule, "cycle": args.get("cycle", -1), "seconds": r["seconds"],
-            "import_s": r["import_s"], "wall_s": wall, "rss_mib": r.get("rss_mib") or rss}
+            "import_s": r["import_s"], "wall_s": wall, "rss_mib": r.get("rss_mib") or rss,
+            "steps": r.get("steps") or {rule: r["seconds"]}}
 
 
 def median_time(fn, *, reps: int, min_time: float = 0.0) -> float:
@@ -146,9 +147,8 @@ def stage_jobs(data: dict, out: Path) -> list[dict]:
     seg = {c: out / "segment" / f"cycle_{c}.zarr" for c in cycles}
     tf = out / "transforms.zarr"
     for c in cycles:
-        jobs.append(run_job("level_cycle", {"cube": cube, "cycle": c, "out": lev[c]}, 2, work))
-    for c in cycles:
-        jobs.append(run_job("register_cycle", {"leveled": lev[c], "out": within[c], "cycle": c}, 2, work))
+        jobs.append(run_job("register_cycle", {"cube": cube, "leveled": lev[c], "out": within[c], "cycle": c},
+                            2, work))
     for c in cycles[:-1]:
         jobs.append(run_job("link_cycles", {"left": lev[c], "right": lev[c + 1], "out": links[c],
                                             "before": lev[c - 1] if c > cycles[0] else None,
@@ -192,11 +192,12 @@ def summarize_jobs(jobs: list[dict], n_frames: int) -> dict:
         r["seconds"] += j["seconds"]
         r["max_rss_mib"] = max(r["max_rss_mib"], j["rss_mib"])
     by_stage: dict[str, dict] = {}
-    for rule, r in by_rule.items():
-        s = by_stage.setdefault(STAGE_OF[rule], {"seconds": 0.0, "max_rss_mib": 0.0, "jobs": 0})
-        s["seconds"] += r["seconds"]
-        s["jobs"] += r["jobs"]
-        s["max_rss_mib"] = max(s["max_rss_mib"], r["max_rss_mib"])
+    for j in jobs:  # a job of several steps (register_cycle: level, then estimate) counts in each stage
+        for step, sec in j.get("steps", {j["rule"]: j["seconds"]}).items():
+            s = by_stage.setdefault(STAGE_OF[step], {"seconds": 0.0, "max_rss_mib": 0.0, "jobs": 0})
+            s["seconds"] += sec
+            s["jobs"] += 1
+            s["max_rss_mib"] = max(s["max_rss_mib"], j["rss_mib"])
     for s in by_stage.values():
         s["frames_per_s"] = n_frames / s["seconds"] if s["seconds"] > 0 else float("inf")
         s["ms_per_frame"] = 1e3 * s["seconds"] / n_frames
