@@ -11,7 +11,7 @@ from dataclasses import dataclass
 _CM3_PER_NM3 = 1e-21
 #: Avogadro constant (1/mol) and elementary charge (C): exact since the 2019 SI redefinition, the
 #: values scipy.constants gives (tested). Written out because importing scipy.constants parses
-#: its whole CODATA table, 0.08-0.1 s in every segment and lifetime job.
+#: its whole CODATA table, 0.08-0.1 s in every segment job.
 AVOGADRO = 6.02214076e23
 ELEMENTARY_CHARGE_C = 1.602176634e-19
 
