@@ -244,3 +244,31 @@ def test_images_chunked_per_frame_profiles_in_one_chunk(tmp_path):
     assert g["ok"].chunks == (6,)
     back = open_cube(tmp_path / "c.zarr").load()
     np.testing.assert_array_equal(back["shift_y"].values, ds["shift_y"].values)
+
+
+def test_disk_mb_walks_a_written_store_once_and_a_rewritten_one_again(tmp_path, monkeypatch):
+    import os
+
+    from ecafm import store
+
+    out = tmp_path / "c.zarr"
+    write_cube(_cube(n=4), out, step=Step("t"))
+    on_disk = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
+    walks = []
+    real = os.scandir
+    monkeypatch.setattr(store.os, "scandir", lambda p: walks.append(p) or real(p))
+    assert store.disk_mb(out) == pytest.approx(on_disk, rel=1e-12)
+    n = len(walks)
+    assert n > 1  # the store's subdirectories are walked
+    for _ in range(4):
+        assert store.disk_mb(out) == pytest.approx(on_disk, rel=1e-12)
+    assert len(walks) == n
+    # written again (a new directory renamed into place) with more frames: measured again
+    write_cube(_cube(n=12, seed=1), out, step=Step("t"))
+    bigger = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
+    assert bigger > on_disk
+    assert store.disk_mb(out) == pytest.approx(bigger, rel=1e-12)
+    table = tmp_path / "t.tsv"
+    table.write_text("a\tb\n1\t2\n")
+    assert store.disk_mb(table) == pytest.approx(table.stat().st_size / 1e6)
+    assert store.disk_mb(tmp_path / "missing.zarr") == 0.0

@@ -223,14 +223,9 @@ def get_input_mb(input):
 
     Snakemake's own `input.size_mb` counts a directory as its inode (4 kB).
     """
-    total = 0
-    for f in input:
-        p = Path(f)
-        if p.is_dir():
-            total += sum(q.stat().st_size for q in p.rglob("*") if q.is_file())
-        elif p.exists():
-            total += p.stat().st_size
-    return total / 1e6
+    from ecafm.store import disk_mb
+
+    return sum(disk_mb(f) for f in input)
 
 
 def get_job_input_mb(wildcards, input, per_cycle):
