@@ -272,3 +272,21 @@ def test_disk_mb_walks_a_written_store_once_and_a_rewritten_one_again(tmp_path, 
     table.write_text("a\tb\n1\t2\n")
     assert store.disk_mb(table) == pytest.approx(table.stat().st_size / 1e6)
     assert store.disk_mb(tmp_path / "missing.zarr") == 0.0
+
+
+def test_parquet_table_round_trip_and_a_clear_error_without_pyarrow(tmp_path, monkeypatch):
+    import sys
+
+    import pandas as pd
+
+    df = pd.DataFrame({"site": [1, 2, 3], "volume_nm3": [1.5, 2.5, 0.0]})
+    out = tmp_path / "sites.parquet"
+    write_table(df, out, step=Step("t"))
+    pd.testing.assert_frame_equal(pd.read_parquet(out), df)
+    assert read_record(out)["artifact"]["kind"] == "table"
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as in an install without ecafm[parquet]
+    missing = tmp_path / "other.parquet"
+    with pytest.raises(ImportError, match=r"other\.parquet: .*pip install 'ecafm\[parquet\]'"):
+        write_table(df, missing, step=Step("t"))
+    assert not any("other" in p.name for p in tmp_path.rglob("*"))  # nothing partial, no record

@@ -636,9 +636,18 @@ def write_cube(ds: xr.Dataset, path: str | Path, *, step: Step, frame_chunk: int
 
 
 def write_table(df: pd.DataFrame, path: str | Path, *, step: Step) -> dict:
-    """Write a table (.parquet or .csv/.tsv) with a sidecar provenance record."""
+    """Write a table (.parquet or .csv/.tsv) with a sidecar provenance record.
+
+    .parquet needs pyarrow (``pip install 'ecafm[parquet]'``).
+    """
     started = _dt.datetime.now(_dt.UTC)
     path = Path(path)
+    if path.suffix == ".parquet":
+        import importlib.util
+
+        if importlib.util.find_spec("pyarrow") is None:
+            raise ImportError(f"{path}: writing .parquet needs pyarrow, which is not installed: "
+                              "pip install 'ecafm[parquet]', or write the table as .tsv")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _partial(path)
     with _staged(path, tmp):
