@@ -218,19 +218,15 @@ def get_cell_params(wildcards):
 # so a job killed for running out of memory or time is resubmitted with twice as much.
 
 
-def get_input_mb(input):
-    """Size of a job's inputs on disk in MB; a directory (a zarr store) counts all its files.
+def get_job_input_mb(wildcards, input, per_cycle):
+    """MB on disk of a job's inputs: all of them, or (`per_cycle`) one cycle's share of a whole cube.
 
-    Snakemake's own `input.size_mb` counts a directory as its inode (4 kB).
+    A directory (a zarr store) counts all its files; Snakemake's own `input.size_mb` counts it as
+    its inode (4 kB).
     """
     from ecafm.store import disk_mb
 
-    return sum(disk_mb(f) for f in input)
-
-
-def get_job_input_mb(wildcards, input, per_cycle):
-    """MB of input a job works on: all of it, or (`per_cycle`) one cycle's share of a whole cube."""
-    mb = get_input_mb(input)
+    mb = sum(disk_mb(f) for f in input)
     return mb / max(len(get_cycles(wildcards.dataset)), 1) if per_cycle else mb
 
 
