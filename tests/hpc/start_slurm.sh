@@ -7,11 +7,15 @@
 # No accounting database (no slurmdbd): submit with --slurm-no-account and query with squeue.
 # No cgroups (containers, gVisor): processes tracked by process group, no task affinity.
 # The config goes to /etc/slurm/slurm.conf only when there is none or it is ours (marker line);
-# on a machine with a real SLURM configuration this script refuses to touch it.
+# on a machine with a real SLURM configuration this script refuses to touch it. `stop` removes
+# it again: with a config whose controller is down, every SLURM client call waits ~9 s, and the
+# SLURM executor plugin runs `scontrol show config` at each Snakemake start, local runs included.
+# ECAFM_SLURM_CONF moves the config (tests of this script); the daemons then read it via SLURM_CONF.
 set -euo pipefail
 
 MARKER="# ecafm test cluster (tests/hpc/start_slurm.sh)"
-CONF=/etc/slurm/slurm.conf
+CONF=${ECAFM_SLURM_CONF:-/etc/slurm/slurm.conf}
+if [ -n "${ECAFM_SLURM_CONF:-}" ]; then export SLURM_CONF=$CONF; fi
 STATE=${ECAFM_SLURM_STATE:-/var/lib/ecafm-slurm}
 LOGS=${ECAFM_SLURM_LOGS:-/var/log/ecafm-slurm}
 
@@ -42,7 +46,12 @@ stop() {
     done
 }
 
-if [ "$action" = stop ]; then stop; exit 0; fi
+remove_conf() {
+    # Only a config this script wrote (marker line); a real SLURM configuration stays.
+    if [ -f "$CONF" ] && grep -qF "$MARKER" "$CONF"; then rm -f "$CONF"; fi
+}
+
+if [ "$action" = stop ]; then stop; remove_conf; exit 0; fi
 if [ "$action" = status ]; then sinfo -h -o "%P %a %D %t %c %m"; exit 0; fi
 
 [ "$(id -u)" = 0 ] || die "needs root (starts munged, slurmctld and slurmd)"
@@ -78,7 +87,7 @@ fi
 # -- slurm.conf: one node, one partition, no accounting, no cgroups
 cpus=$(nproc)
 mem_mb=$(awk '/MemTotal/ {print int($2 / 1024 * 0.85)}' /proc/meminfo)
-mkdir -p /etc/slurm "$STATE/ctld" "$STATE/d" "$LOGS"
+mkdir -p "$(dirname "$CONF")" "$STATE/ctld" "$STATE/d" "$LOGS"
 cat >"$CONF" <<CONF
 $MARKER
 ClusterName=ecafm-test
