@@ -33,9 +33,9 @@ def run(spec: dict) -> dict[str, float] | None:
 
         ingest([a["raw"]], a["cube"], ec_log=a["ec_log"], frame_sheet=a["frames"],
                qc_table=a["qc"], dataset_id=a["dataset"], threads=spec["threads"])
-    elif rule == "register_cycle":  # two steps, as the rule's script: level, then estimate
+    elif rule == "register_cycle":  # three steps, as the rule's script: level, estimate, link
         from ecafm.level import LevelParams, level_cycle
-        from ecafm.register import RegisterParams, run_within
+        from ecafm.register import RegisterParams, run_link_into, run_within
 
         t0 = time.perf_counter()
         lp = LevelParams()
@@ -44,13 +44,11 @@ def run(spec: dict) -> dict[str, float] | None:
         t1 = time.perf_counter()
         p = RegisterParams()
         run_within(a["leveled"], a["out"], params=p, step=_step(rule, asdict(p), wc))
-        return {"level_cycle": t1 - t0, "register_cycle": time.perf_counter() - t1}
-    elif rule == "link_cycles":
-        from ecafm.register import RegisterParams, run_link
-
-        p = RegisterParams()
-        run_link(a["left"], a["right"], a["out"], params=p, step=_step(rule, asdict(p), wc),
-                 before_path=a.get("before"))
+        t2 = time.perf_counter()
+        run_link_into(a["cube"], a["cycle"], a["link"], params=p, level=lp,
+                      step=_step("link_into_cycle", {"register": asdict(p), "level": asdict(lp)}, wc))
+        return {"level_cycle": t1 - t0, "register_cycle": t2 - t1,
+                "link_into_cycle": time.perf_counter() - t2}
     elif rule == "compose_drift":
         from ecafm.register import RegisterParams, run_compose
 

@@ -142,19 +142,15 @@ def stage_jobs(data: dict, out: Path) -> list[dict]:
     cycles = cycle_segments(open_cube(cube))
     lev = {c: out / "level" / f"cycle_{c}.zarr" for c in cycles}
     within = {c: out / "within" / f"cycle_{c}.zarr" for c in cycles}
-    links = {c: out / "links" / f"cycle_{c}.zarr" for c in cycles[:-1]}
+    links = {c: out / "links" / f"into_cycle_{c}.zarr" for c in cycles}
     reg = {c: out / "register" / f"cycle_{c}.zarr" for c in cycles}
     seg = {c: out / "segment" / f"cycle_{c}.zarr" for c in cycles}
     tf = out / "transforms.zarr"
     for c in cycles:
-        jobs.append(run_job("register_cycle", {"cube": cube, "leveled": lev[c], "out": within[c], "cycle": c},
-                            2, work))
-    for c in cycles[:-1]:
-        jobs.append(run_job("link_cycles", {"left": lev[c], "right": lev[c + 1], "out": links[c],
-                                            "before": lev[c - 1] if c > cycles[0] else None,
-                                            "cycle": c}, 1, work))
+        jobs.append(run_job("register_cycle", {"cube": cube, "leveled": lev[c], "out": within[c],
+                                               "link": links[c], "cycle": c}, 2, work))
     jobs.append(run_job("compose_drift", {"within": [str(within[c]) for c in cycles],
-                                          "links": [str(links[c]) for c in cycles[:-1]],
+                                          "links": [str(links[c]) for c in cycles[1:]],
                                           "cube": cube, "out": tf, "table": out / "transforms.tsv"}, 1, work))
     for c in cycles:
         jobs.append(run_job("apply_registration", {"leveled": lev[c], "transforms": tf, "out": reg[c],
@@ -180,7 +176,7 @@ def stage_jobs(data: dict, out: Path) -> list[dict]:
 
 
 STAGE_OF = {"ingest_dataset": "ingest", "level_cycle": "level", "register_cycle": "register",
-            "link_cycles": "register", "compose_drift": "register", "apply_registration": "register",
+            "link_cycles": "register", "link_into_cycle": "register", "compose_drift": "register", "apply_registration": "register",
             "segment_cycle": "segment", "track_sites": "sites", "correlate_lifetimes": "lifetime"}
 
 

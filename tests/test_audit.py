@@ -145,17 +145,26 @@ def test_snakemake_audit_target_passes_then_fails_on_a_tampered_chunk(tmp_path):
     assert reexec.loc["cubes/cell1.zarr", "status"] == OK
     assert reexec.loc["register/cell1/transforms.zarr", "status"] == OK
     assert (reexec["status"] == OK).sum() >= 10
-    # one register_cycle job per cycle levels, then registers: two stores, two records, each step
-    # re-run on its own, the transforms from the leveled cube the same job wrote
+    # one register_cycle job per cycle levels, registers and links to the cycle before: three
+    # stores, three records, each step re-run on its own, the transforms from the leveled cube the
+    # same job wrote, the link from the ingested cube
     for c in (0, 1):
         lev, within = f"level/cell1/cycle_{c}.zarr", f"register/cell1/within/cycle_{c}.zarr"
+        link = f"register/cell1/links/into_cycle_{c}.zarr"
         assert reexec.loc[lev, "status"] == OK and reexec.loc[within, "status"] == OK
-        rl, rw = (read_record(wd / "results" / a) for a in (lev, within))
-        assert (rl["step"]["rule"], rw["step"]["rule"]) == ("level_cycle", "register_cycle")
-        assert rl["run"]["snakemake_rule"] == rw["run"]["snakemake_rule"] == "register_cycle"
+        assert reexec.loc[link, "status"] == OK
+        rl, rw, rk = (read_record(wd / "results" / a) for a in (lev, within, link))
+        assert (rl["step"]["rule"], rw["step"]["rule"], rk["step"]["rule"]) == (
+            "level_cycle", "register_cycle", "link_into_cycle")
+        assert {r["run"]["snakemake_rule"] for r in (rl, rw, rk)} == {"register_cycle"}
         assert [i["path"] for i in rl["inputs"]] == ["results/cubes/cell1.zarr"]
         assert [(i["path"], i["version_id"]) for i in rw["inputs"]] == [(f"results/{lev}", rl["version_id"])]
-    assert not (wd / "logs" / "level_cycle").exists()
+        assert [i["path"] for i in rk["inputs"]] == ["results/cubes/cell1.zarr"]
+    assert not (wd / "logs" / "level_cycle").exists() and not (wd / "logs" / "link_cycles").exists()
+    # the composed drift used the link into cycle 1, not the first cycle's unlinked one
+    rc = read_record(wd / "results" / "register" / "cell1" / "transforms.zarr")
+    assert "results/register/cell1/links/into_cycle_1.zarr" in [i["path"] for i in rc["inputs"]]
+    assert "results/register/cell1/links/into_cycle_0.zarr" not in [i["path"] for i in rc["inputs"]]
 
     chunk = next(p for p in sorted((wd / "results" / "register" / "cell1" / "cycle_0.zarr").rglob("*"))
                  if p.is_file() and "/c/" in p.as_posix())
@@ -183,7 +192,7 @@ def test_stages_run_with_one_blas_thread_whoever_calls_them():
     from ecafm.ingest import ingest
     from ecafm.level import level_cycle
     from ecafm.lifetime import run_lifetime
-    from ecafm.register import run_apply, run_compose, run_link, run_within
+    from ecafm.register import run_apply, run_compose, run_link, run_link_into, run_within
     from ecafm.segment import run_segment
     from ecafm.sites import run_track_sites
 
@@ -195,6 +204,6 @@ def test_stages_run_with_one_blas_thread_whoever_calls_them():
         assert blas_threads() == outside
     assert set(inside) == {1} and max(outside) == 2
     wrapper = one_blas_thread(lambda: None).__code__
-    for fn in (ingest, level_cycle, run_within, run_link, run_compose, run_apply, run_segment,
-               run_track_sites, run_lifetime):
+    for fn in (ingest, level_cycle, run_within, run_link, run_link_into, run_compose, run_apply,
+               run_segment, run_track_sites, run_lifetime):
         assert fn.__code__ is wrapper and hasattr(fn, "__wrapped__"), fn.__name__

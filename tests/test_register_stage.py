@@ -720,3 +720,42 @@ def test_link_computes_the_right_cycles_first_frame_gradient_once(monkeypatch):
         alone = reg.estimate_pair(a, rf, params=p)
         assert (lk["dy"].values[k], lk["dx"].values[k]) == (alone.dy, alone.dx)
         assert np.array_equal(lk["row_dx"].values[k], alone.row_dx)
+
+
+def test_link_into_a_cycle_from_the_cube_equals_the_link_of_its_leveled_cycles(tmp_path):
+    """The register_cycle job links its cycle to the one before from the ingested cube, leveling
+    the four frames it reads itself (so that no cycle's job waits for another's). The link equals
+    the one estimated from the leveled cubes, every array to the last bit, and skips an unusable
+    last frame the same way; the first cycle's link is unlinked."""
+    from dataclasses import asdict
+
+    from ecafm.level import LevelParams, level_cycle, segment_of
+    from ecafm.register import FLAG_BITS, run_link, run_link_into
+    from ecafm.store import Step
+    from tests.helpers import make_dataset
+
+    d = make_dataset(tmp_path / "data", n_frames=12, n_cycles=3, half_s=100.0, shape=(64, 64),
+                     zero_frames=(7,))
+    cube = tmp_path / "cube.zarr"
+    ingest([d["raw"]], cube, ec_log=d["log"], frame_sheet=d["frames"])
+    seg = segment_of(open_cube(cube)["cycle"].values)
+    assert list(np.flatnonzero(seg == 1))[-1] == 7  # the flat frame ends cycle 1
+    level, p = LevelParams(order=2), RegisterParams(strip_height=16)
+    lev = {c: tmp_path / f"lev_{c}.zarr" for c in (0, 1, 2)}
+    for c, path in lev.items():
+        level_cycle(cube, c, path, params=level, step=Step("level_cycle"))
+    for c in (1, 2):
+        old, new = tmp_path / f"old_{c}.zarr", tmp_path / f"new_{c}.zarr"
+        run_link(lev[c - 1], lev[c], old, params=p, before_path=lev.get(c - 2), step=Step("link_cycles"))
+        run_link_into(cube, c, new, params=p, level=level,
+                      step=Step("link_into_cycle", {"register": asdict(p), "level": asdict(level)}))
+        a, b = open_cube(old).load(), open_cube(new).load()
+        assert set(a.data_vars) == set(b.data_vars)
+        for v in a.data_vars:
+            assert np.array_equal(a[v].values, b[v].values, equal_nan=True), (c, v)
+        assert (b.attrs["cycle"], b.attrs["from_cycle"]) == (c, c - 1)
+    assert open_cube(tmp_path / "new_2.zarr")["from_frame"].values[0] == 6  # last usable of cycle 1
+    run_link_into(cube, 0, tmp_path / "new_0.zarr", params=p, level=level, step=Step("link_into_cycle"))
+    first = open_cube(tmp_path / "new_0.zarr").load()
+    assert (first["flags"].values == FLAG_BITS["unlinked"]).all()
+    assert (first["from_frame"].values == -1).all() and first.attrs["from_cycle"] == -1

@@ -104,12 +104,12 @@ def _level(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> Non
                 params=LevelParams(**rec["step"]["params"]), step=_step(rec, inputs))
 
 
-def _register_params(rec: dict[str, Any]):
+def _register_params(rec: dict[str, Any], params: dict[str, Any] | None = None):
     from ecafm.register import RegisterParams
 
     # records from before max_strip_scatter_px existed used every strip model that passed the
     # other checks; from before fit_k, the stable_k mask for the fit as well
-    params = rec["step"]["params"]
+    params = rec["step"]["params"] if params is None else params
     return RegisterParams(**{"max_strip_scatter_px": math.inf, "fit_k": params.get("stable_k", 3.0), **params})
 
 
@@ -128,12 +128,24 @@ def _link(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None
              step=_step(rec, inputs), before_path=inputs[2] if len(inputs) > 2 else None)
 
 
+def _link_into(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:
+    from ecafm.level import LevelParams
+    from ecafm.register import run_link_into
+
+    p = rec["step"]["params"]
+    run_link_into(inputs[0], int(rec["step"]["wildcards"]["cycle"]), out["zarr"],
+                  params=_register_params(rec, p["register"]), level=LevelParams(**p["level"]),
+                  step=_step(rec, inputs))
+
+
 def _compose(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:
     from ecafm.register import run_compose
 
     rules = [(store.read_record(p, missing_ok=True) or {}).get("step", {}).get("rule") for p in inputs]
     within = [p for p, r in zip(inputs, rules, strict=True) if r == "register_cycle"]
-    links = [p for p, r in zip(inputs, rules, strict=True) if r == "link_cycles"]
+    # links per boundary: into the right cycle (link_into_cycle), or from before that change,
+    # out of the left cycle (link_cycles); either way in boundary order
+    links = [p for p, r in zip(inputs, rules, strict=True) if r in ("link_cycles", "link_into_cycle")]
     table = out.get("table", out["zarr"].with_suffix(".tsv"))
     # records from before loop_weight existed were composed without the loop adjustment
     params = rec["step"]["params"]
@@ -216,6 +228,7 @@ REGISTRY: dict[str, Executor] = {
     "level_cycle": _level,
     "register_cycle": _within,
     "link_cycles": _link,
+    "link_into_cycle": _link_into,
     "compose_drift": _compose,
     "apply_registration": _apply,
     "segment_cycle": _segment,

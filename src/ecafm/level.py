@@ -87,6 +87,11 @@ def _level_one(h: np.ndarray, *, params: LevelParams) -> tuple[np.ndarray, np.nd
     return out.astype(np.float32, copy=False), res.background
 
 
+def level_one(h: np.ndarray, *, params: LevelParams) -> np.ndarray:
+    """One frame leveled as :func:`level_cycle` levels it (float32; all NaN if it cannot be)."""
+    return _level_one(h, params=params)[0]
+
+
 def level_frames(height: xr.DataArray, *, params: LevelParams = LevelParams()) -> xr.Dataset:
     """Level every frame of a (frame, y, x) array; lazy when the input is dask-backed."""
     lev, bg = xr.apply_ufunc(

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ecafm.level import LevelParams, cycle_segments, level_cycle
-from ecafm.register import RegisterParams, run_apply, run_compose, run_link, run_within
+from ecafm.register import RegisterParams, run_apply, run_compose, run_link_into, run_within
 from ecafm.segment import SegmentParams
 from ecafm.store import Step, open_cube
 
@@ -21,21 +21,21 @@ log = logging.getLogger(__name__)
 def run_level_register(cube: str | Path, out_dir: str | Path, *, level: LevelParams = LevelParams(),
                        register: RegisterParams = RegisterParams(), apply: bool = True,
                        segment: SegmentParams | None = None) -> dict[str, Path]:
-    """Level, register (within, links, compose) and optionally apply, per cycle, like the workflow
+    """Level, register (within, link into each cycle, compose) and optionally apply, per cycle, like the workflow
     (``segment``: the tip radius of the aligned heights the apply step stores for segmentation)."""
     out = Path(out_dir)
     cycles = cycle_segments(open_cube(cube))
     lp, rp = asdict(level), asdict(register)
     lev = {c: out / "level" / f"cycle_{c}.zarr" for c in cycles}
-    for c in cycles:
-        level_cycle(cube, c, lev[c], params=level, step=Step("level_cycle", lp, {"cycle": str(c)}))
     within = [out / "within" / f"cycle_{c}.zarr" for c in cycles]
-    for c, w in zip(cycles, within, strict=True):
-        run_within(lev[c], w, params=register, step=Step("register_cycle", rp, {"cycle": str(c)}))
-    links = [out / "links" / f"cycle_{c}.zarr" for c in cycles[:-1]]
-    for c, lk in zip(cycles[:-1], links, strict=True):
-        run_link(lev[c], lev[c + 1], lk, params=register, step=Step("link_cycles", rp, {"cycle": str(c)}),
-                 before_path=lev[c - 1] if c - 1 in lev else None)
+    links = [out / "links" / f"into_cycle_{c}.zarr" for c in cycles]
+    for c, w, lk in zip(cycles, within, links, strict=True):  # the three steps of a register_cycle job
+        wc = {"cycle": str(c)}
+        level_cycle(cube, c, lev[c], params=level, step=Step("level_cycle", lp, wc))
+        run_within(lev[c], w, params=register, step=Step("register_cycle", rp, wc))
+        run_link_into(cube, c, lk, params=register, level=level,
+                      step=Step("link_into_cycle", {"register": rp, "level": lp}, wc))
+    links = links[1:]  # the first cycle's link is unlinked
     tf = out / "transforms.zarr"
     run_compose(within, links, cube, tf, out / "transforms.tsv", loop_weight=register.loop_weight,
                 loop_fusion=register.loop_fusion,

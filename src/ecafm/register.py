@@ -23,8 +23,10 @@ the looser ``stable_k`` mask (see :func:`estimate_pair`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -462,13 +464,18 @@ def estimate_within_cycle(leveled: xr.Dataset, *, params: RegisterParams) -> xr.
     )
 
 
-def estimate_link(left: xr.Dataset, right: xr.Dataset, *, params: RegisterParams,
-                  before: xr.Dataset | None = None) -> xr.Dataset:
+def estimate_link(left: xr.Dataset | None, right: xr.Dataset, *, params: RegisterParams,
+                  before: xr.Dataset | None = None,
+                  level: Callable[[np.ndarray], np.ndarray] | None = None) -> xr.Dataset:
     """Link two neighbouring cycles: last good of ``left`` -> first good of ``right``, plus the
     direct first(left) -> first(right) and, when ``before`` (the cycle before ``left``) is given,
     the skip first(before) -> first(right). Direct and skip links are the redundant
-    measurements :func:`compose_transforms` adjusts the cycle starts with."""
-    ny = left.sizes["y"]
+    measurements :func:`compose_transforms` adjusts the cycle starts with.
+
+    ``level``: applied to each frame read (raw cycles of the ingested cube, leveled one frame at a
+    time; None when the cycles are leveled already). ``left`` None (the data set's first cycle):
+    every kind is unlinked."""
+    ny = right.sizes["y"]
 
     def first_last(ds):
         # the first and the last good frame, read one at a time (a lazily opened cycle is not
@@ -480,6 +487,8 @@ def estimate_link(left: xr.Dataset, right: xr.Dataset, *, params: RegisterParams
         def good(order):
             for i in order:
                 h = ds["height"][int(i)].values
+                if level is not None:
+                    h = level(h)
                 if np.isfinite(h).any():
                     return h, int(ds["frame"][int(i)])
             return None
@@ -516,7 +525,7 @@ def estimate_link(left: xr.Dataset, right: xr.Dataset, *, params: RegisterParams
             "row_dy": (("kind", "y"), np.stack(col(7)), {"units": "px"}),
             "row_dx": (("kind", "y"), np.stack(col(8)), {"units": "px"}),
         },
-        coords={"kind": np.arange(len(kinds), dtype=np.int8), "y": left["y"].values},
+        coords={"kind": np.arange(len(kinds), dtype=np.int8), "y": right["y"].values},
         attrs={"stage": "register_link", "kind_meanings": "0 link (last good -> first good), "
                "1 direct (first good -> first good, for loop closure), 2 skip (first good of the "
                "cycle before -> first good; unlinked for the first boundary)"},
@@ -939,6 +948,37 @@ def run_link(left_path, right_path, out, *, params: RegisterParams, step,
     before = None if before_path is None else open_cube(before_path, dask=False)
     res = estimate_link(open_cube(left_path, dask=False), open_cube(right_path, dask=False), params=params,
                         before=before)
+    return write_cube(res, out, step=step)
+
+
+@one_blas_thread
+def run_link_into(cube_path, cycle: int, out, *, params: RegisterParams, level, step) -> dict[str, Any]:
+    """:func:`estimate_link` into ``cycle`` from the cycle before it (plus the skip link from the
+    one before that), read from the ingested cube.
+
+    A link reads four frames of three cycles. They are leveled here one at a time, by the
+    function :func:`ecafm.level.level_cycle` levels every frame with (``level``: its
+    :class:`~ecafm.level.LevelParams`), so the values equal those of the leveled cubes and no
+    cycle's job waits for another's. The data set's first cycle gets a link of its own, every
+    kind unlinked, so that every cycle's job writes the same outputs.
+    """
+    from ecafm.level import level_one, segment_of, select_cycle
+    from ecafm.store import open_cube, write_cube
+
+    cube = open_cube(cube_path, dask=False)  # lazy: only the linked frames are read
+    cycles = sorted(int(c) for c in np.unique(segment_of(cube["cycle"].values)))
+    right = select_cycle(cube, cycle)
+    i = cycles.index(int(cycle))
+    left = select_cycle(cube, cycles[i - 1]) if i >= 1 else None
+    before = select_cycle(cube, cycles[i - 2]) if i >= 2 else None
+    res = estimate_link(left, right, params=params, before=before,
+                        level=functools.partial(level_one, params=level))
+    res.attrs.update(cycle=int(cycle), from_cycle=cycles[i - 1] if i >= 1 else -1)
+    if left is None:
+        log.info("cycle %d is the data set's first: nothing to link it to", cycle)
+    else:
+        log.info("cycle %d linked to cycle %d: flags %s", cycle, cycles[i - 1],
+                 [",".join(int_to_flags(int(f))) or "ok" for f in res["flags"].values])
     return write_cube(res, out, step=step)
 
 

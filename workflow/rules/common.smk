@@ -112,26 +112,16 @@ def get_tip_radius(wildcards):
     return float(seg["tip_radius_nm"]) if seg["tip_deconvolution"] else 0.0
 
 
-def get_link_inputs(wildcards):
-    # the cycle before the left one feeds the skip link (robust cycle-start adjustment)
-    c = int(wildcards.cycle)
-    d = wildcards.dataset
-    out = {
-        "left": f"results/level/{d}/cycle_{c}.zarr",
-        "right": f"results/level/{d}/cycle_{c + 1}.zarr",
-    }
-    if c > 0:
-        out["before"] = f"results/level/{d}/cycle_{c - 1}.zarr"
-    return out
-
-
 def get_compose_inputs(wildcards):
     cycles = get_cycles(wildcards.dataset)
     d = wildcards.dataset
     return {
         "cube": f"results/cubes/{d}.zarr",
         "within": [f"results/register/{d}/within/cycle_{c}.zarr" for c in cycles],
-        "links": [f"results/register/{d}/links/cycle_{c}.zarr" for c in cycles[:-1]],
+        # the first cycle's link (nothing before it, every kind unlinked) is left out
+        "links": [
+            f"results/register/{d}/links/into_cycle_{c}.zarr" for c in cycles[1:]
+        ],
     }
 
 

@@ -1,18 +1,21 @@
-# Leveling and registration, parallel across cycles: level and estimate within each cycle and at
-# each cycle boundary (independent jobs), compose the cumulative drift in one cheap gather, apply
-# per cycle.
+# Leveling and registration, parallel across cycles: level, estimate within each cycle and link it
+# to the cycle before (one independent job per cycle), compose the cumulative drift in one cheap
+# gather, apply per cycle.
 
 
 rule register_cycle:
-    # Leveling is this job's first step, not a job of its own: a level job spent ~1.5 of its 2 s
-    # starting Python and importing xarray, dask, zarr and scipy (bench-m). Each step still writes
-    # its own store with its own record (step level_cycle, then register_cycle), so the audit
-    # re-runs them one at a time, and a job that fails in either step leaves neither output.
+    # Leveling and the link into the cycle are steps of this job, not jobs of their own: a level
+    # or link job spent ~1.5 of its 2-3 s starting Python and importing xarray, dask, zarr and
+    # scipy (bench-m). The link reads four frames of three cycles from the ingested cube and
+    # levels them itself, so the jobs of different cycles stay independent. Each step writes its
+    # own store with its own record (steps level_cycle, register_cycle, link_into_cycle), so the
+    # audit re-runs them one at a time, and a job that fails in any step leaves no output.
     input:
         cube="results/cubes/{dataset}.zarr",
     output:
         leveled=directory("results/level/{dataset}/cycle_{cycle}.zarr"),
         within=directory("results/register/{dataset}/within/cycle_{cycle}.zarr"),
+        link=directory("results/register/{dataset}/links/into_cycle_{cycle}.zarr"),
     log:
         "logs/register_cycle/{dataset}/cycle_{cycle}.log",
     benchmark:
@@ -33,25 +36,6 @@ rule register_cycle:
         register=get_register_params,
     script:
         "../../scripts/register_cycle.py"
-
-
-rule link_cycles:
-    input:
-        unpack(get_link_inputs),
-    output:
-        directory("results/register/{dataset}/links/cycle_{cycle}.zarr"),
-    log:
-        "logs/link_cycles/{dataset}/cycle_{cycle}.log",
-    conda:
-        "../../envs/ecafm.yaml"
-    threads: 1
-    resources:
-        mem_mb=get_mem_mb(base_mb=1000, per_input_mb=2),
-        runtime=get_runtime(base_min=10, per_input_gb_min=10),
-    params:
-        register=get_register_params,
-    script:
-        "../../scripts/link_cycles.py"
 
 
 rule compose_drift:
