@@ -154,3 +154,32 @@ def test_lint_is_clean(logged_dataset):
     wd, _ = logged_dataset
     res = _snakemake(wd, "--lint", check=False)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_a_cycle_without_frames_is_linked_over(tmp_path):
+    """The AFM took no frame during cycle 1 (a paused scan): the cube has cycles 0 and 2. Cycle 2
+    is linked to cycle 0, the cycle before it that has frames, and the whole workflow runs.
+    Before, the link jobs asked for cycle 1's leveled cube, and its job stopped with "cube has
+    no frame in cycle 1"."""
+    from ecafm.store import open_cube
+
+    d = make_dataset(tmp_path / "data", n_frames=18, n_cycles=3, half_s=100.0, shape=(48, 48))
+    sheet = pd.read_csv(d["frames"], sep="\t")
+    sheet[(sheet["time_s"] < 200) | (sheet["time_s"] >= 400)].to_csv(d["frames"], sep="\t", index=False)
+    wd = _workdir(tmp_path, [{"id": "gap", "raw": str(d["raw"]), "format": "gwy", "ec_log": str(d["log"]),
+                              "frames": str(d["frames"]), "metal": "Li", "positive_current_plates": "true"}])
+    _snakemake(wd, "--cores", "2")
+    res = wd / "results"
+    assert sorted(p.name for p in (res / "register" / "gap").glob("cycle_*.zarr")) == ["cycle_0.zarr",
+                                                                                       "cycle_2.zarr"]
+    link = open_cube(res / "register" / "gap" / "links" / "into_cycle_2.zarr").load()
+    assert (link.attrs["cycle"], link.attrs["from_cycle"]) == (2, 0)
+    assert link["flags"].values[0] == 0  # last of cycle 0 -> first of cycle 2, a clean estimate
+    tf = open_cube(res / "register" / "gap" / "transforms.zarr").load()
+    assert tf.sizes["frame"] == 12 and tf["ok"].values.all()
+    # the generator's drift is whole pixels, 0, 1, 2, 0, ... by raw frame index, down and right
+    raw_index = np.array([int(n.split("_")[1].split(".")[0]) for n in open_cube(res / "cubes" / "gap.zarr")
+                          .attrs["source_files"]])
+    assert np.abs(tf["dy_px"].values + raw_index % 3).max() < 0.1
+    assert (res / "lifetime" / "gap" / "summary.json").exists()
+    assert (res / "figures" / "gap" / "lifetime.png").exists()
