@@ -176,8 +176,9 @@ def stage_jobs(data: dict, out: Path) -> list[dict]:
 
 
 STAGE_OF = {"ingest_dataset": "ingest", "level_cycle": "level", "register_cycle": "register",
-            "link_cycles": "register", "link_into_cycle": "register", "compose_drift": "register", "apply_registration": "register",
-            "segment_cycle": "segment", "track_sites": "sites", "correlate_lifetimes": "lifetime"}
+            "link_cycles": "register", "link_into_cycle": "register", "compose_drift": "register",
+            "apply_registration": "register", "segment_cycle": "segment", "track_sites": "sites",
+            "correlate_lifetimes": "lifetime"}
 
 
 def summarize_jobs(jobs: list[dict], n_frames: int) -> dict:
@@ -188,7 +189,7 @@ def summarize_jobs(jobs: list[dict], n_frames: int) -> dict:
         r["seconds"] += j["seconds"]
         r["max_rss_mib"] = max(r["max_rss_mib"], j["rss_mib"])
     by_stage: dict[str, dict] = {}
-    for j in jobs:  # a job of several steps (register_cycle: level, then estimate) counts in each stage
+    for j in jobs:  # a job of several steps (register_cycle: level, estimate, link) counts in each stage
         for step, sec in j.get("steps", {j["rule"]: j["seconds"]}).items():
             s = by_stage.setdefault(STAGE_OF[step], {"seconds": 0.0, "max_rss_mib": 0.0, "jobs": 0})
             s["seconds"] += sec
@@ -479,7 +480,9 @@ def report_md(r: dict) -> str:
     for g, t, v, ok in goals(r):
         lines.append(f"| {g} | {t} | {v} | {'yes' if ok else ('n/a' if ok is None else 'NO')} |")
     lines += ["", "## Stages in process (one process per job, sequential)", "",
-              "| stage | jobs | s | ms/frame | frames/s | peak RSS per job (MiB) |", "|---|---|---|---|---|---|"]
+              "Steps: a `register_cycle` job is three (leveling, the within-cycle estimate, the link into the "
+              "cycle), each counted in its stage.", "",
+              "| stage | steps | s | ms/frame | frames/s | peak RSS per job (MiB) |", "|---|---|---|---|---|---|"]
     for st, s in r["jobs_summary"]["by_stage"].items():
         lines.append(f"| {st} | {s['jobs']} | {s['seconds']:.2f} | {s['ms_per_frame']:.1f} | "
                      f"{s['frames_per_s']:.1f} | {s['max_rss_mib']:.0f} |")
