@@ -28,12 +28,15 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
 from ecafm.blas import one_blas_thread
+
+if TYPE_CHECKING:
+    from ecafm.level import LevelParams
 
 log = logging.getLogger(__name__)
 
@@ -952,7 +955,8 @@ def run_link(left_path, right_path, out, *, params: RegisterParams, step,
 
 
 @one_blas_thread
-def run_link_into(cube_path, cycle: int, out, *, params: RegisterParams, level, step) -> dict[str, Any]:
+def run_link_into(cube_path, cycle: int, out, *, params: RegisterParams, level: LevelParams,
+                  step) -> dict[str, Any]:
     """:func:`estimate_link` into ``cycle`` from the cycle before it (plus the skip link from the
     one before that), read from the ingested cube.
 
@@ -962,12 +966,12 @@ def run_link_into(cube_path, cycle: int, out, *, params: RegisterParams, level, 
     cycle's job waits for another's. The data set's first cycle gets a link of its own, every
     kind unlinked, so that every cycle's job writes the same outputs.
     """
-    from ecafm.level import level_one, segment_of, select_cycle
+    from ecafm.level import cycle_segments, level_one, select_cycle
     from ecafm.store import open_cube, write_cube
 
     cube = open_cube(cube_path, dask=False)  # lazy: only the linked frames are read
-    cycles = sorted(int(c) for c in np.unique(segment_of(cube["cycle"].values)))
-    right = select_cycle(cube, cycle)
+    cycles = cycle_segments(cube)
+    right = select_cycle(cube, cycle)  # names the cube's cycles when it has no such one
     i = cycles.index(int(cycle))
     left = select_cycle(cube, cycles[i - 1]) if i >= 1 else None
     before = select_cycle(cube, cycles[i - 2]) if i >= 2 else None
