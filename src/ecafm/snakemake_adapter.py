@@ -87,7 +87,7 @@ def use_dask_scheduler(address: str, *, threads: int) -> Any:
 def step_of(sm: Any, params: dict[str, Any], inputs: list[str], *, step: str | None = None) -> Step:
     """Provenance step of a job: rule, wildcards, params, inputs, threads.
 
-    ``step`` names a step that is not the rule itself (a job that runs two steps, each writing
+    ``step`` names a step that is not the rule itself (a job that runs several steps, each writing
     its own store); the record then keeps the rule that ran it as ``run.snakemake_rule``.
     """
     return Step(rule=step or sm.rule, params=params, wildcards=dict(sm.wildcards.items()),
