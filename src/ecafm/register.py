@@ -972,16 +972,16 @@ def run_link_into(cube_path, cycle: int, out, *, params: RegisterParams, level: 
     cube = open_cube(cube_path, dask=False)  # lazy: only the linked frames are read
     cycles = cycle_segments(cube)
     right = select_cycle(cube, cycle)  # names the cube's cycles when it has no such one
-    i = cycles.index(int(cycle))
-    left = select_cycle(cube, cycles[i - 1]) if i >= 1 else None
-    before = select_cycle(cube, cycles[i - 2]) if i >= 2 else None
+    earlier = cycles[: cycles.index(int(cycle))]  # the cycles before it that have frames
+    left = select_cycle(cube, earlier[-1]) if earlier else None
+    before = select_cycle(cube, earlier[-2]) if len(earlier) >= 2 else None
     res = estimate_link(left, right, params=params, before=before,
                         level=functools.partial(level_one, params=level))
-    res.attrs.update(cycle=int(cycle), from_cycle=cycles[i - 1] if i >= 1 else -1)
+    res.attrs.update(cycle=int(cycle), from_cycle=earlier[-1] if earlier else -1)
     if left is None:
         log.info("cycle %d is the data set's first: nothing to link it to", cycle)
     else:
-        log.info("cycle %d linked to cycle %d: flags %s", cycle, cycles[i - 1],
+        log.info("cycle %d linked to cycle %d: flags %s", cycle, earlier[-1],
                  [",".join(int_to_flags(int(f))) or "ok" for f in res["flags"].values])
     return write_cube(res, out, step=step)
 
