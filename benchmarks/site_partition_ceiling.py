@@ -18,13 +18,19 @@ true height at every cycle's plating peak, inside the true deposit footprint:
 - ``caps_growth``: that cap fit at centres tracked through the plating, as the pipeline's
   ``site_markers: growth`` does: the h-maxima of every plating frame's height, each kept when
   it lies at least 2 px from every centre found in an earlier frame.
+- ``caps_free``: caps started at the h-maxima and then fitted with FREE centres, radii and
+  heights, all caps of a footprint at once (``scipy.optimize.least_squares``), with the
+  generator's own prior on the cap shape (height = aspect x radius, aspect within ~10%); caps
+  below 5 nm or within 1 px of a larger one dropped; each pixel to the thickest cap. This is the
+  best a detector that knows the generator's cap model can do from the maxima it sees.
+- ``caps_free_growth``: the same free fit started at the ``caps_growth`` centres.
 
 Not a test and not a pipeline stage: the cap fit is written here (scipy.optimize.nnls) only to
 measure the ceiling. Usage (ecafm's venv, repository root)::
 
     python benchmarks/site_partition_ceiling.py --preset demo --seeds 0 1 60 [--out F.json]
 
-About 10-30 s per seed (the generator and the fits; no pipeline run).
+About 20 s (null) to 80-270 s (demo) per seed, mostly the free cap fits; no pipeline run.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ from scipy import ndimage as ndi
 
 RADII_PX = np.arange(1.5, 12.01, 0.5)
 DEPOSIT = (1, 2, 3)
-RULES = ("watershed_hmax", "watershed_true_centres", "caps_true_centres", "caps_hmax", "caps_growth")  # class_map codes: active, dormant, dead Li
+RULES = ("watershed_hmax", "watershed_true_centres", "caps_true_centres", "caps_hmax", "caps_growth",
+         "caps_free", "caps_free_growth")  # DEPOSIT: class_map codes active, dormant, dead Li
 
 
 def cap_partition(h: np.ndarray, mask: np.ndarray, cy: np.ndarray, cx: np.ndarray,
@@ -80,6 +87,65 @@ def cap_partition(h: np.ndarray, mask: np.ndarray, cy: np.ndarray, cx: np.ndarra
     return out
 
 
+def _caps(p: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Per cap (rows of p = centre y, centre x, radius, height) its paraboloid at (yy, xx)."""
+    cy, cx, r, hh = (p[:, k, None] for k in range(4))
+    return hh * np.clip(1.0 - ((yy[None] - cy) ** 2 + (xx[None] - cx) ** 2) / np.maximum(r, 0.3) ** 2,
+                        0.0, None)
+
+
+def free_cap_partition(h: np.ndarray, mask: np.ndarray, cy: np.ndarray, cx: np.ndarray,
+                       px_nm: float, aspect: float, aspect_sd: float, min_r: float) -> np.ndarray:
+    """Label map: caps started at (cy, cx), fitted with free centres, radii and heights.
+
+    Per connected component of ``mask`` (dilated by 2 px), all its caps are fitted at once by
+    least squares with a soft prior height = aspect * radius (sd ``aspect_sd``; the generator
+    clamps radii at ``min_r`` px and lowers such caps, so they are exempt). Caps under 5 nm and
+    caps within 1 px of a larger one are dropped; every pixel goes to the thickest cap.
+    """
+    from scipy.optimize import least_squares
+    from scipy.sparse import lil_matrix
+
+    out = np.zeros(h.shape, np.int32)
+    comp, nc = ndi.label(ndi.binary_dilation(mask, iterations=2))
+    iy = np.clip(np.round(cy).astype(int), 0, h.shape[0] - 1)
+    ix = np.clip(np.round(cx).astype(int), 0, h.shape[1] - 1)
+    owner = comp[iy, ix]
+    kept = []
+    for c in range(1, nc + 1):
+        sel = np.flatnonzero(owner == c)
+        if not sel.size:
+            continue
+        yy, xx = (v.astype(float) for v in np.nonzero(comp == c))
+        z = h[comp == c]
+        r0 = 3.0
+        p0 = np.column_stack([cy[sel], cx[sel], np.full(sel.size, r0), np.full(sel.size, aspect * r0 * px_nm)])
+        sparsity = lil_matrix((z.size + sel.size, 4 * sel.size), dtype=np.int8)
+        for a, (y, x) in enumerate(p0[:, :2]):
+            near = np.flatnonzero((yy - y) ** 2 + (xx - x) ** 2 <= 15.0 ** 2)
+            sparsity[near[:, None], 4 * a + np.arange(4)] = 1
+            sparsity[z.size + a, 4 * a + 2: 4 * a + 4] = 1
+
+        def resid(p: np.ndarray, yy: np.ndarray = yy, xx: np.ndarray = xx, z: np.ndarray = z) -> np.ndarray:
+            q = p.reshape(-1, 4)
+            prior_h = aspect * q[:, 2] * px_nm
+            prior = np.where(q[:, 2] > min_r + 0.1, 5.0 * (q[:, 3] - prior_h) / (aspect_sd / aspect * prior_h), 0.0)
+            return np.concatenate([_caps(q, yy, xx).sum(0) - z, prior])
+
+        lo = np.tile([-np.inf, -np.inf, 0.8, 0.0], sel.size)
+        hi = np.tile([np.inf, np.inf, 20.0, np.inf], sel.size)
+        fit = least_squares(resid, p0.ravel(), jac_sparsity=sparsity, bounds=(lo, hi), max_nfev=60,
+                            x_scale="jac").x.reshape(-1, 4)
+        for q in sorted(fit[fit[:, 3] > 5.0], key=lambda q: -q[3] * q[2] ** 2):
+            if all((q[0] - k[0]) ** 2 + (q[1] - k[1]) ** 2 >= 1.0 for k in kept):
+                kept.append(q)
+    if kept:
+        yy, xx = np.nonzero(mask)
+        caps = _caps(np.array(kept), yy.astype(float), xx.astype(float))
+        out[yy, xx] = np.where(caps.max(0) > 0, np.argmax(caps, 0) + 1, 0)
+    return out
+
+
 def f1_counts(truth: np.ndarray, pred: np.ndarray) -> tuple[int, int, int]:
     """(matched, true sites, predicted sites) at IoU >= 0.5, the score's matching."""
     from ecafm.score import _match_sites
@@ -96,9 +162,12 @@ def one_seed(preset: str, seed: int, work: Path, marker_h: float) -> dict:
     from ecafm.score import _nearest_site_px
     from ecafm.store import open_cube
     from ecafm.synth import synth
+    from ecafm.synth.presets import resolve_params
 
     synth(preset, seed, work / f"{preset}_{seed}")
+    prm = resolve_params(preset)
     t = open_cube(work / f"{preset}_{seed}" / "truth.zarr").load()
+    px_nm = float(t.attrs["pixel_size_nm"])
     phase, cycle = t["phase"].values, t["cycle"].values
     ref = int(np.flatnonzero(phase == 1)[0]) - 1  # last frame before the first plating
     h0 = t["height_true"][ref].values.astype(np.float64)
@@ -138,6 +207,10 @@ def one_seed(preset: str, seed: int, work: Path, marker_h: float) -> dict:
             "caps_true_centres": cap_partition(h, mask, cy, cx),
             "caps_hmax": cap_partition(h, mask, py, px),
             "caps_growth": cap_partition(h, mask, np.array(gy), np.array(gx)),
+            "caps_free": free_cap_partition(h, mask, py, px, px_nm, prm.aspect_mean, prm.aspect_sd,
+                                            prm.min_radius_px),
+            "caps_free_growth": free_cap_partition(h, mask, np.array(gy), np.array(gx), px_nm,
+                                                   prm.aspect_mean, prm.aspect_sd, prm.min_radius_px),
         }
         # spacing: distance from each true site's centre to the nearest other one (px)
         nn = _nearest_site_px(t, f, ids)

@@ -240,6 +240,35 @@ def test_site_partition_ceiling_cap_rule_on_true_centres():
     assert mod.f1_counts(truth, got)[0] == 2
 
 
+def test_site_partition_ceiling_free_cap_fit_moves_centres_but_finds_no_new_cap():
+    """The benchmark's free cap fit: started 1.2 px off both true centres, it moves the caps
+    back and parts the pixels as the generator does; started from the big cap's maximum alone,
+    it keeps one site (it refines the centres a detector gives, it does not add caps)."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location(
+        "ceiling", Path(__file__).resolve().parents[1] / "benchmarks" / "site_partition_ceiling.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    px_nm, aspect = 39.0625, 0.8
+    yy, xx = np.mgrid[:48, :48].astype(float)
+    centres = np.array([[24.0, 20.0], [24.0, 28.0]])
+    radii = np.array([9.0, 3.5])
+    caps = mod._caps(np.column_stack([centres, radii, aspect * radii * px_nm]), yy.ravel(),
+                     xx.ravel()).reshape(2, *yy.shape)
+    h = caps.sum(0)
+    truth = np.where(caps.max(0) > 0, caps.argmax(0) + 1, 0)
+    start = centres + np.array([[1.2, -0.8], [-0.9, 1.2]])
+    got = mod.free_cap_partition(h, h > 0, start[:, 0], start[:, 1], px_nm, aspect, 0.08, 1.5)
+    assert (got == truth)[h > 0].mean() > 0.98
+    assert mod.f1_counts(truth, got)[0] == 2
+    one = mod.free_cap_partition(h, h > 0, centres[:1, 0], centres[:1, 1], px_nm, aspect, 0.08, 1.5)
+    assert np.unique(one[one > 0]).size == 1
+
+
 def test_dead_volume_and_classes_on_the_null_preset_with_little_dead_li(tmp_path):
     """Null seed 15 makes little dead Li, so a few live sites called residue weigh a lot.
 
