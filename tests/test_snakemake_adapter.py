@@ -24,6 +24,8 @@ def test_job_process_freezes_gc_at_exit_and_keeps_its_log(tmp_path):
                              threads=1, resources={{}})
         setup_job(sm)
         print("frozen in the job:", gc.get_freeze_count())
+        from ecafm import store
+        print("inputs described once per job:", store._JOB_DIR_SHA256 is not None)
         with logged_failure(sm):
             cycles = [[i] for i in range(1000)]
             for c in cycles:
@@ -33,6 +35,7 @@ def test_job_process_freezes_gc_at_exit_and_keeps_its_log(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     lines = dict(line.split(": ") for line in out.stdout.splitlines())
     assert lines["frozen in the job"] == "0"  # the job itself collects as usual
+    assert lines["inputs described once per job"] == "True"
     assert int(lines["frozen at exit"]) > 1000  # the cycles above, and every import
     text = log.read_text()
     assert "rule level_cycle, wildcards {'cycle': '3'}, threads 1" in text

@@ -131,6 +131,35 @@ def test_input_edited_in_place_is_rehashed(tmp_path, monkeypatch):
     assert entry["sha256"] == physical_hash(path)
 
 
+def test_input_store_walked_once_per_snakemake_job_and_at_every_record_outside_one(tmp_path, monkeypatch):
+    """Outside a job (the in-process pipeline) each record checks the store's files again, so an
+    edit between two records shows; inside a Snakemake job (:func:`job_inputs_fixed`, set by
+    ``setup_job``) each input store is walked once, with the same entry."""
+    from ecafm import store
+    from ecafm.store import describe_input
+
+    path = tmp_path / "c.zarr"
+    rec = write_cube(_cube(), path, step=STEP)
+    walks = []
+    real = store.file_stats
+    monkeypatch.setattr(store, "file_stats", lambda p: walks.append(p) or real(p))
+    monkeypatch.setattr(store, "_JOB_DIR_SHA256", None)
+    first = describe_input(path)
+    assert describe_input(path) == first and len(walks) == 2  # a walk per record
+    store.job_inputs_fixed()
+    entries = [describe_input(path) for _ in range(5)]
+    assert len(walks) == 3  # one more walk for the rest of the job
+    assert all(e == first for e in entries)
+    assert first["sha256"] == rec["artifact"]["physical_sha256"]
+    # the store written again at the same path, by the same step (so the same version id) with
+    # other values, is described anew
+    rec2 = write_cube(_cube().assign(height=_cube()["height"] + 1.0), path, step=STEP)
+    n = len(walks)
+    again = describe_input(path)
+    assert len(walks) == n + 1
+    assert again["sha256"] == rec2["artifact"]["physical_sha256"] != first["sha256"]
+
+
 def test_input_file_hashed_once_per_job_until_edited(tmp_path, monkeypatch):
     """A job recording the same raw file in two outputs hashes it once; an edit in place (same
     size, old mtime put back) changes the ctime and is hashed again."""

@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from ecafm.store import Step
+from ecafm.store import Step, job_inputs_fixed
 
 
 def setup_job(sm: Any) -> None:
@@ -33,6 +33,7 @@ def setup_job(sm: Any) -> None:
     # stores and tables are complete and closed before the job returns, and logging's own exit
     # handler (registered earlier, so run after this one) flushes and closes the log.
     atexit.register(gc.freeze)
+    job_inputs_fixed()  # each input store is described once for all of the job's records
     os.environ.setdefault("OMP_NUM_THREADS", str(sm.threads))
     address = str(sm.resources.get("dask_scheduler", "") or "")
     try:
