@@ -113,3 +113,42 @@ def test_dead_conversion_needs_residue_and_left_behind_volume():
     shuffled = pd.concat([other.assign(site=3), sc]).sample(frac=1.0, random_state=0)
     assert dead_cycles(pd.DataFrame({"site": [7, 3, 5]}), shuffled, 0.4).tolist() == [1, 0, -1]
     assert dead_cycles(pd.DataFrame({"site": [7]}), sc, 0.6).tolist() == [-1]
+
+
+def test_lifetime_figure_is_readable():
+    """Every title and label of the lifetime figure lies inside the figure, the two Kaplan-Meier
+    titles do not run into each other, cycle axes have whole-number ticks, and the title names
+    the events in words (it showed a clipped one-line title, ticks at 0.5 cycles and a dict)."""
+    import matplotlib
+
+    from ecafm.figures import lifetime_figure
+
+    matplotlib.use("Agg")
+    t = [0.0, 1.0, 2.0, 3.0, 4.0]
+    groups = {g: {"n": 48, "events": 10 + i, "timeline": t, "survival": [1.0, 0.8 - 0.1 * i, 0.6, 0.5, 0.5]}
+              for i, g in enumerate(("low", "mid", "high"))}
+    km = {f"dead:{d}_w33_pre": {"groups": groups, "logrank_p": 0.000331} for d in ("porosity_proxy", "crest_rms")}
+    s = {"n_sites": 145, "events": {"dead": 59, "inactivation": 8, "void": 17}, "kaplan_meier": km}
+    b = pd.DataFrame({"cycle": [0, 1, 2, 3], "ce_volumetric": [0.67, 0.77, 0.85, 0.91],
+                      "ce_volumetric_with_voids": [0.70, 0.78, 0.88, 0.94],
+                      "ce_electrochemical": [0.79, 0.86, 0.90, 0.95],
+                      "residue_nm3": [1.8e8, 3.0e8, 3.7e8, np.nan],
+                      "apparent_density_factor": [1.86, 1.44, 1.28, 1.12]})
+    fig = lifetime_figure(s, b)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    box = fig.bbox
+    for e in [a.get_tightbbox(r) for a in fig.axes] + [fig._suptitle.get_window_extent(r)]:
+        # everything drawn: tick labels, axis labels, titles, legends
+        assert box.x0 - 1 <= e.x0 and e.x1 <= box.x1 + 1 and box.y0 - 1 <= e.y0 and e.y1 <= box.y1 + 1, e
+    axes = fig.axes
+    left, right = (a.title.get_window_extent(r) for a in axes[:2])
+    assert left.x1 < right.x0
+    for a in axes[:4]:
+        ticks = [tl.get_text().replace("\u2212", "-") for tl in a.get_xticklabels() if tl.get_text()]
+        assert ticks and all(float(v).is_integer() for v in ticks), ticks
+    sup = fig._suptitle.get_text()
+    assert "{" not in sup and "59 dead-Li conversions" in sup
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

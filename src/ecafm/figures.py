@@ -242,15 +242,23 @@ def plot_lifetimes(summary: str | Path, balance: str | Path, out: str | Path, *,
     """Kaplan-Meier by tertiles of the primary descriptors, CE per cycle, dead volume per cycle."""
     import json
 
-    import numpy as np
     import pandas as pd
 
-    plt = _mpl()
     s = json.loads(Path(summary).read_text())
     try:
         b = pd.read_csv(balance, sep="\t")
     except pd.errors.EmptyDataError:
         b = pd.DataFrame({"cycle": [], "ce_volumetric": [], "ce_volumetric_with_voids": [], "residue_nm3": []})
+    fig = lifetime_figure(s, b)
+    return _write_figure(fig, out, step=step)
+
+
+def lifetime_figure(s: dict[str, Any], b: Any) -> Any:
+    """The lifetime stage's figure from its summary (dict) and balance table (DataFrame)."""
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _mpl()
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
     km = s.get("kaplan_meier", {})
     # the endpoint with the most events (on the demo: dead-Li conversion, 45 against 7 inactivations)
@@ -269,7 +277,7 @@ def plot_lifetimes(summary: str | Path, balance: str | Path, out: str | Path, *,
                     d = km[k]["groups"][g]
                     ax.step(d["timeline"], d["survival"], where="post", color=col,
                             label=f"{g} tertile (n={d['n']}, events {d['events']})")
-            ax.set_title(f"{title[endpoint]} by {label}: log-rank p = {km[k]['logrank_p']:.3g}", fontsize=10)
+            ax.set_title(f"{title[endpoint]} by {label}\nlog-rank p = {km[k]['logrank_p']:.3g}", fontsize=10)
             ax.legend(fontsize=8)
         ax.set_xlabel("cycle")
         ax.set_ylabel(f"fraction of sites {what[endpoint]}")
@@ -292,6 +300,10 @@ def plot_lifetimes(summary: str | Path, balance: str | Path, out: str | Path, *,
         ax2.plot(b["cycle"], b["apparent_density_factor"], "o-", color="C2")
         ax2.set_ylabel("apparent density factor (AFM / log charge)", color="C2")
     ax.set_title("dead-Li candidate volume and charge balance")
-    fig.suptitle(f"site lifetimes: {s['n_sites']} sites, events {s['events']}")
+    for ax in axes.flat:  # cycles are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    named = {"dead": "dead-Li conversions", "inactivation": "inactivations", "void": "void failures"}
+    events = ", ".join(f"{n} {named.get(e, e)}" for e, n in ev.items())
+    fig.suptitle(f"site lifetimes: {s['n_sites']} sites; events: {events or 'none'}")
+    return fig
 
-    return _write_figure(fig, out, step=step)
