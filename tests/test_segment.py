@@ -567,3 +567,35 @@ def test_last_frame_extrapolation_does_not_dig_below_the_reference():
     kept = (yy < 12) & (cap > 0.5)
     assert np.all(out[1][kept] < last[kept] - 1)  # still extrapolated where the cap remains
     np.testing.assert_array_equal(out[1][kept], free[1][kept])
+
+
+def test_volume_balance_legends_sit_above_the_bars():
+    """The class-map figure's balance panel: neither legend covers a bar (on the demo's volumes
+    the class legend covered cycle 0's plated and stripped bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from matplotlib.colors import ListedColormap
+    from matplotlib.legend import Legend
+
+    from ecafm.figures import volume_balance_panel
+    from ecafm.kernels.change import CLASS_NAMES
+
+    cy = pd.DataFrame({"cycle": [0, 1, 2, 3], "plated_nm3": [5.96e8, 4.60e8, 4.10e8, 3.60e8],
+                       "stripped_nm3": [4.02e8, 3.54e8, 3.50e8, 3.29e8],
+                       "residue_nm3": [1.84e8, 3.03e8, 3.74e8, 0.0],
+                       "void_nm3": [1.6e7, 2.2e7, 3.5e7, 4.3e7]})
+    fig = plt.figure(figsize=(4.2, 5.6), constrained_layout=True)
+    ax = fig.add_subplot()
+    cmap = ListedColormap(["0.6", "tab:blue", "tab:red", "tab:orange", "gold", "white"])
+    volume_balance_panel(ax, cy, 7.4e-18, cmap, CLASS_NAMES)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    legends = [a.get_window_extent(r) for a in ax.get_children() if isinstance(a, Legend)]
+    assert len(legends) == 2
+    bars = [p.get_window_extent(r) for p in ax.patches]
+    assert len(bars) == 16
+    assert not any(bar.overlaps(leg) for bar in bars for leg in legends)
+    plt.close(fig)

@@ -214,28 +214,38 @@ def plot_classes(segments: list[str], labels: str | Path, cycles: str | Path, ou
             ax.set_xlabel("x (µm)", fontsize=8)
             ax.set_ylabel("y (µm)", fontsize=8)
             ax.tick_params(labelsize=7)
-    ax = fig.add_subplot(gs[:, n])
-    w = 0.2
-    x = cy["cycle"].to_numpy()
-    for j, (col, lab_) in enumerate((("plated_nm3", "plated V+"), ("stripped_nm3", "stripped V-"),
-                                     ("residue_nm3", "inactive residue"), ("void_nm3", "void"))):
-        ax.bar(x + (j - 1.5) * w, cy[col] / 1e6, width=w, label=lab_,
-               color=("tab:green", "tab:purple", "tab:red", "tab:blue")[j])
-    ax.set_xlabel("cycle")
-    ax.set_ylabel("volume (10⁶ nm³)")
-    cpv = float(lab.attrs["charge_per_nm3_C"])
-    sec = ax.secondary_yaxis("right", functions=(lambda v: v * 1e6 * cpv * 1e12,
-                                                 lambda q: q / 1e12 / cpv / 1e6))
-    sec.set_ylabel("charge (pC)")
-    ax.set_xticks(x)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(6)]
-    leg = ax.legend(fontsize=7, loc="upper right")
-    ax.add_artist(leg)
-    ax.legend(handles, [s.replace("_", " ") for s in CLASS_NAMES], fontsize=7, loc="upper left",
-              title="classes", title_fontsize=7)
-    ax.set_title("volume balance per cycle")
+    volume_balance_panel(fig.add_subplot(gs[:, n]), cy, float(lab.attrs["charge_per_nm3_C"]), cmap, CLASS_NAMES)
 
     return _write_figure(fig, out, step=step)
+
+
+def volume_balance_panel(ax: Any, cy: Any, charge_per_nm3_C: float, cmap: Any, class_names: list[str]) -> None:
+    """Bars of plated, stripped, residue and void volume per cycle (charge on the right axis),
+    with the legend of the bars and that of the class maps above the bars, never over them."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    w = 0.2
+    x = cy["cycle"].to_numpy()
+    cols = ("plated_nm3", "stripped_nm3", "residue_nm3", "void_nm3")
+    for j, (col, lab_) in enumerate(zip(cols, ("plated V+", "stripped V-", "inactive residue", "void"),
+                                        strict=True)):
+        ax.bar(x + (j - 1.5) * w, cy[col] / 1e6, width=w, label=lab_,
+               color=("tab:green", "tab:purple", "tab:red", "tab:blue")[j])
+    top = np.nanmax(np.r_[0.0, *(cy[c].to_numpy(float) / 1e6 for c in cols)])
+    ax.set_ylim(0, 1.75 * top if top > 0 else 1.0)  # the two legends sit in the headroom
+    ax.set_xlabel("cycle")
+    ax.set_ylabel("volume (10⁶ nm³)")
+    sec = ax.secondary_yaxis("right", functions=(lambda v: v * 1e6 * charge_per_nm3_C * 1e12,
+                                                 lambda q: q / 1e12 / charge_per_nm3_C / 1e6))
+    sec.set_ylabel("charge (pC)")
+    ax.set_xticks(x)
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=cmap(i), edgecolor="0.5") for i in range(len(class_names))]
+    leg = ax.legend(fontsize=7, loc="upper right")
+    ax.add_artist(leg)
+    ax.legend(handles, [s.replace("_", " ") for s in class_names], fontsize=7, loc="upper left",
+              title="classes", title_fontsize=7)
+    ax.set_title("volume balance per cycle")
 
 
 def plot_lifetimes(summary: str | Path, balance: str | Path, out: str | Path, *, step: Step) -> dict[str, Any]:
