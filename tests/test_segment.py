@@ -599,3 +599,43 @@ def test_volume_balance_legends_sit_above_the_bars():
     assert len(bars) == 16
     assert not any(bar.overlaps(leg) for bar in bars for leg in legends)
     plt.close(fig)
+
+
+def test_class_figure_maps_at_most_six_cycles_first_and_last_included():
+    from ecafm.figures import maps_shown
+
+    assert maps_shown(4) == [0, 1, 2, 3]
+    assert maps_shown(6) == list(range(6))
+    assert maps_shown(20) == [0, 4, 8, 11, 15, 19]
+    assert maps_shown(7) == [0, 1, 2, 4, 5, 6]
+    assert maps_shown(1) == [0]
+
+
+def test_volume_balance_ticks_of_twenty_cycles_do_not_collide():
+    """bench-m's 20 cycles: one tick per cycle ran the labels together ("171819")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from matplotlib.colors import ListedColormap
+
+    from ecafm.figures import volume_balance_panel
+    from ecafm.kernels.change import CLASS_NAMES
+
+    c = np.arange(20)
+    cy = pd.DataFrame({"cycle": c, "plated_nm3": 1e10 + 0 * c, "stripped_nm3": 8e9 + 0 * c,
+                       "residue_nm3": 1e9 * (c % 7), "void_nm3": 1e8 + 0 * c})
+    fig = plt.figure(figsize=(4.2, 5.6), constrained_layout=True)
+    ax = fig.add_subplot()
+    volume_balance_panel(ax, cy, 7.4e-18, ListedColormap(["0.6", "tab:blue", "tab:red", "tab:orange", "gold",
+                                                          "white"]), CLASS_NAMES)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    lo, hi = ax.get_xlim()
+    ticks = [(float(t), lab.get_window_extent(r)) for t, lab in zip(ax.get_xticks(), ax.get_xticklabels(),
+                                                                    strict=True) if lo <= t <= hi]
+    assert len(ticks) >= 4 and all(float(t).is_integer() for t, _ in ticks)
+    boxes = [b for _, b in ticks]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(fig)

@@ -7,6 +7,9 @@ from typing import Any
 
 from ecafm.store import Step, write_file
 
+#: class-map columns of the segmentation figure at most (:func:`maps_shown`)
+MAX_MAP_COLUMNS = 6
+
 
 def _mpl():
     import matplotlib
@@ -177,9 +180,21 @@ def plot_registration(transforms: str | Path, table: str | Path, registered: lis
     return _write_figure(fig, out, step=step)
 
 
+def maps_shown(n_cycles: int, max_cols: int = MAX_MAP_COLUMNS) -> list[int]:
+    """Which cycles (positions 0..n-1) get class maps: all of them up to ``max_cols``, else
+    ``max_cols`` spread evenly from the first to the last. One column per cycle made bench-m's
+    20-cycle figure 5085 px wide; the balance panel beside the maps still shows every cycle."""
+    import numpy as np
+
+    if n_cycles <= max_cols:
+        return list(range(n_cycles))
+    return sorted({int(v) for v in np.round(np.linspace(0, n_cycles - 1, max_cols))})
+
+
 def plot_classes(segments: list[str], labels: str | Path, cycles: str | Path, out: str | Path, *,
                  step: Step) -> dict[str, Any]:
-    """Class maps at the plating peak and stripping end of every cycle, plus the volume balance."""
+    """Class maps at the plating peak and stripping end of each cycle (of up to
+    :data:`MAX_MAP_COLUMNS` cycles, :func:`maps_shown`), plus every cycle's volume balance."""
     import numpy as np
     import pandas as pd
     from matplotlib.colors import ListedColormap
@@ -189,7 +204,7 @@ def plot_classes(segments: list[str], labels: str | Path, cycles: str | Path, ou
     from ecafm.store import open_cube
 
     plt = _mpl()
-    segs = [open_cube(p)[["state", "kind"]].load() for p in segments]
+    segs = [open_cube(segments[i])[["state", "kind"]].load() for i in maps_shown(len(segments))]
     lab = open_cube(labels).load()
     cy = pd.read_csv(cycles, sep="\t")
     cmap = ListedColormap(["0.6", "tab:blue", "tab:red", "tab:orange", "gold", "white"])
@@ -224,6 +239,7 @@ def volume_balance_panel(ax: Any, cy: Any, charge_per_nm3_C: float, cmap: Any, c
     with the legend of the bars and that of the class maps above the bars, never over them."""
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     w = 0.2
     x = cy["cycle"].to_numpy()
@@ -239,7 +255,7 @@ def volume_balance_panel(ax: Any, cy: Any, charge_per_nm3_C: float, cmap: Any, c
     sec = ax.secondary_yaxis("right", functions=(lambda v: v * 1e6 * charge_per_nm3_C * 1e12,
                                                  lambda q: q / 1e12 / charge_per_nm3_C / 1e6))
     sec.set_ylabel("charge (pC)")
-    ax.set_xticks(x)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole cycles, not crowded at 20
     handles = [plt.Rectangle((0, 0), 1, 1, facecolor=cmap(i), edgecolor="0.5") for i in range(len(class_names))]
     leg = ax.legend(fontsize=7, loc="upper right")
     ax.add_artist(leg)
