@@ -759,3 +759,31 @@ def test_link_into_a_cycle_from_the_cube_equals_the_link_of_its_leveled_cycles(t
     first = open_cube(tmp_path / "new_0.zarr").load()
     assert (first["flags"].values == FLAG_BITS["unlinked"]).all()
     assert (first["from_frame"].values == -1).all() and first.attrs["from_cycle"] == -1
+
+
+@pytest.mark.parametrize("n_bad, labels", [(2, 2), (11, 0)])
+def test_registration_figure_labels_a_few_outvoted_observations_and_counts_many(n_bad, labels):
+    """Outvoted cycle-start observations: each gets a marker; a few also a label, many (bench-m:
+    10, whose labels ran into each other over the curve) only their number in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import xarray as xr
+
+    from ecafm.figures import mark_outvoted
+
+    frames = np.arange(200)
+    to = np.arange(12) * 16 + 16
+    w = np.ones(12)
+    w[:n_bad] = 0.1
+    tf = xr.Dataset({"obs_weight": ("obs", w), "obs_kind": ("obs", np.zeros(12, int), {"flag_meanings": "chain direct skip"}),
+                     "obs_from_frame": ("obs", to - 16), "obs_to_frame": ("obs", to)})
+    fig, ax = plt.subplots()
+    assert mark_outvoted(ax, tf, frames, -3.0 * frames) == n_bad
+    marker_xy = ax.lines[0].get_xydata()
+    assert marker_xy.shape == (n_bad, 2) and (marker_xy[:, 0] == to[:n_bad]).all()
+    assert len(ax.texts) == labels
+    legend = ax.get_legend_handles_labels()[1]
+    assert legend == ["cycle-start observation outvoted" + ("" if labels else f" ({n_bad}; obs_* in transforms.zarr)")]
+    plt.close(fig)

@@ -108,6 +108,36 @@ def _display_plane(img):
     return img - (coef[0] + coef[1] * xx + coef[2] * yy)
 
 
+def mark_outvoted(ax: Any, tf: Any, frames: Any, dy_nm: Any, *, max_labels: int = 4) -> int:
+    """Mark the cycle-start observations the robust adjustment outvoted on the drift curve.
+
+    Each gets a marker at its target frame; up to ``max_labels`` of them also a label (kind,
+    from -> to). More labels ran into each other and over the curve (bench-m: 10); the legend
+    then gives their number, and ``obs_*`` of transforms.zarr has every one. Returns the number
+    marked.
+    """
+    import numpy as np
+
+    bad = tf["obs_weight"].values < 0.5
+    fpos = {int(v): i for i, v in enumerate(frames)}
+    kinds = tf["obs_kind"].attrs.get("flag_meanings", "chain direct skip").split()
+    obs = [(int(k), int(a), int(b)) for k, a, b in zip(tf["obs_kind"].values[bad], tf["obs_from_frame"].values[bad],
+                                                       tf["obs_to_frame"].values[bad], strict=True)
+           if int(b) in fpos]
+    if not obs:
+        return 0
+    xs = np.array([b for _, _, b in obs])
+    ys = np.array([dy_nm[fpos[b]] for _, _, b in obs])
+    label = "cycle-start observation outvoted"
+    ax.plot(xs, ys, "v", color="m", ms=9, ls="none",
+            label=label if len(obs) <= max_labels else f"{label} ({len(obs)}; obs_* in transforms.zarr)")
+    if len(obs) <= max_labels:
+        for (k, a, b), y in zip(obs, ys, strict=True):
+            ax.annotate(f"{kinds[k]} {a}->{b}", (b, y), fontsize=7, color="m", xytext=(2, -10),
+                        textcoords="offset points")
+    return len(obs)
+
+
 def plot_registration(transforms: str | Path, table: str | Path, registered: list[str], out: str | Path,
                       *, step: Step) -> dict[str, Any]:
     """Drift per frame (nm) with errors, intra-frame drift span, peak ratio QC, registered frames."""
@@ -133,17 +163,8 @@ def plot_registration(transforms: str | Path, table: str | Path, registered: lis
         ax.axvline(f[b] + 0.5, color="grey", ls=":", lw=1)
     ax.set_xlabel("frame")
     ax.set_ylabel("drift relative to the first frame (nm)")
-    if "obs_weight" in tf:  # cycle-start observations the robust adjustment outvoted
-        bad = tf["obs_weight"].values < 0.5
-        fpos = {int(v): i for i, v in enumerate(f)}
-        kinds = tf["obs_kind"].attrs.get("flag_meanings", "chain direct skip").split()
-        for j, (k, a, b) in enumerate(zip(tf["obs_kind"].values[bad], tf["obs_from_frame"].values[bad],
-                                          tf["obs_to_frame"].values[bad], strict=True)):
-            if int(b) in fpos:
-                xy = (int(b), df["dy_nm"].iloc[fpos[int(b)]])
-                ax.plot(*xy, "v", color="m", ms=9, label="cycle-start observation outvoted" if j == 0 else None)
-                ax.annotate(f"{kinds[int(k)]} {int(a)}->{int(b)}", xy, fontsize=7, color="m",
-                            xytext=(2, -10), textcoords="offset points")
+    if "obs_weight" in tf:
+        mark_outvoted(ax, tf, f, df["dy_nm"].to_numpy())
     ax.legend(fontsize=8)
     lc = tf["loop_closure_px"].values
     lc_txt = f", max loop closure {np.nanmax(lc):.3f} px" if np.isfinite(lc).any() else ""
