@@ -319,3 +319,22 @@ def test_parquet_table_round_trip_and_a_clear_error_without_pyarrow(tmp_path, mo
     with pytest.raises(ImportError, match=r"other\.parquet: .*pip install 'ecafm\[parquet\]'"):
         write_table(df, missing, step=Step("t"))
     assert not any("other" in p.name for p in tmp_path.rglob("*"))  # nothing partial, no record
+
+
+def test_library_versions_read_once_per_process(monkeypatch):
+    """Every record names the key libraries' versions; the package metadata is read once."""
+    from importlib import metadata
+
+    from ecafm import store
+
+    store._library_versions.cache_clear()
+    calls = []
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda n: calls.append(n) or real(n))
+    first = store.library_versions()
+    n = len(calls)
+    assert n == len(store.KEY_LIBRARIES) and first["numpy"] == real("numpy")
+    first["numpy"] = "edited by a caller"
+    again = store.library_versions()
+    assert len(calls) == n and again["numpy"] == real("numpy")  # cached, and callers get a copy
+    store._library_versions.cache_clear()

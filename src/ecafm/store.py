@@ -289,6 +289,17 @@ def code_identity() -> dict[str, Any]:
 
 
 def library_versions(names: Iterable[str] = KEY_LIBRARIES) -> dict[str, str | None]:
+    """Python's and the key libraries' versions (None: not installed).
+
+    Read once per process. Reading them took 12-33 ms of every record (11 package metadata
+    files parsed), and a process keeps the libraries it imported even if another version is
+    installed on disk meanwhile, so the first reading is the one that describes the run.
+    """
+    return dict(_library_versions(tuple(names)))
+
+
+@functools.lru_cache(maxsize=8)
+def _library_versions(names: tuple[str, ...]) -> dict[str, str | None]:
     from importlib import metadata
 
     out: dict[str, str | None] = {"python": platform.python_version()}
