@@ -367,9 +367,11 @@ def job_inputs_fixed() -> None:
 
     A job records the same inputs in the record of every output it writes, and checking a store
     against its record walks all its files: track_sites walked 20 segment cubes for each of its
-    5 outputs (about 9 ms each), every register job the ingested cube (350 files) for each of
-    its 3 steps. Snakemake starts a job only once its inputs are complete, and no job writes
-    another's inputs while it runs, so within the job they are the same stores throughout.
+    5 outputs (about 9 ms each), every register job the ingested cube (350 files) for both
+    its level and its link step. Snakemake starts a job only once its inputs are complete, and
+    no job writes another's inputs while it runs, so within the job they stay the same stores.
+    (A store the job writes and then reads, as register_cycle's leveled cube, is described
+    after it is written.)
 
     A store written again through ecafm (renamed into place, with a new record) is described
     anew. Not for a process that runs several stages (:mod:`ecafm.pipeline`, a notebook): there
