@@ -25,8 +25,8 @@ true height at every cycle's plating peak, inside the true deposit footprint:
   best a detector that knows the generator's cap model can do from the maxima it sees.
 - ``caps_free_growth``: the same free fit started at the ``caps_growth`` centres.
 
-Not a test and not a pipeline stage: the cap fit is written here (scipy.optimize.nnls) only to
-measure the ceiling. Usage (ecafm's venv, repository root)::
+Not a test and not a pipeline stage: the cap fits are written here (scipy.optimize.nnls and
+least_squares) only to measure the ceiling. Usage (ecafm's venv, repository root)::
 
     python benchmarks/site_partition_ceiling.py --preset demo --seeds 0 1 60 [--out F.json]
 

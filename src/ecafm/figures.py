@@ -349,8 +349,7 @@ def lifetime_figure(s: dict[str, Any], b: Any) -> Any:
     ax.set_title("dead-Li candidate volume and charge balance")
     for ax in axes.flat:  # cycles are whole numbers
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    named = {"dead": "dead-Li conversions", "inactivation": "inactivations", "void": "void failures"}
-    events = ", ".join(f"{n} {named.get(e, e)}" for e, n in ev.items())
+    events = ", ".join(f"{n} {title.get(e, e)}s" for e, n in ev.items())
     fig.suptitle(f"site lifetimes: {s['n_sites']} sites; events: {events or 'none'}")
     return fig
 

@@ -406,9 +406,7 @@ def describe_input(path: str | Path) -> dict[str, Any]:
         else:
             # a store written again (by ecafm: a new directory renamed into place, a new
             # record beside it) is another key
-            side = record_path(path)
-            key = (str(path.resolve()), *_identity(path.stat()),
-                   *(_identity(side.stat()) if rec is not None else ()))
+            key = (*_input_key(path), *(_input_key(record_path(path)) if rec is not None else ()))
             if key not in _JOB_DIR_SHA256:
                 _JOB_DIR_SHA256[key] = _store_sha256(path, rec)
             entry["sha256"] = _JOB_DIR_SHA256[key]
