@@ -34,3 +34,4 @@ rule all:
     default_target: True
     input:
         get_final_outputs,
+        get_analysis_outputs,

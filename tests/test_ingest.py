@@ -153,13 +153,19 @@ def test_asd_movie_flags_near_empty_frames(real, tmp_path):
     qc = pd.read_csv(tmp_path / "qc.tsv", sep="\t")
     assert qc.loc[23, "zero_fraction"] > 0.9 and qc.loc[24, "zero_fraction"] > 0.9
     np.testing.assert_allclose(np.diff(ds["time"].values), 1.0)  # 1000 ms per frame (header)
+    # No potentiostat log: every phase unknown, so nothing plates and the workflow stops after
+    # registration for this data set.
+    from ecafm.level import cube_plates_first
+
+    assert (ds["phase"].values == PHASE_CODES["unknown"]).all()
+    assert cube_plates_first(tmp_path / "m.zarr") is False
 
 
 def test_cube_cycles_read_once_per_written_cube(tmp_path, monkeypatch):
     """The workflow's input functions ask for a cube's cycles dozens of times per DAG: the store
     is opened once, and opened again when the cube is written anew."""
     import ecafm.store
-    from ecafm.level import cube_cycles, cycle_segments
+    from ecafm.level import cube_cycles, cube_plates_first, cycle_segments
 
     opened = []
     real_open = ecafm.store.open_cube
@@ -174,6 +180,7 @@ def test_cube_cycles_read_once_per_written_cube(tmp_path, monkeypatch):
     assert [cube_cycles(cube) for _ in range(5)] == [[0, 1]] * 5
     assert opened == [{"dask": False}]
     assert cube_cycles(cube) == cycle_segments(real_open(cube))
+    assert cube_plates_first(cube) is True and len(opened) == 1  # from the same opening
     # Ingested again with three cycles: the new directory is read, not the cached answer.
     _ingest(make_dataset(tmp_path / "three", n_frames=9, n_cycles=3), cube)
     assert cube_cycles(cube) == [0, 1, 2] and len(opened) == 2

@@ -183,3 +183,29 @@ def test_a_cycle_without_frames_is_linked_over(tmp_path):
     assert np.abs(tf["dy_px"].values + raw_index % 3).max() < 0.1
     assert (res / "lifetime" / "gap" / "summary.json").exists()
     assert (res / "figures" / "gap" / "lifetime.png").exists()
+
+
+def test_a_movie_without_phases_stops_after_registration(real, tmp_path):
+    """A real high-speed AFM movie (.asd) ingested without a potentiostat log has no plating
+    frame: its data set gets the drift-corrected cube and figures, and the run says what to add.
+    A data set with a log in the same sheet is analysed to the end. Before, the movie's segment
+    job failed ("no plating frame (phase 1) in the first cycle") and stopped the run."""
+    d = make_dataset(tmp_path / "data", n_frames=6, n_cycles=2, half_s=100.0, shape=(32, 32))
+    wd = _workdir(tmp_path, [{"id": "movie", "raw": str(real("asd/asd_sample_0.asd")), "format": "asd"},
+                             {"id": "cell", "raw": str(d["raw"]), "format": "gwy", "ec_log": str(d["log"]),
+                              "frames": str(d["frames"]), "metal": "Li", "positive_current_plates": "true"}])
+    res = _snakemake(wd, "--cores", "2")
+    out = wd / "results"
+    warning = re.search(r"Data set 'movie': .*", res.stdout + res.stderr)
+    assert warning and "stops after registration" in warning[0] and "ec_log" in warning[0]
+    assert "Data set 'cell'" not in res.stdout + res.stderr
+    assert open_cube(out / "register" / "movie" / "cycle_0.zarr").sizes["frame"] == 32
+    assert (out / "figures" / "movie" / "register.png").exists()
+    assert not (out / "segment" / "movie").exists() and not (out / "sites" / "movie").exists()
+    assert (out / "lifetime" / "cell" / "summary.json").exists()
+    # Asked for explicitly, the movie's segment job fails with the cube named and what to do.
+    bad = _snakemake(wd, "--cores", "1", "results/segment/movie/cycle_0.zarr", check=False)
+    assert bad.returncode != 0
+    log = (wd / "logs" / "segment_cycle" / "movie" / "cycle_0.log").read_text()
+    assert "results/register/movie/cycle_0.zarr: no plating frame" in log and "ec_log" in log
+    assert not (out / "segment" / "movie" / "cycle_0.zarr").exists()

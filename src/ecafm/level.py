@@ -49,6 +49,20 @@ def cube_cycles(cube: str | Path) -> list[int]:
     without dask). A cube written again is a new directory (:func:`ecafm.store.write_cube`
     publishes by rename), so the directory's inode and mtime key the cache.
     """
+    return list(_cube_facts(cube)[0])
+
+
+def cube_plates_first(cube: str | Path) -> bool:
+    """Whether the first cycle of the cube stored at ``cube`` has a plating frame (phase 1).
+
+    The segment stage needs one: h_ref is the last frame before the first plating, and sites are
+    born in it. A movie ingested without a potentiostat log or phases in a frame sheet has none
+    (every phase -1). Read with :func:`cube_cycles`, from the same opening of the store.
+    """
+    return _cube_facts(cube)[1]
+
+
+def _cube_facts(cube: str | Path) -> tuple[tuple[int, ...], bool]:
     p = Path(cube)
     try:
         st = p.stat()
@@ -57,14 +71,18 @@ def cube_cycles(cube: str | Path) -> list[int]:
 
         open_cube(p)  # raises with the reason and what to do
         raise
-    return list(_cube_cycles(str(p.resolve()), st.st_ino, st.st_mtime_ns))
+    return _read_cube_facts(str(p.resolve()), st.st_ino, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=32)
-def _cube_cycles(path: str, inode: int, mtime_ns: int) -> tuple[int, ...]:
+def _read_cube_facts(path: str, inode: int, mtime_ns: int) -> tuple[tuple[int, ...], bool]:
     from ecafm.store import open_cube
 
-    return tuple(cycle_segments(open_cube(path, dask=False)))
+    ds = open_cube(path, dask=False)
+    seg = segment_of(ds["cycle"].values)
+    cycles = tuple(sorted(int(c) for c in np.unique(seg)))
+    plates = bool(cycles) and bool(np.any(ds["phase"].values[seg == cycles[0]] == 1))
+    return cycles, plates
 
 
 def select_cycle(ds: xr.Dataset, cycle: int) -> xr.Dataset:

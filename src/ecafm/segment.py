@@ -42,6 +42,7 @@ import pandas as pd
 import xarray as xr
 
 from ecafm.blas import one_blas_thread
+from ecafm.errors import InputFileError
 from ecafm.kernels import change as kc
 
 log = logging.getLogger(__name__)
@@ -116,12 +117,17 @@ def _kinds(ds: xr.Dataset, first_plate_frame: int) -> np.ndarray:
     return np.where(fr < first_plate_frame, PRE, kind).astype(np.int8)
 
 
+NO_PLATING_HINT = ("Without a potentiostat log every frame's phase is unknown: give the data set an "
+                   "`ec_log`, or a frame sheet with a `phase` or `half_cycle` column; with a log, check "
+                   "`positive_current_plates`")
+
+
 def first_plating_frame(cycle0: xr.Dataset) -> int:
     """Frame number of the first plating frame (phase code 1) of the dataset."""
     ph = cycle0["phase"].values
     idx = np.flatnonzero(ph == 1)
     if idx.size == 0:
-        raise ValueError("no plating frame (phase 1) in the first cycle: cannot choose h_ref")
+        raise ValueError(f"no plating frame (phase 1) in the first cycle: cannot choose h_ref. {NO_PLATING_HINT}")
     return int(cycle0["frame"].values[idx[0]])
 
 
@@ -790,8 +796,13 @@ def run_segment(cycle: int, cur: str | Path, cycle0: str | Path, transforms: str
     """I/O: read registered cycles, segment cycle ``cycle``, write the cube and the class table."""
     from ecafm.store import open_cube, write_cube, write_table
 
+    first = open_cube(cycle0)
+    if not (first["phase"].values == 1).any():
+        raise InputFileError(cycle0, "no plating frame (phase 1) in the data set's first cycle, so no "
+                             "h_ref (the last frame before the first plating) and no sites",
+                             hint=NO_PLATING_HINT)
     cur_ds = open_cube(cur).load()
-    seg = segment_cycle(int(cycle), cur_ds, open_cube(cycle0), open_cube(transforms).load(),
+    seg = segment_cycle(int(cycle), cur_ds, first, open_cube(transforms).load(),
                         prev=open_cube(prev) if prev else None,
                         nxt=open_cube(nxt) if nxt else None,
                         prev2=open_cube(prev2) if prev2 else None, params=params, metal=metal)

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -164,15 +165,51 @@ def get_segmented(wildcards):
 
 
 def get_final_outputs(wildcards):
+    """Ingest and registration outputs of every data set (they need no electrochemistry)."""
     out = []
     for ds in DATASETS["id"]:
         out.append(f"results/figures/{ds}/ingest.png")
         out.append(f"results/figures/{ds}/register.png")
         out.append(f"results/register/{ds}/registered.done")
-        out.append(f"results/figures/{ds}/classes.png")
-        out.append(f"results/sites/{ds}/sites.tsv")
-        out.append(f"results/lifetime/{ds}/summary.json")
-        out.append(f"results/figures/{ds}/lifetime.png")
+    return out
+
+
+_NOT_SEGMENTED = set()
+
+
+def can_segment(dataset):
+    """Whether the ingested cube's first cycle has a plating frame (phase 1).
+
+    The segment stage's h_ref is the last frame before the first plating, and sites are born in
+    it. A movie ingested without a potentiostat log or phases has none: its data set stops after
+    registration (drift-corrected cube and figure), with a warning that says what to add,
+    instead of a segment job that fails.
+    """
+    from ecafm.level import cube_plates_first
+
+    ok = cube_plates_first(checkpoints.ingest_dataset.get(dataset=dataset).output.cube)
+    if not ok and dataset not in _NOT_SEGMENTED:
+        _NOT_SEGMENTED.add(dataset)
+        logger.warning(
+            f"Data set {dataset!r}: results/cubes/{dataset}.zarr has no plating frame (phase 1)"
+            " in its first cycle, so it stops after registration (no segmentation, sites or"
+            " lifetimes). To analyse it, give it an `ec_log` in the data set sheet, or a frame"
+            " sheet (`frames`) with a `phase` or `half_cycle` column; with a log, check"
+            " `positive_current_plates`."
+        )
+    return ok
+
+
+def get_analysis_outputs(wildcards):
+    """Segmentation, site and lifetime outputs of the data sets that have a first plating
+    (known once their ingest checkpoint has run)."""
+    out = []
+    for ds in DATASETS["id"]:
+        if can_segment(ds):
+            out.append(f"results/figures/{ds}/classes.png")
+            out.append(f"results/sites/{ds}/sites.tsv")
+            out.append(f"results/lifetime/{ds}/summary.json")
+            out.append(f"results/figures/{ds}/lifetime.png")
     return out
 
 
