@@ -787,3 +787,46 @@ def test_registration_figure_labels_a_few_outvoted_observations_and_counts_many(
     legend = ax.get_legend_handles_labels()[1]
     assert legend == ["cycle-start observation outvoted" + ("" if labels else f" ({n_bad}; obs_* in transforms.zarr)")]
     plt.close(fig)
+
+
+def test_pairwise_qc_panel_tells_flagged_pairs_from_passed_ones():
+    """A pair above the peak-ratio threshold can still fail (the gradients' peak, a disagreement):
+    the panel marks every flagged pair apart from the passed ones, with counts, draws the
+    configured threshold (it was a fixed 1.5), and keeps its legend off the points. Pattern of
+    the real .asd movie: 15 pairs passed, then flagged pairs above and below the threshold and
+    frames excluded at ingest."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ecafm.figures import pair_qc_panel
+
+    rng = np.random.default_rng(3)
+    n = 32
+    pr = np.r_[np.nan, rng.uniform(1.8, 3.1, 15), [2.02, 1.65, 1.1, 1.11, 1.7, 1.35], np.full(10, np.nan)]
+    pr[25], pr[30] = 1.05, 1.04
+    names = [""] * 16 + ["weak_peak", "weak_peak,disagreement", "weak_peak,disagreement",
+                         "weak_peak,disagreement", "weak_peak,disagreement", "weak_peak"] + ["ingest_qc"] * 10
+    names[25] = names[30] = "weak_peak,disagreement"
+    ok = np.r_[np.ones(16, bool), np.zeros(16, bool)]
+    df = pd.DataFrame({"frame": np.arange(n), "pair_peak_ratio": pr, "ok": ok, "flag_names": names})
+    df.loc[0, "flag_names"] = np.nan  # the reference frame: no pair, no flag
+    fig, ax = plt.subplots(figsize=(4, 3.5))
+    counts = pair_qc_panel(ax, df, 1.7)
+    assert counts == {"passed": 15, "weak_peak": 2, "weak_peak, disagreement": 6,
+                      "no pair, first of a cycle": 1, "no pair, excluded, ingest_qc": 8}
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels[:3] == ["passed (15)", "weak_peak (2)", "weak_peak, disagreement (6)"]
+    threshold = [ln for ln in ax.lines if ln.get_label().startswith("min_peak_ratio")]
+    assert len(threshold) == 1 and set(threshold[0].get_ydata()) == {1.7}
+    # every drawn pair is inside the axes and outside the legend
+    fig.canvas.draw()
+    box = ax.get_legend().get_window_extent()
+    pts = [ln.get_xydata() for ln in ax.lines if ln.get_marker() not in ("None", " ", "", None)]
+    xy = ax.transData.transform(np.vstack([p for p in pts if len(p)]))
+    assert len(xy) == 23
+    inside = ax.get_window_extent()
+    assert ((xy[:, 1] > inside.y0) & (xy[:, 1] < inside.y1)).all()
+    assert not ((xy[:, 0] >= box.x0) & (xy[:, 0] <= box.x1) & (xy[:, 1] >= box.y0) & (xy[:, 1] <= box.y1)).any()
+    plt.close(fig)

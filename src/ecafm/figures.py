@@ -138,14 +138,74 @@ def mark_outvoted(ax: Any, tf: Any, frames: Any, dy_nm: Any, *, max_labels: int 
     return len(obs)
 
 
+def pair_qc_panel(ax: Any, df: Any, min_peak_ratio: float) -> dict[str, int]:
+    """Peak ratio of each frame pair's height correlation, passed pairs apart from flagged ones.
+
+    One colour for every pair that passed, and a marker per combination of flags for the others,
+    with its count: a pair above the threshold can still fail (a weak peak of the gradients'
+    estimate, a disagreement, a jump), and the panel has to say so. Frames excluded before
+    registration (``ingest_qc``: no pair) are counted in the legend. Returns the legend's counts.
+    """
+    import numpy as np
+
+    f = df["frame"].to_numpy()
+    pr = df["pair_peak_ratio"].to_numpy(float)
+    ok = df["ok"].to_numpy(bool)
+    names = df["flag_names"].fillna("").astype(str).to_numpy()
+    has_pair = np.isfinite(pr)
+    counts = {}
+    m = ok & has_pair
+    if m.any():
+        counts["passed"] = int(m.sum())
+        ax.semilogy(f[m], pr[m], ".", color="C2", ls="none", label=f"passed ({m.sum()})")
+    markers = iter("xv^sDP*")
+    for name in sorted(set(names[~ok & has_pair])):
+        m = ~ok & has_pair & (names == name)
+        label = (name or "failed").replace(",", ", ")
+        counts[label] = int(m.sum())
+        ax.semilogy(f[m], pr[m], next(markers, "x"), color="C3", ls="none", ms=6, mfc="none",
+                    label=f"{label} ({m.sum()})")
+    # frames without a pair of their own: each cycle's first frame (linked across the boundary)
+    # and frames excluded before registration
+    for name in sorted(set(names[~has_pair])):
+        for passed in (True, False):
+            m = ~has_pair & (names == name) & (ok == passed)
+            if not m.any():
+                continue
+            what = ("first of a cycle" if passed else "excluded") + (f", {name.replace(',', ', ')}" if name else "")
+            counts[f"no pair, {what}"] = int(m.sum())
+            ax.plot([], [], " ", label=f"no pair, {what} ({m.sum()})")
+    ax.axhline(min_peak_ratio, color="k", ls="--", lw=1, label=f"min_peak_ratio {min_peak_ratio:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("peak ratio, heights' correlation")
+    ax.set_title("pairwise QC")
+    # headroom for the legend above the points: each of its lines takes ~7% of the axes' height
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, lo * (hi / lo) ** (1 / max(0.3, 1 - 0.075 * (len(counts) + 2))))
+    from matplotlib.ticker import FuncFormatter
+
+    # 2, 5, 10, 20, not 2 x 10^0; of the minor ticks only 2 and 5 are labelled
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+    ax.legend(fontsize=7, title="weak_peak: heights' or gradients' peak", title_fontsize=7, loc="upper left")
+    return counts
+
+
 def plot_registration(transforms: str | Path, table: str | Path, registered: list[str], out: str | Path,
-                      *, step: Step) -> dict[str, Any]:
-    """Drift per frame (nm) with errors, intra-frame drift span, peak ratio QC, registered frames."""
+                      *, step: Step, min_peak_ratio: float | None = None) -> dict[str, Any]:
+    """Drift per frame (nm) with errors, intra-frame drift span, peak ratio QC, and the first and
+    last usable registered frames. ``min_peak_ratio``: the registration's QC threshold (config
+    ``register.min_peak_ratio``; default :class:`ecafm.register.RegisterParams`'s)."""
     import numpy as np
     import pandas as pd
 
     from ecafm.store import open_cube
 
+    if min_peak_ratio is None:
+        from ecafm.register import RegisterParams
+
+        min_peak_ratio = RegisterParams().min_peak_ratio
     plt = _mpl()
     tf = open_cube(transforms).load()
     df = pd.read_csv(table, sep="\t")
@@ -176,24 +236,19 @@ def plot_registration(transforms: str | Path, table: str | Path, registered: lis
     ax.set_ylabel("intra-frame drift span, fast axis (px)")
     ax.set_title("drift within each frame")
 
-    ax = fig.add_subplot(gs[1, 0])
-    pr = df["pair_peak_ratio"].to_numpy(float)
-    ax.semilogy(f, pr, ".", color="C2")
-    ax.axhline(1.5, color="k", ls="--", lw=1, label="QC threshold")
-    ax.set_xlabel("frame")
-    ax.set_ylabel("correlation peak ratio")
-    ax.set_title("pairwise QC")
-    ax.legend(fontsize=8)
+    pair_qc_panel(fig.add_subplot(gs[1, 0]), df, min_peak_ratio)
 
-    first = open_cube(registered[0])
-    last = open_cube(registered[-1])
-    for k, (ds, which) in enumerate(((first, 0), (last, -1))):
-        h = ds["height"].isel(frame=which).values
+    shown = [int(f[ok][0]), int(f[ok][-1])] if ok.any() else [int(f[0]), int(f[-1])]
+    cubes = [open_cube(p) for p in registered]
+    for k, fr in enumerate(shown):
+        ds = next(c for c in cubes if fr in c["frame"].values)
+        h = ds["height"].sel(frame=fr).values
         axk = fig.add_subplot(gs[1, 1 + k])
         ext = (float(ds["x"][0]) / 1e3, float(ds["x"][-1]) / 1e3, float(ds["y"][-1]) / 1e3, float(ds["y"][0]) / 1e3)
         lo, hi = np.nanpercentile(h, [1, 99]) if np.isfinite(h).any() else (0, 1)
         im = axk.imshow(h, cmap="afmhot", vmin=lo, vmax=hi, extent=ext)
-        axk.set_title(f"registered frame {int(ds['frame'][which])} (common field)", fontsize=10)
+        which = ("first" if k == 0 else "last") + (" usable" if ok.any() else "")
+        axk.set_title(f"{which}: registered frame {fr} (common field)", fontsize=10)
         axk.set_xlabel("x (µm)")
         axk.set_ylabel("y (µm)")
         fig.colorbar(im, ax=axk, label="height (nm)", shrink=0.8)

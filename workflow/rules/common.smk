@@ -93,6 +93,10 @@ def get_loop_weight(wildcards):
     return config["register"]["loop_weight"]
 
 
+def get_min_peak_ratio(wildcards):
+    return config["register"]["min_peak_ratio"]
+
+
 def get_loop_fusion(wildcards):
     return config["register"]["loop_fusion"]
 

@@ -33,6 +33,8 @@ rule plot_registration:
             category="2. Registration",
             subcategory="{dataset}",
         ),
+    params:
+        min_peak_ratio=get_min_peak_ratio,
     log:
         "logs/plot_registration/{dataset}.log",
     conda:
