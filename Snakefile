@@ -34,4 +34,4 @@ rule all:
     default_target: True
     input:
         get_final_outputs,
-        get_analysis_outputs,
+        *map(analysis_outputs, DATASETS["id"]),

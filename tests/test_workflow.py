@@ -188,14 +188,19 @@ def test_a_cycle_without_frames_is_linked_over(tmp_path):
 def test_a_movie_without_phases_stops_after_registration(real, tmp_path):
     """A real high-speed AFM movie (.asd) ingested without a potentiostat log has no plating
     frame: its data set gets the drift-corrected cube and figures, and the run says what to add.
-    A data set with a log in the same sheet is analysed to the end. Before, the movie's segment
-    job failed ("no plating frame (phase 1) in the first cycle") and stopped the run."""
+    A data set with a log in the same sheet is analysed to the end, even with `--keep-going` past
+    a data set listed first whose ingest fails (a legacy Gwyddion file). Before, the movie's
+    segment job failed ("no plating frame (phase 1) in the first cycle") and stopped the run."""
     d = make_dataset(tmp_path / "data", n_frames=6, n_cycles=2, half_s=100.0, shape=(32, 32))
-    wd = _workdir(tmp_path, [{"id": "movie", "raw": str(real("asd/asd_sample_0.asd")), "format": "asd"},
+    wd = _workdir(tmp_path, [{"id": "legacy", "raw": str(real("gwy/GwiddionReader_chip.gwy")), "format": "auto"},
+                             {"id": "movie", "raw": str(real("asd/asd_sample_0.asd")), "format": "asd"},
                              {"id": "cell", "raw": str(d["raw"]), "format": "gwy", "ec_log": str(d["log"]),
                               "frames": str(d["frames"]), "metal": "Li", "positive_current_plates": "true"}])
-    res = _snakemake(wd, "--cores", "2")
+    res = _snakemake(wd, "--cores", "2", "--keep-going", check=False)
+    assert res.returncode != 0  # the legacy file's ingest failed, with the cause in its log
+    assert "legacy Gwyddion 1.x" in (wd / "logs" / "ingest_dataset" / "legacy.log").read_text()
     out = wd / "results"
+    assert not (out / "cubes" / "legacy.zarr").exists()
     warning = re.search(r"Data set 'movie': .*", res.stdout + res.stderr)
     assert warning and "stops after registration" in warning[0] and "ec_log" in warning[0]
     assert "Data set 'cell'" not in res.stdout + res.stderr

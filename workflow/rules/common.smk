@@ -204,17 +204,24 @@ def can_segment(dataset):
     return ok
 
 
-def get_analysis_outputs(wildcards):
-    """Segmentation, site and lifetime outputs of the data sets that have a first plating
-    (known once their ingest checkpoint has run)."""
-    out = []
-    for ds in DATASETS["id"]:
-        if can_segment(ds):
-            out.append(f"results/figures/{ds}/classes.png")
-            out.append(f"results/sites/{ds}/sites.tsv")
-            out.append(f"results/lifetime/{ds}/summary.json")
-            out.append(f"results/figures/{ds}/lifetime.png")
-    return out
+def analysis_outputs(dataset):
+    """Input function of rule `all` for the segmentation, site and lifetime outputs of one data
+    set: none when its first cycle has no plating (known once its ingest checkpoint has run).
+    One function per data set, so that a data set whose ingest failed (`--keep-going`) or is
+    still running does not hold back the others' analysis."""
+
+    def fn(wildcards):
+        if not can_segment(dataset):
+            return []
+        return [
+            f"results/figures/{dataset}/classes.png",
+            f"results/sites/{dataset}/sites.tsv",
+            f"results/lifetime/{dataset}/summary.json",
+            f"results/figures/{dataset}/lifetime.png",
+        ]
+
+    fn.__name__ = f"analysis_outputs_{dataset}"
+    return fn
 
 
 def get_lifetime_inputs(wildcards):

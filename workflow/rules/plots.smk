@@ -33,8 +33,6 @@ rule plot_registration:
             category="2. Registration",
             subcategory="{dataset}",
         ),
-    params:
-        min_peak_ratio=get_min_peak_ratio,
     log:
         "logs/plot_registration/{dataset}.log",
     conda:
@@ -43,5 +41,7 @@ rule plot_registration:
     resources:
         mem_mb=get_mem_mb(base_mb=1000, per_input_mb=1),
         runtime=get_runtime(base_min=10, per_input_gb_min=10),
+    params:
+        min_peak_ratio=get_min_peak_ratio,
     script:
         "../../scripts/plot_registration.py"
