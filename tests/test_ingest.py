@@ -186,3 +186,22 @@ def test_cube_cycles_read_once_per_written_cube(tmp_path, monkeypatch):
     assert cube_cycles(cube) == [0, 1, 2] and len(opened) == 2
     with pytest.raises(FileNotFoundError, match="no zarr.json"):
         cube_cycles(tmp_path / "missing.zarr")
+
+
+def test_ingest_figure_of_a_movie_without_log_shows_its_frame_clock(real, tmp_path, monkeypatch):
+    """Without a log every frame's cycle is -1: the figure plotted that flat line. It now shows
+    the time between frames (pauses stand out) and says that the phases are unknown."""
+    import ecafm.figures
+    from ecafm.store import Step
+
+    ingest([real("asd/asd_sample_0.asd")], tmp_path / "m.zarr", qc_table=tmp_path / "qc.tsv")
+    shown = {}
+    monkeypatch.setattr(ecafm.figures, "_write_figure", lambda fig, out, step: shown.setdefault("fig", fig))
+    ecafm.figures.plot_ingest(tmp_path / "m.zarr", tmp_path / "qc.tsv", tmp_path / "f.png", step=Step("plot_ingest"))
+    axes = shown["fig"].axes
+    titles = [a.get_title() for a in axes]
+    assert sum("phase unknown" in t for t in titles) == 3
+    clock = next(a for a in axes if a.get_title().startswith("no potentiostat log"))
+    assert "6 of 32 frames QC-flagged" in clock.get_title()
+    np.testing.assert_allclose(clock.lines[0].get_ydata(), 1.0)  # one frame per second (header)
+    assert clock.get_ylabel() == "time since the previous frame (s)"

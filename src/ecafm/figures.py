@@ -41,36 +41,40 @@ def plot_ingest(cube: str | Path, qc: str | Path, out: str | Path, *, step: Step
     y = ds["y"].values * scale
     ext = (x[0], x[-1], y[-1], y[0])
 
+    has_log = bool(np.isfinite(ds["potential"].values).any())
     fig = plt.figure(figsize=(12, 6.5), constrained_layout=True)
     gs = fig.add_gridspec(2, 3, height_ratios=[1.3, 1])
     for k, (i, img) in enumerate(zip(picks, imgs, strict=True)):
         ax = fig.add_subplot(gs[0, k])
         lo, hi = np.nanpercentile(img, [1, 99])
         im = ax.imshow(img, cmap="afmhot", vmin=lo, vmax=hi, extent=ext)
-        ax.set_title(f"frame {i}, t = {float(ds['time'][i]):.0f} s, cycle {int(ds['cycle'][i])}",
-                     fontsize=10)
+        cyc = int(ds["cycle"][i])
+        when = f"cycle {cyc}" if cyc >= 0 else ("before cycling" if has_log else "phase unknown")
+        ax.set_title(f"frame {i}, t = {float(ds['time'][i]):.0f} s, {when}", fontsize=10)
         ax.set_xlabel(f"x ({unit})")
         ax.set_ylabel(f"y ({unit})")
         fig.colorbar(im, ax=ax, label="height - plane (nm)", shrink=0.8)
 
     t = ds["time"].values
     ax = fig.add_subplot(gs[1, :2])
-    if np.isfinite(ds["potential"].values).any():
+    if has_log:
         ax.plot(t, ds["potential"].values, ".-", color="C0", label="potential")
         ax.set_ylabel("potential (V)", color="C0")
         ax2 = ax.twinx()
         ax2.plot(t, ds["charge"].values, ".-", color="C1")
         ax2.set_ylabel("cumulative charge (C)", color="C1")
+        what = "electrochemistry at each frame"
     else:
-        ax.plot(t, ds["cycle"].values, ".-")
-        ax.set_ylabel("cycle")
+        # without a log the cycle is -1 everywhere; the frame clock at least shows pauses
+        ax.plot(t[1:], np.diff(t), ".-")
+        ax.set_ylabel("time since the previous frame (s)")
+        what = "no potentiostat log (phases unknown): frame interval"
     bad = ~ok
     if bad.any():
         for tb in t[bad]:
             ax.axvline(tb, color="red", alpha=0.4, lw=1)
     ax.set_xlabel("time (s)")
-    what = "electrochemistry" if np.isfinite(ds["potential"].values).any() else "no log: cycle"
-    ax.set_title(f"{what} at each frame ({int(bad.sum())} of {n} frames QC-flagged, red)")
+    ax.set_title(f"{what} ({int(bad.sum())} of {n} frames QC-flagged, red)")
 
     ax = fig.add_subplot(gs[1, 2])
     ax.plot(q["frame"], q["max_nm"] - q["min_nm"], ".-", label="height range")
