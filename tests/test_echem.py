@@ -493,3 +493,44 @@ def test_frames_on_real_mpr_log() -> None:
     out = frame_electrochemistry(log, mid)
     np.testing.assert_array_equal(out["half_cycle"], d["half_cycle"].to_numpy()[1:])
     assert set(out["phase"]) == {"rest", "plate", "strip"}
+
+
+def _log_starting_by_stripping() -> pd.DataFrame:
+    """Galvanostatic log numbered as EC-Lab does, from the technique's start: strip 50 s, then
+    (plate 100 s, strip 80 s) and (plate 100 s, strip 90 s), 0.01 mA, 1 s sampling."""
+    rows, q, t = [], 0.0, 0.0
+    for hc, (sign, dur) in enumerate([(-1, 50), (1, 100), (-1, 80), (1, 100), (-1, 90)]):
+        for _ in range(dur):
+            rows.append((t, -0.05 * sign, sign * 0.01, q, hc, hc // 2, False))
+            t += 1.0
+            q += sign * 0.01e-3
+    return pd.DataFrame(rows, columns=["time_s", "potential_V", "current_mA", "charge_C", "half_cycle", "cycle",
+                                       "rest"])
+
+
+def test_a_log_that_starts_by_stripping_is_counted_from_its_first_plating(tmp_path):
+    """A Li|Li cell or a Li-foil electrode often starts by stripping the imaged electrode, and
+    EC-Lab numbers that stripping half-cycle 0. Taken as numbered, each plating was paired with
+    the stripping BEFORE it (cycle 0: CE 50/100) and the segment stage took the first stripping
+    for a plating. Counted from the first plating: the first stripping is half-cycle -1, cycle
+    -1 (before cycling), and cycle 0 is plate 100 s + strip 80 s."""
+    from ecafm.io.echem import first_plating_offset, number_from_first_plating
+    from ecafm.lifetime import ec_charge_per_cycle
+
+    write_mpt(_log_starting_by_stripping(), tmp_path / "li_li.mpt", start_time=datetime.datetime(2026, 1, 1))
+    log = read_ec_log(tmp_path / "li_li.mpt")
+    assert first_plating_offset(log.data) == 1
+    assert first_plating_offset(log.data, positive_current_plates=False) == 0
+    d = number_from_first_plating(log.data)
+    np.testing.assert_array_equal(np.unique(d["half_cycle"]), [-1, 0, 1, 2, 3])
+    np.testing.assert_array_equal(d["cycle"].to_numpy(), np.repeat([-1, 0, 1], [50, 180, 190]))
+    fe = frame_electrochemistry(log, [20.0, 100.0, 200.0, 300.0, 400.0])
+    assert fe["half_cycle"].tolist() == [-1, 0, 1, 2, 3] and fe["cycle"].tolist() == [-1, 0, 0, 1, 1]
+    assert fe["phase"].tolist() == ["strip", "plate", "strip", "plate", "strip"]
+    ce = ec_charge_per_cycle(log.data, positive_current_plates=True)
+    assert ce["cycle"].tolist() == [0, 1]
+    np.testing.assert_allclose(ce["ce_electrochemical"], [0.8, 0.9], rtol=0.02)
+    # a log that starts by plating is left as it is
+    start_plating = _log_starting_by_stripping().iloc[50:].reset_index(drop=True)
+    start_plating["half_cycle"] -= 1
+    assert number_from_first_plating(start_plating) is start_plating

@@ -639,3 +639,54 @@ def test_volume_balance_ticks_of_twenty_cycles_do_not_collide():
     boxes = [b for _, b in ticks]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     plt.close(fig)
+
+
+def test_swapped_current_sign_is_called_out_per_cycle_and_on_the_figure(tmp_path, caplog):
+    """positive_current_plates the wrong way round: the demo's first plating reads as a stripping,
+    so the log seems to start by stripping (cube half_cycle_offset 1) and every plating the AFM
+    shows reads as a stripping. The surface then grows while the log says stripping and shrinks
+    while it says plating: each segmented cycle says so in its log and attrs, and the classes
+    figure in its title. With the right sign none does."""
+    from ecafm.figures import swapped_warning
+    from ecafm.ingest import ingest
+    from ecafm.pipeline import run_level_register
+    from ecafm.segment import looks_swapped, run_segment
+    from ecafm.store import Step, open_cube
+    from ecafm.synth import synth
+
+    synth("demo", 0, tmp_path / "data", overrides={"n_cycles": 2, "n_px": 64})
+    attrs = {}
+    for plates in (True, False):
+        root = tmp_path / f"plates_{plates}"
+        ingest([tmp_path / "data" / "raw"], root / "cube.zarr", ec_log=tmp_path / "data" / "ec" / "log.mpt",
+               frame_sheet=tmp_path / "data" / "frames.tsv", positive_current_plates=plates)
+        assert open_cube(root / "cube.zarr").attrs.get("half_cycle_offset", 0) == (0 if plates else 1)
+        reg = run_level_register(root / "cube.zarr", root / "out", apply=True)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="ecafm.segment"):
+            run_segment(0, reg["cycle_0"], reg["cycle_0"], reg["transforms"], root / "seg.zarr", root / "seg.tsv",
+                        nxt=reg.get("cycle_1"), step=Step("segment_cycle"))
+        attrs[plates] = open_cube(root / "seg.zarr").attrs
+        warned = [r.getMessage() for r in caplog.records if "look swapped" in r.getMessage()]
+        assert len(warned) == (0 if plates else 1)
+    right, wrong = attrs[True]["change_px"], attrs[False]["change_px"]
+    assert right["plate_grow_px"] > 10 * right["plate_shrink_px"] and not looks_swapped(right)
+    assert wrong["plate_shrink_px"] > 10 * wrong["plate_grow_px"] and looks_swapped(wrong)
+    assert swapped_warning([attrs[True]]) == ""
+    assert "positive_current_plates" in swapped_warning([attrs[True], attrs[False]])
+    assert "1 of 2 cycles" in swapped_warning([attrs[True], attrs[False]])
+
+
+@pytest.mark.parametrize("counts, swapped", [
+    ((11803, 241, 208, 11506), False),  # demo cycle 0, right sign
+    ((404, 11157, 12875, 168), True),   # the same with the sign the wrong way round
+    ((178, 11783, 0, 0), True),         # last cycle: platings only, the wrong way
+    ((0, 0, 0, 0), False),              # nothing changed
+    ((2, 40, 30, 1), False),            # a quiet cycle: too few pixels to call
+    ((300, 11000, 150, 9000), False),   # both half-cycles shrink (dissolution): not a sign error
+], ids=["right", "swapped", "platings-only", "quiet-empty", "quiet-few", "both-shrink"])
+def test_looks_swapped_needs_both_half_cycles_the_wrong_way_and_enough_pixels(counts, swapped):
+    from ecafm.segment import looks_swapped
+
+    keys = ("plate_grow_px", "plate_shrink_px", "strip_grow_px", "strip_shrink_px")
+    assert looks_swapped(dict(zip(keys, counts, strict=True))) is swapped

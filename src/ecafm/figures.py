@@ -310,8 +310,23 @@ def plot_classes(segments: list[str], labels: str | Path, cycles: str | Path, ou
             ax.set_ylabel("y (µm)", fontsize=8)
             ax.tick_params(labelsize=7)
     volume_balance_panel(fig.add_subplot(gs[:, n]), cy, float(lab.attrs["charge_per_nm3_C"]), cmap, CLASS_NAMES)
+    warning = swapped_warning([open_cube(p).attrs for p in segments])
+    if warning:
+        fig.suptitle(warning, color="red", fontsize=10)
 
     return _write_figure(fig, out, step=step)
+
+
+def swapped_warning(segment_attrs: list[dict]) -> str:
+    """The classes figure's red title when the surface grew while the log said stripping and
+    shrank while it said plating (:func:`ecafm.segment.looks_swapped`), else ''."""
+    from ecafm.segment import looks_swapped
+
+    bad = [int(a["cycle"]) for a in segment_attrs if "change_px" in a and looks_swapped(a["change_px"])]
+    if not bad:
+        return ""
+    return (f"CHECK positive_current_plates: in {len(bad)} of {len(segment_attrs)} cycles the surface shrank while "
+            f"plating and grew while stripping (cycles {', '.join(map(str, bad[:8]))}{', ...' if len(bad) > 8 else ''})")
 
 
 def volume_balance_panel(ax: Any, cy: Any, charge_per_nm3_C: float, cmap: Any, class_names: list[str]) -> None:

@@ -129,7 +129,11 @@ def site_descriptors(sites: pd.DataFrame, h_ref: np.ndarray, h_peak: np.ndarray,
 
 # --------------------------------------------------------------------------- balance
 def ec_charge_per_cycle(data: pd.DataFrame, *, positive_current_plates: bool) -> pd.DataFrame:
-    """Plated and stripped charge (C) per cycle from a potentiostat log (EcLog.data)."""
+    """Plated and stripped charge (C) per cycle from a potentiostat log (EcLog.data), cycles
+    counted from the first plating as the cube's are (:func:`ecafm.io.echem.number_from_first_plating`)."""
+    from ecafm.io.echem import number_from_first_plating
+
+    data = number_from_first_plating(data, positive_current_plates=positive_current_plates)
     sign = 1.0 if positive_current_plates else -1.0
     dq = np.diff(data["charge_C"].to_numpy(float), prepend=data["charge_C"].iloc[0]) * sign
     cyc = data["cycle"].to_numpy(int)

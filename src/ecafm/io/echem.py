@@ -171,6 +171,46 @@ def half_cycles_from_current(current_mA: np.ndarray, rest: np.ndarray) -> np.nda
     return np.cumsum(changes)
 
 
+def first_plating_offset(data: pd.DataFrame, *, positive_current_plates: bool = True) -> int:
+    """0 or 1: the parity of the log's first plating half-cycle.
+
+    ecafm's cycle is a plating and the stripping after it, so its half-cycle 0 is a plating
+    (``cycle = half_cycle // 2``). EC-Lab numbers half-cycles from the start of the technique,
+    whatever the first direction; a Li|Li cell or a Li-foil electrode often starts by
+    stripping the imaged electrode, and then the log's even half-cycles are strippings. The
+    first plating half-cycle is the first whose net charge (``positive_current_plates``
+    decides its sign) plates at least 1% of the largest half-cycle's charge, so that a short
+    transient does not count. 0 when nothing plates.
+    """
+    sign = 1.0 if positive_current_plates else -1.0
+    q = data["charge_C"].to_numpy(float)
+    dq = np.diff(q, prepend=q[:1]) * sign
+    net = pd.Series(dq).groupby(data["half_cycle"].to_numpy()).sum()
+    if not len(net) or not (net > 0).any():
+        return 0
+    big = net[net > 0.01 * float(net.abs().max())]
+    return int(big.index[0]) % 2 if len(big) else 0
+
+
+def number_from_first_plating(data: pd.DataFrame, *, positive_current_plates: bool = True) -> pd.DataFrame:
+    """The log with ``half_cycle`` and ``cycle`` counted from its first plating.
+
+    When the log starts by stripping (:func:`first_plating_offset` is 1), every half-cycle
+    moves one down: the first stripping becomes half-cycle -1 and cycle -1, before the first
+    plating like a rest before it, and ``cycle = half_cycle // 2`` pairs each plating with the
+    stripping after it. Taken as numbered, the log's even (plating) half-cycles would be
+    strippings, and the segment stage would take the first stripping for the surface before
+    any plating and pair each plating with the stripping before it. A log that starts with a
+    plating (or a rest, then a plating) is returned unchanged.
+    """
+    if first_plating_offset(data, positive_current_plates=positive_current_plates) == 0:
+        return data
+    out = data.copy()
+    out["half_cycle"] = data["half_cycle"].to_numpy(np.int64) - 1
+    out["cycle"] = out["half_cycle"].to_numpy() // 2
+    return out
+
+
 def integrate_charge_C(time_s: np.ndarray, current_mA: np.ndarray) -> np.ndarray:
     """Cumulative trapezoid integral of the current, C (mA * s / 1000), starting at 0."""
     if len(time_s) == 0:
@@ -735,7 +775,7 @@ def frame_electrochemistry(
         raise ValueError(f"times_s must be one-dimensional, got shape {t.shape}")
     if not np.all(np.isfinite(t)):
         raise ValueError("times_s must be finite")
-    d = log.data
+    d = number_from_first_plating(log.data, positive_current_plates=positive_current_plates)
     lt = d["time_s"].to_numpy()
     if len(lt) == 0:
         raise InputFileError(log.path, "the log has no data rows")
