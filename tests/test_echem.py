@@ -514,13 +514,13 @@ def test_a_log_that_starts_by_stripping_is_counted_from_its_first_plating(tmp_pa
     the stripping BEFORE it (cycle 0: CE 50/100) and the segment stage took the first stripping
     for a plating. Counted from the first plating: the first stripping is half-cycle -1, cycle
     -1 (before cycling), and cycle 0 is plate 100 s + strip 80 s."""
-    from ecafm.io.echem import first_plating_offset, number_from_first_plating
+    from ecafm.io.echem import first_plating_half_cycle, number_from_first_plating
     from ecafm.lifetime import ec_charge_per_cycle
 
     write_mpt(_log_starting_by_stripping(), tmp_path / "li_li.mpt", start_time=datetime.datetime(2026, 1, 1))
     log = read_ec_log(tmp_path / "li_li.mpt")
-    assert first_plating_offset(log.data) == 1
-    assert first_plating_offset(log.data, positive_current_plates=False) == 0
+    assert first_plating_half_cycle(log.data) == 1
+    assert first_plating_half_cycle(log.data, positive_current_plates=False) == 0
     d = number_from_first_plating(log.data)
     np.testing.assert_array_equal(np.unique(d["half_cycle"]), [-1, 0, 1, 2, 3])
     np.testing.assert_array_equal(d["cycle"].to_numpy(), np.repeat([-1, 0, 1], [50, 180, 190]))
@@ -533,4 +533,28 @@ def test_a_log_that_starts_by_stripping_is_counted_from_its_first_plating(tmp_pa
     # a log that starts by plating is left as it is
     start_plating = _log_starting_by_stripping().iloc[50:].reset_index(drop=True)
     start_plating["half_cycle"] -= 1
+    start_plating["cycle"] = start_plating["half_cycle"] // 2
     assert number_from_first_plating(start_plating) is start_plating
+
+
+def test_real_eclab_log_whose_first_half_cycle_sits_alone_is_counted_from_its_first_plating():
+    """EC-Lab's GCPL logs of the fixtures put a first half-cycle alone in cycle 0 and skip
+    half-cycle 1 (yadg pr_182.1: half-cycles 0, 2, 3, ...; the first one strips 11.7 C with
+    positive current plating). The data set's first cycle had no plating, so nothing could be
+    segmented. Counted from the first plating (the log's half-cycle 2): that stripping is
+    cycle -1, and every cycle is a plating followed by its stripping."""
+    from ecafm.io.echem import first_plating_half_cycle, number_from_first_plating
+
+    log = read_ec_log(real_ec("biologic_mpt", "yadg_gcpl.pr_182.1.mpt"))
+    raw = log.data
+    assert sorted(set(raw["half_cycle"]))[:3] == [0, 2, 3]
+    assert first_plating_half_cycle(raw) == 2
+    d = number_from_first_plating(raw)
+    assert set(d.loc[raw["half_cycle"] == 0, "cycle"]) == {-1}
+    for hc, part in d.groupby("half_cycle"):
+        net = np.diff(part["charge_C"].to_numpy()).sum()
+        assert (net > 0) == (hc % 2 == 0), hc  # even: plating, odd (-1 too): stripping
+    assert (d["cycle"] == d["half_cycle"] // 2).all()
+    fe = frame_electrochemistry(log, raw["time_s"].to_numpy()[::50])
+    assert set(fe.loc[fe["phase"] == "plate", "half_cycle"] % 2) == {0}
+    assert set(fe.loc[fe["phase"] == "strip", "half_cycle"] % 2) == {1}

@@ -92,11 +92,20 @@ def test_bad_file_read_in_a_worker_process_is_named(tmp_path):
 
 
 def test_negative_current_plates_swaps_phases(tmp_path):
-    d = make_dataset(tmp_path / "ds", n_frames=4)
-    _ingest(d, tmp_path / "c.zarr", positive_current_plates=False)
-    ds = open_cube(tmp_path / "c.zarr")
-    half = ds["half_cycle"].values
-    assert np.all(ds["phase"].values == np.where(half % 2 == 0, PHASE_CODES["strip"], PHASE_CODES["plate"]))
+    """The same log with the other sign convention: every plating frame is a stripping frame and
+    the other way round, and half-cycles are counted from the (now second) half-cycle that plates,
+    so plating half-cycles stay even and the first stripping is half-cycle -1, cycle -1."""
+    d = make_dataset(tmp_path / "ds", n_frames=8)
+    _ingest(d, tmp_path / "pos.zarr")
+    _ingest(d, tmp_path / "neg.zarr", positive_current_plates=False)
+    pos, neg = open_cube(tmp_path / "pos.zarr"), open_cube(tmp_path / "neg.zarr")
+    swap = {PHASE_CODES["plate"]: PHASE_CODES["strip"], PHASE_CODES["strip"]: PHASE_CODES["plate"]}
+    np.testing.assert_array_equal(neg["phase"].values, [swap[p] for p in pos["phase"].values])
+    half = neg["half_cycle"].values
+    np.testing.assert_array_equal(half, pos["half_cycle"].values - 1)
+    np.testing.assert_array_equal(neg["cycle"].values, half // 2)
+    assert np.all(neg["phase"].values == np.where(half % 2 == 0, PHASE_CODES["plate"], PHASE_CODES["strip"]))
+    assert neg.attrs["first_plating_log_half_cycle"] == 1 and "first_plating_log_half_cycle" not in pos.attrs
 
 
 def test_frames_of_different_size(tmp_path):

@@ -643,7 +643,7 @@ def test_volume_balance_ticks_of_twenty_cycles_do_not_collide():
 
 def test_swapped_current_sign_is_called_out_per_cycle_and_on_the_figure(tmp_path, caplog):
     """positive_current_plates the wrong way round: the demo's first plating reads as a stripping,
-    so the log seems to start by stripping (cube half_cycle_offset 1) and every plating the AFM
+    so the log seems to start by stripping (its first plating is half-cycle 1) and every plating the AFM
     shows reads as a stripping. The surface then grows while the log says stripping and shrinks
     while it says plating: each segmented cycle says so in its log and attrs, and the classes
     figure in its title. With the right sign none does."""
@@ -660,7 +660,7 @@ def test_swapped_current_sign_is_called_out_per_cycle_and_on_the_figure(tmp_path
         root = tmp_path / f"plates_{plates}"
         ingest([tmp_path / "data" / "raw"], root / "cube.zarr", ec_log=tmp_path / "data" / "ec" / "log.mpt",
                frame_sheet=tmp_path / "data" / "frames.tsv", positive_current_plates=plates)
-        assert open_cube(root / "cube.zarr").attrs.get("half_cycle_offset", 0) == (0 if plates else 1)
+        assert open_cube(root / "cube.zarr").attrs.get("first_plating_log_half_cycle") == (None if plates else 1)
         reg = run_level_register(root / "cube.zarr", root / "out", apply=True)
         caplog.clear()
         with caplog.at_level("WARNING", logger="ecafm.segment"):

@@ -235,9 +235,13 @@ def ingest(
     potential = np.full(n, np.nan)
     row_charge = np.full((n, ny), np.nan)
     charge_end = np.full(n, np.nan)
-    offset = 0  # the log's half-cycle number of the first plating, mod 2
+    renumbered, first_plating = False, None  # cycles counted from the log's first plating
     if eclog is not None:
-        from ecafm.io.echem import first_plating_offset, frame_electrochemistry
+        from ecafm.io.echem import (
+            first_plating_half_cycle,
+            frame_electrochemistry,
+            number_from_first_plating,
+        )
 
         try:
             ec = frame_electrochemistry(eclog, mid, positive_current_plates=positive_current_plates)
@@ -252,13 +256,13 @@ def ingest(
                 "in config/datasets.tsv") from exc
         cycle[:] = ec["cycle"].to_numpy()
         half[:] = ec["half_cycle"].to_numpy()
-        offset = first_plating_offset(eclog.data, positive_current_plates=positive_current_plates)
-        if offset:
-            log.warning("%s: the log starts by stripping the imaged electrode (its first plating is "
-                        "half-cycle 1 with positive_current_plates=%s): half-cycles and cycles are counted "
-                        "from that plating, the stripping before it is half-cycle -1, cycle -1. If the cell "
-                        "started by plating, positive_current_plates is wrong.", eclog.path,
-                        positive_current_plates)
+        first_plating = first_plating_half_cycle(eclog.data, positive_current_plates=positive_current_plates)
+        if number_from_first_plating(eclog.data, positive_current_plates=positive_current_plates) is not eclog.data:
+            renumbered = True
+            log.warning("%s: cycles are counted from the log's first plating, its half-cycle %s (with "
+                        "positive_current_plates=%s); what comes before it is cycle -1. If the cell started "
+                        "by plating the imaged electrode, positive_current_plates is wrong.", eclog.path,
+                        first_plating, positive_current_plates)
         phase[:] = [PHASE_CODES[p] for p in ec["phase"]]
         charge[:] = ec["charge_C"].to_numpy()
         potential[:] = ec["potential_V"].to_numpy()
@@ -330,10 +334,10 @@ def ingest(
         "ec_log": Path(ec_log).name if ec_log else "",
         "ecafm_kind": "cube",
     }
-    if offset:  # only then, so that the cubes of logs that start by plating keep their hashes
-        attrs["half_cycle_offset"] = offset
-        attrs["half_cycle_offset_meaning"] = ("the log starts by stripping: half_cycle is the potentiostat's "
-                                              "number less this, counted from the first plating")
+    if renumbered:  # only then, so that the cubes of logs numbered from a plating keep their hashes
+        attrs["first_plating_log_half_cycle"] = int(first_plating)
+        attrs["half_cycle_numbering"] = ("counted from the log's first plating (half_cycle 0, cycle 0), not as "
+                                         "the potentiostat numbers them; earlier half-cycles are negative")
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     inputs = [*map(str, files)] + ([str(ec_log)] if ec_log else []) + ([str(frame_sheet)] if frame_sheet else [])
     params = {"format": fmt, "channel": channel, "metal": metal, "positive_current_plates": positive_current_plates,

@@ -171,43 +171,68 @@ def half_cycles_from_current(current_mA: np.ndarray, rest: np.ndarray) -> np.nda
     return np.cumsum(changes)
 
 
-def first_plating_offset(data: pd.DataFrame, *, positive_current_plates: bool = True) -> int:
-    """0 or 1: the parity of the log's first plating half-cycle.
+def _runs(data: pd.DataFrame, positive_current_plates: bool) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """The log's half-cycle numbers in time order, the direction run each belongs to, and the
+    index of the first plating run (None when nothing plates).
 
-    ecafm's cycle is a plating and the stripping after it, so its half-cycle 0 is a plating
-    (``cycle = half_cycle // 2``). EC-Lab numbers half-cycles from the start of the technique,
-    whatever the first direction; a Li|Li cell or a Li-foil electrode often starts by
-    stripping the imaged electrode, and then the log's even half-cycles are strippings. The
-    first plating half-cycle is the first whose net charge (``positive_current_plates``
-    decides its sign) plates at least 1% of the largest half-cycle's charge, so that a short
-    transient does not count. 0 when nothing plates.
+    A half-cycle's direction is the sign of its net charge (plating positive); one that moves
+    less than 1% of the largest half-cycle's charge (a rest, a transient) joins the run before
+    it. Consecutive half-cycles of one direction are one run, whatever their numbers.
     """
     sign = 1.0 if positive_current_plates else -1.0
     q = data["charge_C"].to_numpy(float)
     dq = np.diff(q, prepend=q[:1]) * sign
-    net = pd.Series(dq).groupby(data["half_cycle"].to_numpy()).sum()
-    if not len(net) or not (net > 0).any():
-        return 0
-    big = net[net > 0.01 * float(net.abs().max())]
-    return int(big.index[0]) % 2 if len(big) else 0
+    hc = data["half_cycle"].to_numpy(np.int64)
+    order = pd.unique(hc)  # in time order (rows are sorted by time)
+    net = pd.Series(dq).groupby(hc).sum().reindex(order).to_numpy()
+    big = np.abs(net) >= 0.01 * float(np.abs(net).max()) if len(net) and np.abs(net).max() > 0 \
+        else np.zeros(len(net), bool)
+    run = np.zeros(len(order), np.int64)
+    k, cur, first = 0, 0.0, None
+    for i in range(len(order)):
+        if big[i]:
+            d = np.sign(net[i])
+            if cur != 0 and d != cur:
+                k += 1
+            cur = d
+            if d > 0 and first is None:
+                first = k
+        run[i] = k
+    return order, run, first
+
+
+def first_plating_half_cycle(data: pd.DataFrame, *, positive_current_plates: bool = True) -> int | None:
+    """The potentiostat's number of the log's first plating half-cycle (None when nothing plates)."""
+    order, run, first = _runs(data, positive_current_plates)
+    return None if first is None else int(order[np.flatnonzero(run == first)[0]])
 
 
 def number_from_first_plating(data: pd.DataFrame, *, positive_current_plates: bool = True) -> pd.DataFrame:
     """The log with ``half_cycle`` and ``cycle`` counted from its first plating.
 
-    When the log starts by stripping (:func:`first_plating_offset` is 1), every half-cycle
-    moves one down: the first stripping becomes half-cycle -1 and cycle -1, before the first
-    plating like a rest before it, and ``cycle = half_cycle // 2`` pairs each plating with the
-    stripping after it. Taken as numbered, the log's even (plating) half-cycles would be
-    strippings, and the segment stage would take the first stripping for the surface before
-    any plating and pair each plating with the stripping before it. A log that starts with a
-    plating (or a rest, then a plating) is returned unchanged.
+    ecafm's cycle is a plating and the stripping after it: half-cycle 0 is the first plating
+    and ``cycle = half_cycle // 2``. Potentiostats number half-cycles from the technique's
+    start, whatever the first direction. A Li|Li cell or a Li-foil electrode often starts by
+    stripping the imaged electrode, and EC-Lab's GCPL logs put a first half-cycle of one
+    direction alone in cycle 0 and skip half-cycle 1 (the real logs of the test fixtures do).
+    Taken as numbered, such a log paired each plating with the stripping before it, or left
+    the data set's first cycle without a plating. So half-cycles are numbered by direction
+    runs (:func:`_runs`), the first plating run is 0, what comes before it is negative (cycle
+    -1, before cycling, like a rest before the first plating). A log numbered that way already
+    is returned as it is (the same object).
     """
-    if first_plating_offset(data, positive_current_plates=positive_current_plates) == 0:
+    if not len(data):
+        return data
+    order, run, first = _runs(data, positive_current_plates)
+    if first is None:
+        return data
+    new_half = pd.Series(run - first, index=order).reindex(data["half_cycle"].to_numpy()).to_numpy(np.int64)
+    new_cycle = new_half // 2
+    if np.array_equal(new_half, data["half_cycle"].to_numpy()) and np.array_equal(new_cycle, data["cycle"].to_numpy()):
         return data
     out = data.copy()
-    out["half_cycle"] = data["half_cycle"].to_numpy(np.int64) - 1
-    out["cycle"] = out["half_cycle"].to_numpy() // 2
+    out["half_cycle"] = new_half
+    out["cycle"] = new_cycle
     return out
 
 
