@@ -214,3 +214,20 @@ def test_ingest_figure_of_a_movie_without_log_shows_its_frame_clock(real, tmp_pa
     assert "6 of 32 frames QC-flagged" in clock.get_title()
     np.testing.assert_allclose(clock.lines[0].get_ydata(), 1.0)  # one frame per second (header)
     assert clock.get_ylabel() == "time since the previous frame (s)"
+
+
+def test_sheet_with_phases_only_numbers_half_cycles_from_the_first_plating(tmp_path):
+    """No log, a frame sheet with `phase` but no `half_cycle`: every frame was half-cycle -1, an
+    odd number, so the segment stage took every frame after the first plating for a stripping.
+    Half-cycles now come from the runs of phases, counted from the first plating."""
+    d = make_dataset(tmp_path / "ds", n_frames=9)
+    sheet = pd.read_csv(d["frames"], sep="\t")
+    sheet["phase"] = ["rest", "strip", "strip", "plate", "plate", "rest", "strip", "plate", "strip"]
+    sheet.to_csv(d["frames"], sep="\t", index=False)
+    ingest([d["raw"]], tmp_path / "c.zarr", frame_sheet=d["frames"])
+    ds = open_cube(tmp_path / "c.zarr")
+    assert ds["half_cycle"].values.tolist() == [-1, -1, -1, 0, 0, 0, 1, 2, 3]
+    assert ds["cycle"].values.tolist() == [-1, -1, -1, 0, 0, 0, 0, 1, 1]
+    from ecafm.ingest import half_cycles_from_phases
+
+    assert half_cycles_from_phases(np.array([0, 0, 2, 2])).tolist() == [-1] * 4  # nothing plates

@@ -68,6 +68,30 @@ def read_frame_sheet(path: str | Path):
     return df
 
 
+def half_cycles_from_phases(phase: np.ndarray) -> np.ndarray:
+    """Half-cycle of each frame (acquisition order) from phase codes alone, as a log's would be
+    counted (:func:`ecafm.io.echem.number_from_first_plating`): runs of plating or stripping
+    frames, rest frames in the run before them (leading rests in the first run), the first
+    plating run 0, runs before it negative. -1 everywhere when no frame plates.
+
+    A frame sheet with a ``phase`` column but no ``half_cycle`` left every frame at half-cycle
+    -1, whose parity made every frame after the first plating a stripping frame.
+    """
+    ph = np.asarray(phase)
+    plate = ph == PHASE_CODES["plate"]
+    active = plate | (ph == PHASE_CODES["strip"])
+    if not plate.any():
+        return np.full(ph.shape, -1, np.int32)
+    run = np.zeros(ph.shape, np.int64)
+    k, cur = 0, ph[np.argmax(active)]
+    for i in range(ph.size):
+        if active[i] and ph[i] != cur:
+            k, cur = k + 1, ph[i]
+        run[i] = k
+    first = run[np.flatnonzero(ph == PHASE_CODES["plate"])[0]]
+    return (run - first).astype(np.int32)
+
+
 # --------------------------------------------------------------------------- QC
 def frame_qc(height: np.ndarray, *, params: QCParams = QCParams()) -> dict[str, Any]:
     """Per-frame QC flags: all-zero, mostly zero, constant, NaN, saturated."""
@@ -277,6 +301,12 @@ def ingest(
                 half[i] = int(row["half_cycle"])
             if "phase" in by.columns:
                 phase[i] = PHASE_CODES[str(row["phase"])]
+        if "phase" in by.columns and "half_cycle" not in by.columns:
+            half[:] = half_cycles_from_phases(phase)
+            if "cycle" not in by.columns:
+                cycle[:] = half // 2
+            log.info("%s: half-cycles from the sheet's phases, counted from the first plating: %s",
+                     frame_sheet, sorted(set(half.tolist())))
 
     stack = _lazy_stack(frames, "height", fmt=fmt, channel=channel)
     qcs = [qc_of[(f.path, f.index)] for f in frames]
