@@ -80,7 +80,7 @@ FRAME_TIME_TOLERANCE_S = 1e-3
 
 MAH_TO_C = 3.6
 COLUMNS = ("time_s", "potential_V", "current_mA", "charge_C", "half_cycle", "cycle", "rest")
-FORMATS = ("biologic-mpt", "biologic-mpr", "csv")
+FORMATS = ("biologic-mpt", "biologic-mpr", "csv", "gamry-dta", "bdf-csv")
 
 MPT_MAGIC = "EC-Lab ASCII FILE"
 MPR_MAGIC = b"BIO-LOGIC MODULAR FILE"
@@ -585,7 +585,6 @@ def write_mpt(
 _UNSUPPORTED_MAGIC: dict[bytes, str] = {
     b"EC-LAB SETTING FILE": "an EC-Lab settings file (.mps) holds no data; give the .mpr or .mpt",
     b"EC-Lab LOG FILE": "an EC-Lab LOG file (.mpl) holds no data; give the .mpr or .mpt",
-    b"EXPLAIN": "a Gamry .DTA file is not supported; export time_s,potential_V,current_mA as CSV",
     b"NEWARE": "a Neware .nda file is not supported; export time_s,potential_V,current_mA as CSV",
 }
 
@@ -706,14 +705,22 @@ def sniff_format(path: str | Path) -> str:
     -------
     str
         ``"biologic-mpr"`` (starts with ``BIO-LOGIC MODULAR FILE``), ``"biologic-mpt"``
-        (starts with ``EC-Lab ASCII FILE``) or ``"csv"``.
+        (starts with ``EC-Lab ASCII FILE``), ``"gamry-dta"`` (starts with ``EXPLAIN``),
+        ``"bdf-csv"`` (a CSV header of Battery Data Format names, ``Test Time / h``) or ``"csv"``.
     """
+    from ecafm.io.cyclers import GAMRY_MAGIC, is_bdf_header
+
     with open(path, "rb") as fh:
-        head = fh.read(64)
+        head = fh.read(4096)
     if head.startswith(MPR_MAGIC):
         return "biologic-mpr"
-    if head.lstrip(b"\xef\xbb\xbf").startswith(MPT_MAGIC.encode()):
+    text = head.lstrip(b"\xef\xbb\xbf")
+    if text.startswith(MPT_MAGIC.encode()):
         return "biologic-mpt"
+    if text.startswith(GAMRY_MAGIC):
+        return "gamry-dta"
+    if is_bdf_header(text.split(b"\n", 1)[0].decode("utf-8", errors="replace")):
+        return "bdf-csv"
     return "csv"
 
 
@@ -723,9 +730,10 @@ def read_ec_log(path: str | Path, *, fmt: str = "auto") -> EcLog:
     Parameters
     ----------
     path : str or pathlib.Path
-        EC-Lab binary (.mpr), EC-Lab text export (.mpt) or ecafm CSV log.
+        EC-Lab binary (.mpr), EC-Lab text export (.mpt), Gamry .DTA, Battery Data Format CSV
+        or ecafm CSV log.
     fmt : str
-        ``"auto"`` (sniff the content), ``"biologic-mpt"``, ``"biologic-mpr"`` or ``"csv"``.
+        ``"auto"`` (sniff the content) or one of :data:`FORMATS`.
 
     Returns
     -------
@@ -751,6 +759,10 @@ def read_ec_log(path: str | Path, *, fmt: str = "auto") -> EcLog:
         return _read_mpr(path)
     if fmt == "biologic-mpt":
         return _read_mpt(path)
+    if fmt in ("gamry-dta", "bdf-csv"):
+        from ecafm.io.cyclers import read_bdf_csv, read_gamry_dta
+
+        return (read_gamry_dta if fmt == "gamry-dta" else read_bdf_csv)(path)
     return _read_csv(path)
 
 
