@@ -607,3 +607,29 @@ def test_bdf_csv_with_an_unknown_unit_names_the_column(tmp_path):
     p.write_text("Test Time / fortnight,Current / A,Voltage / V\n1,0.1,3.0\n2,0.1,3.1\n")
     with pytest.raises(InputFileError, match=r"cell\.csv: column 'Test Time / fortnight': unit 'fortnight'"):
         read_ec_log(p)
+
+
+def test_inspect_a_log_shows_its_cycles_from_the_first_plating(tmp_path, capsys):
+    """`ecafm inspect LOG`: the first plating, what comes before it, and per cycle the plated and
+    stripped charge, so that a user sees the sign convention before a run. The log starts by
+    stripping 50 s; plate 100 s / strip 80 s, plate 100 s / strip 90 s at 0.01 mA = 1 mC per
+    plating. The other sign convention reads the strippings as platings: CE above 100 %."""
+    from ecafm.cli import main
+
+    path = tmp_path / "li_li.mpt"
+    write_mpt(_log_starting_by_stripping(), path, start_time=datetime.datetime(2026, 1, 1, 9))
+    assert main(["-q", "inspect", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("  format biologic-mpt, 420 rows") and "start 2026-01-01T09:00:00" in out[1]
+    assert "first plating = the log's half-cycle 1 (50 s before it are cycle -1); 2 cycle(s)" in out[2]
+    assert out[3] == "  cycle   0: plated 0.001 C, stripped 0.0008 C, CE 80.0 %"
+    assert out[4] == "  cycle   1: plated 0.001 C, stripped 0.0009 C, CE 90.0 %"
+    assert main(["-q", "inspect", "--negative-current-plates", str(path)]) == 0
+    flipped = capsys.readouterr().out
+    assert "first plating = the log's half-cycle 0; 3 cycle(s)" in flipped
+    assert "CE above 100 %" in flipped and "inspect without --negative-current-plates" in flipped
+    assert main(["-q", "inspect", "--json", str(path)]) == 0
+    import json
+
+    d = json.loads(capsys.readouterr().out)[0]
+    assert d["format"] == "biologic-mpt" and d["renumbered"] and d["n_cycles"] == 2

@@ -22,12 +22,19 @@ def _setup_logging(verbose: int) -> None:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from ecafm.errors import InputFileError
     from ecafm.io.afm import describe
+    from ecafm.io.echem import describe_log
 
     infos, failed = [], 0
     for path in args.files:
         try:
             infos.append(describe(path))
         except InputFileError as exc:
+            if "not a supported AFM format" in exc.cause:  # a potentiostat log, perhaps
+                try:
+                    infos.append(describe_log(path, positive_current_plates=not args.negative_current_plates))
+                    continue
+                except InputFileError:
+                    pass
             failed += 1
             infos.append({"path": path, "error": str(exc)})
     if args.json:
@@ -37,6 +44,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         for d in infos:
             if "error" in d:
                 print(f"{d['path']}\n  ERROR: {d['error']}")
+                continue
+            if "cycles" in d:
+                print(_log_summary(d))
                 continue
             ts = [t for t in d["timestamps"] if t]
             print(f"{d['path']}\n  format {d['format']}, {d['frames']} frame(s) of "
@@ -48,6 +58,26 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                   f"  acquired: {ts[0] if ts else 'unknown'}"
                   + (f" .. {ts[-1]}" if len(ts) > 1 else ""))
     return 1 if failed else 0
+
+
+def _log_summary(d: dict) -> str:
+    """``ecafm inspect`` text of a potentiostat log (:func:`ecafm.io.echem.describe_log`)."""
+    sign = "positive" if d["positive_current_plates"] else "negative"
+    out = [d["path"], f"  format {d['format']}, {d['rows']} rows, t = {d['time_s'][0]:g} .. {d['time_s'][1]:g} s, "
+                      f"start {d['start_time'] or 'unknown'}"]
+    if d["first_plating_log_half_cycle"] is None:
+        out.append(f"  nothing plates with {sign} current plating (try the other sign convention)")
+        return "\n".join(out)
+    out.append(f"  with {sign} current plating: first plating = the log's half-cycle {d['first_plating_log_half_cycle']}"
+               + (f" ({d['before_cycling_s']:g} s before it are cycle -1)" if d["renumbered"] else "")
+               + f"; {d['n_cycles']} cycle(s)")
+    for c in d["cycles"]:
+        ce = f"{100 * c['ce']:.1f} %" if c["ce"] is not None else "- (no stripping)"
+        out.append(f"  cycle {c['cycle']:3d}: plated {c['plated_C']:.4g} C, stripped {c['stripped_C']:.4g} C, CE {ce}")
+    if any(c["ce"] is not None and c["ce"] > 1.05 for c in d["cycles"]):
+        flip = "without" if not d["positive_current_plates"] else "with"
+        out.append(f"  CE above 100 %: is the sign convention right? (inspect {flip} --negative-current-plates)")
+    return "\n".join(out)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -143,9 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("inspect", help="show format, channels, frames, size, pixel size, timestamps")
+    s = sub.add_parser("inspect", help="show format, channels, frames, size, pixel size, timestamps; of a potentiostat log its cycles")
     s.add_argument("files", nargs="+")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--negative-current-plates", action="store_true",
+                   help="for a potentiostat log: negative current plates the imaged electrode")
     s.set_defaults(func=_cmd_inspect)
 
     s = sub.add_parser("ingest", help="convert raw files (+ log or frame sheet) into a zarr cube")

@@ -766,6 +766,33 @@ def read_ec_log(path: str | Path, *, fmt: str = "auto") -> EcLog:
     return _read_csv(path)
 
 
+def describe_log(path: str | Path, *, positive_current_plates: bool = True, max_cycles: int = 12) -> dict:
+    """What ``ecafm inspect`` shows of a potentiostat log: format, rows, time span, start time,
+    the first plating (the potentiostat's half-cycle number) and, per cycle counted from it,
+    the plated and stripped charge and their ratio (up to ``max_cycles`` cycles). Lets a user
+    check the sign convention before a run: with ``positive_current_plates`` the wrong way
+    round the first "plating" is usually the first stripping, and the ratio is above 1."""
+    log = read_ec_log(path)
+    d = log.data
+    first = first_plating_half_cycle(d, positive_current_plates=positive_current_plates)
+    sign = 1.0 if positive_current_plates else -1.0
+    numbered = number_from_first_plating(d, positive_current_plates=positive_current_plates)
+    dq = np.diff(d["charge_C"].to_numpy(float), prepend=d["charge_C"].iloc[0]) * sign
+    per = pd.DataFrame({"cycle": numbered["cycle"].to_numpy(), "plate": np.clip(dq, 0, None),
+                        "strip": np.clip(-dq, 0, None)}).groupby("cycle")[["plate", "strip"]].sum()
+    cycles = [{"cycle": int(c), "plated_C": float(r.plate), "stripped_C": float(r.strip),
+               "ce": float(r.strip / r.plate) if r.plate > 0 and r.strip > 0 else None}
+              for c, r in per.iterrows() if c >= 0][:max_cycles]
+    return {"path": str(path), "format": log.format, "rows": int(len(d)),
+            "time_s": [float(d["time_s"].iloc[0]), float(d["time_s"].iloc[-1])],
+            "start_time": log.start_time.isoformat() if log.start_time else None,
+            "positive_current_plates": bool(positive_current_plates),
+            "first_plating_log_half_cycle": first, "renumbered": numbered is not d,
+            "n_cycles": int((per.index >= 0).sum()),
+            "before_cycling_s": float(d["time_s"][numbered["cycle"].to_numpy() >= 0].iloc[0] - d["time_s"].iloc[0]),
+            "cycles": cycles}
+
+
 # --------------------------------------------------------------------------------------------
 # frames
 
