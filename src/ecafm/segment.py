@@ -119,7 +119,7 @@ def _kinds(ds: xr.Dataset, first_plate_frame: int) -> np.ndarray:
 
 NO_PLATING_HINT = ("Without a potentiostat log every frame's phase is unknown: give the data set an "
                    "`ec_log`, or a frame sheet with a `phase` or `half_cycle` column; with a log, check "
-                   "`positive_current_plates`")
+                   "`positive_current_plates` (`ecafm inspect LOG` shows where its first plating is)")
 
 
 def first_plating_frame(cycle0: xr.Dataset) -> int:

@@ -199,7 +199,7 @@ def can_segment(dataset):
             " in its first cycle, so it stops after registration (no segmentation, sites or"
             " lifetimes). To analyse it, give it an `ec_log` in the data set sheet, or a frame"
             " sheet (`frames`) with a `phase` or `half_cycle` column; with a log, check"
-            " `positive_current_plates`."
+            " `positive_current_plates` (`ecafm inspect LOG` shows where its first plating is)."
         )
     return ok
 
