@@ -231,3 +231,38 @@ def test_sheet_with_phases_only_numbers_half_cycles_from_the_first_plating(tmp_p
     from ecafm.ingest import half_cycles_from_phases
 
     assert half_cycles_from_phases(np.array([0, 0, 2, 2])).tolist() == [-1] * 4  # nothing plates
+
+
+def test_a_stripping_before_the_first_frame_leaves_every_frame_where_it_was(tmp_path):
+    """The demo's log with a 200 s stripping put in front, numbered as EC-Lab numbers it (that
+    stripping is half-cycle 0, the demo's platings become odd): every frame gets the cycle,
+    half-cycle and phase it has with the demo's own log, and the balance the same charges per
+    cycle. Read as numbered, the platings were odd half-cycles (the segment stage's strippings)."""
+    from ecafm.io.echem import read_ec_log, write_mpt
+    from ecafm.lifetime import ec_charge_per_cycle
+    from ecafm.synth import synth
+
+    synth("demo", 0, tmp_path / "d", overrides={"n_cycles": 2, "n_px": 64})
+    d = tmp_path / "d"
+    log = read_ec_log(d / "ec" / "log.mpt")
+    orig = log.data
+    i = float(orig["current_mA"].abs().max())
+    pre = pd.DataFrame({"time_s": np.arange(200.0), "potential_V": 0.05, "current_mA": -i,
+                        "charge_C": -i * 1e-3 * np.arange(200.0), "half_cycle": 0, "cycle": 0, "rest": False})
+    shifted = orig.assign(time_s=orig["time_s"] + 200.0, charge_C=orig["charge_C"] + pre["charge_C"].iloc[-1],
+                          half_cycle=orig["half_cycle"] + 1, cycle=(orig["half_cycle"] + 1) // 2)
+    write_mpt(pd.concat([pre, shifted], ignore_index=True), tmp_path / "strip_first.mpt",
+              start_time=log.start_time - pd.Timedelta(seconds=200).to_pytimedelta())
+    sheet = pd.read_csv(d / "frames.tsv", sep="\t")
+    sheet["file"] = [str((d / f).resolve()) for f in sheet["file"]]
+    sheet.assign(time_s=sheet["time_s"] + 200.0).to_csv(tmp_path / "frames_shifted.tsv", sep="\t", index=False)
+    ingest([d / "raw"], tmp_path / "a.zarr", ec_log=d / "ec" / "log.mpt", frame_sheet=d / "frames.tsv")
+    ingest([d / "raw"], tmp_path / "b.zarr", ec_log=tmp_path / "strip_first.mpt",
+           frame_sheet=tmp_path / "frames_shifted.tsv")
+    a, b = open_cube(tmp_path / "a.zarr"), open_cube(tmp_path / "b.zarr")
+    for c in ("cycle", "half_cycle", "phase"):
+        np.testing.assert_array_equal(b[c].values, a[c].values, err_msg=c)
+    assert b.attrs["first_plating_log_half_cycle"] == 1
+    qa = ec_charge_per_cycle(orig, positive_current_plates=True)
+    qb = ec_charge_per_cycle(read_ec_log(tmp_path / "strip_first.mpt").data, positive_current_plates=True)
+    pd.testing.assert_frame_equal(qb, qa, rtol=1e-6)
