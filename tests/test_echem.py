@@ -570,6 +570,7 @@ def test_gamry_dta_matches_its_curve_table():
     col = {n: np.array([float(r[head.index(n)]) for r in rows]) for n in ("T", "Vf", "Im")}
     log = read_ec_log(path)
     assert log.format == "gamry-dta" and len(log.data) == len(rows) == 10
+    assert log.reader.startswith("gamry-parser 0.")  # recorded in the cube's attrs by ingest
     np.testing.assert_allclose(log.data["time_s"], col["T"])
     np.testing.assert_allclose(log.data["potential_V"], col["Vf"])
     np.testing.assert_allclose(log.data["current_mA"], col["Im"] * 1e3)

@@ -266,3 +266,23 @@ def test_a_stripping_before_the_first_frame_leaves_every_frame_where_it_was(tmp_
     qa = ec_charge_per_cycle(orig, positive_current_plates=True)
     qb = ec_charge_per_cycle(read_ec_log(tmp_path / "strip_first.mpt").data, positive_current_plates=True)
     pd.testing.assert_frame_equal(qb, qa, rtol=1e-6)
+
+
+def test_a_gamry_log_is_ingested_and_its_reader_recorded(tmp_path):
+    """Frames against the real Gamry .DTA (chronoamperometry, 0-270 s): each frame gets the
+    log's potential at its mid-time, and the cube names the library that parsed the log
+    (gamry-parser is not among the key libraries every record lists)."""
+    d = make_dataset(tmp_path / "ds", n_frames=4)
+    sheet = pd.read_csv(d["frames"], sep="\t")
+    sheet["time_s"] = [10.0, 100.0, 200.0, 250.0]
+    sheet.to_csv(d["frames"], sep="\t", index=False)
+    from tests.conftest import shared_file
+
+    log = shared_file("real_ec/gamry_dta/gamryparser_chronoa_data.dta")
+    ingest([d["raw"]], tmp_path / "c.zarr", ec_log=log, frame_sheet=d["frames"])
+    ds = open_cube(tmp_path / "c.zarr")
+    assert ds.attrs["ec_log_reader"].startswith("gamry-parser ")
+    mid = sheet["time_s"].to_numpy() + 0.1 * 32 / 2  # 32 lines of 0.1 s
+    np.testing.assert_allclose(ds["potential"].values, np.interp(mid, [0, 30, 60, 90, 120, 150, 180, 210, 240, 270],
+                               [-5.4e-4, .499669, .499668, .499659, .499654, .499657, .499661, .499667, .49966, .4]),
+                               atol=1e-6)

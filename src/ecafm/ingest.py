@@ -364,6 +364,8 @@ def ingest(
         "ec_log": Path(ec_log).name if ec_log else "",
         "ecafm_kind": "cube",
     }
+    if eclog is not None and eclog.reader:  # a library outside KEY_LIBRARIES parsed the log
+        attrs["ec_log_reader"] = eclog.reader
     if renumbered:  # only then, so that the cubes of logs numbered from a plating keep their hashes
         attrs["first_plating_log_half_cycle"] = int(first_plating)
         attrs["half_cycle_numbering"] = ("counted from the log's first plating (half_cycle 0, cycle 0), not as "

@@ -93,7 +93,10 @@ def read_gamry_dta(path: str | Path):
                      rest=None)
     logger.info("%s: read %d rows in %d curve(s) (Gamry .DTA, %s)", path, len(data), len(curves),
                 header.get("TAG", "experiment type unknown"))
-    return EcLog(data=data, start_time=start, path=str(path), format="gamry-dta")
+    from importlib.metadata import version
+
+    return EcLog(data=data, start_time=start, path=str(path), format="gamry-dta",
+                 reader=f"gamry-parser {version('gamry-parser')}")
 
 
 def read_bdf_csv(path: str | Path):

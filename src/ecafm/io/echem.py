@@ -104,13 +104,17 @@ class EcLog:
     path : str
         The file read.
     format : str
-        ``"biologic-mpt"``, ``"biologic-mpr"`` or ``"csv"``.
+        One of :data:`FORMATS`.
+    reader : str
+        The library that parsed the file when it is not ecafm's own code, with its version
+        (``"gamry-parser 0.4.6"``); ingest records it in the cube's attrs. Empty otherwise.
     """
 
     data: pd.DataFrame
     start_time: datetime.datetime | None
     path: str
     format: str
+    reader: str = ""
 
 
 # --------------------------------------------------------------------------------------------
