@@ -152,3 +152,15 @@ def test_lifetime_figure_is_readable():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_summary_warns_of_cycles_whose_plating_looks_swapped():
+    """A batch user reads summary.json, not the classes figure: cycles that track_sites marked
+    plating_looks_swapped are named there; tables without the column (older runs) warn of nothing."""
+    from ecafm.lifetime import run_warnings
+
+    cy = pd.DataFrame({"cycle": [0, 1, 2], "plating_looks_swapped": [False, True, True]})
+    (w,) = run_warnings(cy)
+    assert w.startswith("cycles [1, 2]: the surface shrank while plating") and "positive_current_plates" in w
+    assert run_warnings(cy.assign(plating_looks_swapped=False)) == []
+    assert run_warnings(cy.drop(columns="plating_looks_swapped")) == []

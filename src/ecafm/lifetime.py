@@ -230,6 +230,16 @@ def correlate(sites: pd.DataFrame, site_cycles: pd.DataFrame, desc: pd.DataFrame
     return out
 
 
+def run_warnings(cycles: pd.DataFrame) -> list[str]:
+    """What the summary must tell a batch user who reads no figure: cycles whose surface shrank
+    while plating and grew while stripping (``plating_looks_swapped`` of cycles.tsv)."""
+    if "plating_looks_swapped" not in cycles or not cycles["plating_looks_swapped"].astype(bool).any():
+        return []
+    bad = cycles.loc[cycles["plating_looks_swapped"].astype(bool), "cycle"].astype(int).tolist()
+    return [f"cycles {bad}: the surface shrank while plating and grew while stripping; check "
+            "positive_current_plates of the data set (ecafm inspect LOG shows each cycle's charges)"]
+
+
 def analyse(sites: pd.DataFrame, site_cycles: pd.DataFrame, cycles: pd.DataFrame, h_ref: np.ndarray,
             h_peak: np.ndarray, pixel_nm: float, *, ec: pd.DataFrame | None, area_fraction: float | None,
             params: LifetimeParams = LifetimeParams()) -> dict[str, Any]:
@@ -242,7 +252,7 @@ def analyse(sites: pd.DataFrame, site_cycles: pd.DataFrame, cycles: pd.DataFrame
                             "and more dead residue", "params": asdict(params), "n_sites": 0,
                             "events": dict.fromkeys(ENDPOINTS, 0), "hazard": [], "kaplan_meier": {},
                             "balance": bal.to_dict(orient="records"),
-                            "note": "no sites found by segmentation"},
+                            "note": "no sites found by segmentation", "warnings": run_warnings(cycles)},
                 "lifetimes": empty, "descriptors": empty, "hazard": empty, "correlations": empty,
                 "sensitivity": empty, "balance": bal}
     sites = sites.copy()
@@ -291,6 +301,7 @@ def analyse(sites: pd.DataFrame, site_cycles: pd.DataFrame, cycles: pd.DataFrame
         "kaplan_meier": km,
         "balance": bal.to_dict(orient="records"),
         "kurtosis_convention": "excess kurtosis (0 for a Gaussian surface), as Gwyddion",
+        "warnings": run_warnings(cycles),
     }
     return {"summary": summary, "lifetimes": lifetimes, "descriptors": desc, "hazard": hazard,
             "correlations": corr, "sensitivity": pd.DataFrame(sens), "balance": bal}

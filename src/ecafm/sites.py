@@ -24,7 +24,7 @@ import xarray as xr
 from ecafm.blas import one_blas_thread
 from ecafm.kernels import change as kc
 from ecafm.kernels.sites import region_sums, tile_grid, track_labels
-from ecafm.segment import SegmentParams
+from ecafm.segment import SegmentParams, looks_swapped
 
 log = logging.getLogger(__name__)
 _DEFAULT = SegmentParams()
@@ -99,7 +99,8 @@ def track_sites(segs: list[xr.Dataset], *, params: SegmentParams = _DEFAULT
                          **{key: float(v[1]) for key, v in qa.items() if key != "area_px"},
                          "area_px": int(qa["area_px"][1]), "q_peak_C": seg.attrs["q_peak_C"],
                          "q_trough_C": seg.attrs["q_trough_C"],
-                         "residue_decided": bool(seg.attrs["residue_next_cycle"])})
+                         "residue_decided": bool(seg.attrs["residue_next_cycle"]),
+                         "plating_looks_swapped": looks_swapped(seg.attrs.get("change_px", {}))})
         qt = _quantities(seg, h_start, tiles, n_tiles)
         for t in range(1, n_tiles + 1):
             tile_rows.append({"tile": t, "cycle": c,
