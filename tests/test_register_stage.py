@@ -77,7 +77,11 @@ def test_real_asd_movie_registers_and_flags_empty_frames(real, tmp_path):
     df = pd.read_csv(p["table"], sep="\t")
     assert not df.loc[23, "ok"] and not df.loc[24, "ok"]
     assert "ingest_qc" in df.loc[23, "flag_names"]
-    assert df.loc[:3, "ok"].all()
+    # Frames 0-16 register. Frame 16's check on the gradient images has a weak peak on this
+    # periodic lattice (ratio 1.45 unweighted) but agrees with the heights' clean peak (2.02):
+    # an inconclusive check that agrees is no failure (it flagged the pair before, and with it
+    # ended the chain one frame early).
+    assert df.loc[:16, "ok"].all()
     # High-speed AFM drifts little between consecutive 1 s frames: usable shifts stay small.
     ok = df["ok"].to_numpy(bool)
     assert ok.sum() >= 10

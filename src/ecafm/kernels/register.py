@@ -918,8 +918,8 @@ def estimate_shift_qc(
     """Phase-correlation shift with quality flags.
 
     The shift of the heights is compared with a second, independent estimate on the gradient
-    magnitude images. Flags: ``"weak_peak"`` (``peak_ratio < min_peak_ratio``, either
-    estimate), ``"disagreement"`` (the two estimates differ by more than
+    magnitude images. Flags: ``"weak_peak"`` (``peak_ratio < min_peak_ratio`` of the heights'
+    estimate, or of the gradients' when the two disagree), ``"disagreement"`` (the two estimates differ by more than
     ``max_disagreement_px``), ``"jump"`` (further than ``max_jump_px`` from ``prev``, the
     expected shift, e.g. the previous pair's). ``ok`` is False when any flag is set.
 
@@ -1019,9 +1019,15 @@ def _qc(s1: Shift, gradients, wr, wm, *, prev, max_jump_px: float, min_peak_rati
     s2 = _shift_core(*gradients, wr, wm, n_refine=0, upsample_factor=upsample_factor,
                      apodize=True, max_shift=None, min_peak_ratio=min_peak_ratio)
     flags = list(s1.flags)
-    if "weak_peak" in s2.flags:
+    disagree = math.hypot(s1.dy - s2.dy, s1.dx - s2.dx) > max_disagreement_px
+    # A weak peak of the check alone is inconclusive; when it still agrees with the heights'
+    # estimate (whose own weak peak is in s1.flags) the pair passes. On a periodic lattice (the
+    # real .asd movie) the gradient images' correlation has near-equal peaks at the lattice
+    # vectors, and the check's weak peak flagged pairs whose estimates agreed to 0.2 px.
+    # Synthetic data sets never meet the case (demo and bench-m transforms are unchanged).
+    if "weak_peak" in s2.flags and disagree:
         flags.append("weak_peak")
-    if math.hypot(s1.dy - s2.dy, s1.dx - s2.dx) > max_disagreement_px:
+    if disagree:
         flags.append("disagreement")
     if prev is not None:
         p = prev.vector if isinstance(prev, Shift) else np.asarray(prev, dtype=float)
