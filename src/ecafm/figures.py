@@ -192,7 +192,7 @@ def pair_qc_panel(ax: Any, df: Any, min_peak_ratio: float) -> dict[str, int]:
     # 2, 5, 10, 20, not 2 x 10^0; of the minor ticks only 2 and 5 are labelled
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
-    ax.legend(fontsize=7, title="weak_peak: heights' or gradients' peak", title_fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, title="weak_peak: heights' peak, or gradients' if they disagree", title_fontsize=7, loc="upper left")
     return counts
 
 
@@ -237,8 +237,10 @@ def plot_registration(transforms: str | Path, table: str | Path, registered: lis
     ax = fig.add_subplot(gs[0, 2])
     ax.plot(f[ok], df["row_shift_span_px"][ok], ".-")
     ax.set_xlabel("frame")
-    ax.set_ylabel("intra-frame drift span, fast axis (px)")
-    ax.set_title("drift within each frame")
+    # shift_x (frame, y) is each row's shift onto the reference grid: its span is the frame's
+    # distortion against the reference frame, whose own drift within the frame it carries
+    ax.set_ylabel("span of the rows' shifts, fast axis (px)")
+    ax.set_title("drift within each frame, vs the reference", fontsize=10)
 
     pair_qc_panel(fig.add_subplot(gs[1, 0]), df, min_peak_ratio)
 
