@@ -69,7 +69,7 @@ def _log_summary(d: dict) -> str:
         out.append(f"  nothing plates with {sign} current plating (try the other sign convention)")
         return "\n".join(out)
     out.append(f"  with {sign} current plating: first plating = the log's half-cycle {d['first_plating_log_half_cycle']}"
-               + (f" ({d['before_cycling_s']:g} s before it are cycle -1)" if d["renumbered"] else "")
+               + (f" ({d['before_cycling_s']:g} s before it are cycle -1)" if d["before_cycling_s"] > 0 else "")
                + f"; {d['n_cycles']} cycle(s)")
     for c in d["cycles"]:
         ce = f"{100 * c['ce']:.1f} %" if c["ce"] is not None else "- (no stripping)"
