@@ -634,3 +634,18 @@ def test_inspect_a_log_shows_its_cycles_from_the_first_plating(tmp_path, capsys)
 
     d = json.loads(capsys.readouterr().out)[0]
     assert d["format"] == "biologic-mpt" and d["renumbered"] and d["n_cycles"] == 2
+
+
+def test_gamry_dta_curves_whose_clock_restarts_follow_each_other(tmp_path):
+    """A .DTA with two CURVE tables (the fixture's, then the same table again, its T from 0):
+    the second curve is put after the first (T + 270 s), so that the log has one clock."""
+    src = real_ec("gamry_dta", "gamryparser_chronoa_data.dta").read_text(encoding="latin-1")
+    lines = src.splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.startswith("CURVE\tTABLE"))
+    table = [ln for ln in lines[i + 1:] if ln.strip()]
+    two = tmp_path / "two_curves.DTA"
+    two.write_text("\n".join(lines + ["CURVE2\tTABLE\t10"] + table) + "\n", encoding="latin-1")
+    log = read_ec_log(two)
+    t = log.data["time_s"].to_numpy()
+    assert len(t) == 20 and np.all(np.diff(t) >= 0)  # (its first row at the first curve's last time)
+    np.testing.assert_allclose(t[10:], t[:10] + 270.0)
