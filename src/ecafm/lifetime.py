@@ -130,19 +130,15 @@ def site_descriptors(sites: pd.DataFrame, h_ref: np.ndarray, h_peak: np.ndarray,
 # --------------------------------------------------------------------------- balance
 def ec_charge_per_cycle(data: pd.DataFrame, *, positive_current_plates: bool) -> pd.DataFrame:
     """Plated and stripped charge (C) per cycle from a potentiostat log (EcLog.data), cycles
-    counted from the first plating as the cube's are (:func:`ecafm.io.echem.number_from_first_plating`)."""
-    from ecafm.io.echem import number_from_first_plating
+    counted from the first plating as the cube's are (:func:`ecafm.io.echem.charge_per_cycle`);
+    cycles that plated nothing are left out."""
+    from ecafm.io.echem import charge_per_cycle
 
-    data = number_from_first_plating(data, positive_current_plates=positive_current_plates)
-    sign = 1.0 if positive_current_plates else -1.0
-    dq = np.diff(data["charge_C"].to_numpy(float), prepend=data["charge_C"].iloc[0]) * sign
-    cyc = data["cycle"].to_numpy(int)
-    df = pd.DataFrame({"cycle": cyc, "plate": np.clip(dq, 0, None), "strip": np.clip(-dq, 0, None)})
-    g = df.groupby("cycle")[["plate", "strip"]].sum()
-    g = g[g["plate"] > 0]
-    return pd.DataFrame({"cycle": g.index.to_numpy(int), "q_plate_log_C": g["plate"].to_numpy(),
-                         "q_strip_log_C": g["strip"].to_numpy(),
-                         "ce_electrochemical": (g["strip"] / g["plate"]).to_numpy()})
+    g = charge_per_cycle(data, positive_current_plates=positive_current_plates)
+    g = g[g["plate_C"] > 0]
+    return pd.DataFrame({"cycle": g["cycle"].to_numpy(int), "q_plate_log_C": g["plate_C"].to_numpy(),
+                         "q_strip_log_C": g["strip_C"].to_numpy(),
+                         "ce_electrochemical": (g["strip_C"] / g["plate_C"]).to_numpy()})
 
 
 def balance(cycles: pd.DataFrame, ec: pd.DataFrame | None, *, area_fraction: float | None) -> pd.DataFrame:

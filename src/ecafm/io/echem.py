@@ -770,6 +770,17 @@ def read_ec_log(path: str | Path, *, fmt: str = "auto") -> EcLog:
     return _read_csv(path)
 
 
+def charge_per_cycle(data: pd.DataFrame, *, positive_current_plates: bool = True) -> pd.DataFrame:
+    """Plated and stripped charge (C) of every cycle counted from the first plating
+    (:func:`number_from_first_plating`; cycle -1 before it): columns ``cycle, plate_C, strip_C``."""
+    sign = 1.0 if positive_current_plates else -1.0
+    numbered = number_from_first_plating(data, positive_current_plates=positive_current_plates)
+    dq = np.diff(data["charge_C"].to_numpy(float), prepend=data["charge_C"].iloc[0]) * sign
+    return (pd.DataFrame({"cycle": numbered["cycle"].to_numpy(int), "plate_C": np.clip(dq, 0, None),
+                          "strip_C": np.clip(-dq, 0, None)})
+            .groupby("cycle")[["plate_C", "strip_C"]].sum().reset_index())
+
+
 def describe_log(path: str | Path, *, positive_current_plates: bool = True, max_cycles: int = 12) -> dict:
     """What ``ecafm inspect`` shows of a potentiostat log: format, rows, time span, start time,
     the first plating (the potentiostat's half-cycle number) and, per cycle counted from it,
@@ -779,13 +790,10 @@ def describe_log(path: str | Path, *, positive_current_plates: bool = True, max_
     log = read_ec_log(path)
     d = log.data
     first = first_plating_half_cycle(d, positive_current_plates=positive_current_plates)
-    sign = 1.0 if positive_current_plates else -1.0
     numbered = number_from_first_plating(d, positive_current_plates=positive_current_plates)
-    dq = np.diff(d["charge_C"].to_numpy(float), prepend=d["charge_C"].iloc[0]) * sign
-    per = pd.DataFrame({"cycle": numbered["cycle"].to_numpy(), "plate": np.clip(dq, 0, None),
-                        "strip": np.clip(-dq, 0, None)}).groupby("cycle")[["plate", "strip"]].sum()
-    cycles = [{"cycle": int(c), "plated_C": float(r.plate), "stripped_C": float(r.strip),
-               "ce": float(r.strip / r.plate) if r.plate > 0 and r.strip > 0 else None}
+    per = charge_per_cycle(d, positive_current_plates=positive_current_plates).set_index("cycle")
+    cycles = [{"cycle": int(c), "plated_C": float(r.plate_C), "stripped_C": float(r.strip_C),
+               "ce": float(r.strip_C / r.plate_C) if r.plate_C > 0 and r.strip_C > 0 else None}
               for c, r in per.iterrows() if c >= 0][:max_cycles]
     return {"path": str(path), "format": log.format, "rows": int(len(d)),
             "time_s": [float(d["time_s"].iloc[0]), float(d["time_s"].iloc[-1])],
