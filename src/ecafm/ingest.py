@@ -77,18 +77,13 @@ def half_cycles_from_phases(phase: np.ndarray) -> np.ndarray:
     A frame sheet with a ``phase`` column but no ``half_cycle`` left every frame at half-cycle
     -1, whose parity made every frame after the first plating a stripping frame.
     """
+    from ecafm.io.echem import direction_runs
+
     ph = np.asarray(phase)
-    plate = ph == PHASE_CODES["plate"]
-    active = plate | (ph == PHASE_CODES["strip"])
-    if not plate.any():
+    run, first = direction_runs(np.where(ph == PHASE_CODES["plate"], 1.0,
+                                         np.where(ph == PHASE_CODES["strip"], -1.0, 0.0)))
+    if first is None:
         return np.full(ph.shape, -1, np.int32)
-    run = np.zeros(ph.shape, np.int64)
-    k, cur = 0, ph[np.argmax(active)]
-    for i in range(ph.size):
-        if active[i] and ph[i] != cur:
-            k, cur = k + 1, ph[i]
-        run[i] = k
-    first = run[np.flatnonzero(ph == PHASE_CODES["plate"])[0]]
     return (run - first).astype(np.int32)
 
 

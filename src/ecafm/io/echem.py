@@ -191,18 +191,27 @@ def _runs(data: pd.DataFrame, positive_current_plates: bool) -> tuple[np.ndarray
     net = pd.Series(dq).groupby(hc).sum().reindex(order).to_numpy()
     big = np.abs(net) >= 0.01 * float(np.abs(net).max()) if len(net) and np.abs(net).max() > 0 \
         else np.zeros(len(net), bool)
-    run = np.zeros(len(order), np.int64)
+    run, first = direction_runs(np.where(big, np.sign(net), 0.0))
+    return order, run, first
+
+
+def direction_runs(direction: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """Run index of every item of a sequence of directions (+1 plating, -1 stripping, 0 neither):
+    a new run starts where the direction changes; 0 items join the run before them (leading
+    ones the first run). Also the index of the first plating run (None when nothing plates).
+    Shared by the logs' half-cycles (:func:`_runs`) and a frame sheet's phases
+    (:func:`ecafm.ingest.half_cycles_from_phases`)."""
+    run = np.zeros(len(direction), np.int64)
     k, cur, first = 0, 0.0, None
-    for i in range(len(order)):
-        if big[i]:
-            d = np.sign(net[i])
+    for i, d in enumerate(np.asarray(direction, float)):
+        if d != 0:
             if cur != 0 and d != cur:
                 k += 1
             cur = d
             if d > 0 and first is None:
                 first = k
         run[i] = k
-    return order, run, first
+    return run, first
 
 
 def first_plating_half_cycle(data: pd.DataFrame, *, positive_current_plates: bool = True) -> int | None:
