@@ -690,3 +690,30 @@ def test_looks_swapped_needs_both_half_cycles_the_wrong_way_and_enough_pixels(co
 
     keys = ("plate_grow_px", "plate_shrink_px", "strip_grow_px", "strip_shrink_px")
     assert looks_swapped(dict(zip(keys, counts, strict=True))) is swapped
+
+
+def test_no_plating_advice_suspects_the_log_when_there_is_one(tmp_path):
+    """A data set with a log that plates nothing while the frames were taken (here: the cell at
+    rest): the advice names the log and its sign convention and clock, not "give an ec_log"."""
+    import pandas as pd
+
+    from ecafm.errors import InputFileError
+    from ecafm.ingest import ingest
+    from ecafm.level import cube_plates_first
+    from ecafm.segment import no_plating_advice, run_segment
+    from ecafm.store import Step
+    from tests.helpers import make_dataset
+
+    assert "give the data set an `ec_log`" in no_plating_advice()
+    d = make_dataset(tmp_path / "ds", n_frames=4)
+    rest = tmp_path / "rest.csv"
+    pd.DataFrame({"time_s": np.arange(0.0, 400.0), "potential_V": 0.1, "current_mA": 0.0}).to_csv(rest, index=False)
+    ingest([d["raw"]], tmp_path / "c.zarr", ec_log=rest, frame_sheet=d["frames"])
+    assert cube_plates_first(tmp_path / "c.zarr") is False
+    with pytest.raises(InputFileError) as err:
+        run_segment(0, tmp_path / "c.zarr", tmp_path / "c.zarr", tmp_path / "none.zarr", tmp_path / "s.zarr",
+                    tmp_path / "s.tsv", step=Step("segment_cycle"))
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'c.zarr'}: no plating frame") and "rest.csv plates nothing" in msg
+    assert "positive_current_plates` (now True)" in msg and "clock_offset_s" in msg and "give the data" not in msg
+    assert not (tmp_path / "s.zarr").exists()

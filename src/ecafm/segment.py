@@ -117,9 +117,18 @@ def _kinds(ds: xr.Dataset, first_plate_frame: int) -> np.ndarray:
     return np.where(fr < first_plate_frame, PRE, kind).astype(np.int8)
 
 
-NO_PLATING_HINT = ("Without a potentiostat log every frame's phase is unknown: give the data set an "
-                   "`ec_log`, or a frame sheet with a `phase` or `half_cycle` column; with a log, check "
-                   "`positive_current_plates` (`ecafm inspect LOG` shows where its first plating is)")
+def no_plating_advice(ec_log: str = "", positive_current_plates: bool | None = None) -> str:
+    """What to do about a data set without a plating frame: without a log, give one (or phases);
+    with a log, its sign convention or the frames' clock is the suspect."""
+    if not ec_log:
+        return ("Without a potentiostat log every frame's phase is unknown: give the data set an `ec_log`, "
+                "or a frame sheet with a `phase` or `half_cycle` column")
+    sign = "" if positive_current_plates is None else f" (now {positive_current_plates})"
+    return (f"Its log {ec_log} plates nothing while the frames were taken: check `positive_current_plates`{sign} "
+            "and the frame times (`clock_offset_s`); `ecafm inspect LOG` shows where the log's first plating is")
+
+
+NO_PLATING_HINT = no_plating_advice()
 
 
 def first_plating_frame(cycle0: xr.Dataset) -> int:
@@ -839,7 +848,8 @@ def run_segment(cycle: int, cur: str | Path, cycle0: str | Path, transforms: str
     if not (first["phase"].values == 1).any():
         raise InputFileError(cycle0, "no plating frame (phase 1) in the data set's first cycle, so no "
                              "h_ref (the last frame before the first plating) and no sites",
-                             hint=NO_PLATING_HINT)
+                             hint=no_plating_advice(first.attrs.get("ec_log", ""),
+                                                    first.attrs.get("positive_current_plates")))
     cur_ds = open_cube(cur).load()
     seg = segment_cycle(int(cycle), cur_ds, first, open_cube(transforms).load(),
                         prev=open_cube(prev) if prev else None,

@@ -194,12 +194,15 @@ def can_segment(dataset):
     ok = cube_plates_first(checkpoints.ingest_dataset.get(dataset=dataset).output.cube)
     if not ok and dataset not in _NOT_SEGMENTED:
         _NOT_SEGMENTED.add(dataset)
+        from ecafm.segment import no_plating_advice
+
+        row = DATASETS.loc[dataset]
+        pcp = row["positive_current_plates"].lower() != "false"
         logger.warning(
-            f"Data set {dataset!r}: results/cubes/{dataset}.zarr has no plating frame (phase 1)"
-            " in its first cycle, so it stops after registration (no segmentation, sites or"
-            " lifetimes). To analyse it, give it an `ec_log` in the data set sheet, or a frame"
-            " sheet (`frames`) with a `phase` or `half_cycle` column; with a log, check"
-            " `positive_current_plates` (`ecafm inspect LOG` shows where its first plating is)."
+            f"Data set {dataset!r}: results/cubes/{dataset}.zarr has no plating frame (phase 1),"
+            " so it stops after registration (no segmentation, sites or lifetimes). "
+            + no_plating_advice(row["ec_log"], pcp if row["ec_log"] else None)
+            + "."
         )
     return ok
 
