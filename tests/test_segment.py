@@ -647,6 +647,8 @@ def test_swapped_current_sign_is_called_out_per_cycle_and_on_the_figure(tmp_path
     shows reads as a stripping. The surface then grows while the log says stripping and shrinks
     while it says plating: each segmented cycle says so in its log and attrs, and the classes
     figure in its title. With the right sign none does."""
+    import pandas as pd
+
     from ecafm.figures import swapped_warning
     from ecafm.ingest import ingest
     from ecafm.pipeline import run_level_register
@@ -672,9 +674,11 @@ def test_swapped_current_sign_is_called_out_per_cycle_and_on_the_figure(tmp_path
     right, wrong = attrs[True]["change_px"], attrs[False]["change_px"]
     assert right["plate_grow_px"] > 10 * right["plate_shrink_px"] and not looks_swapped(right)
     assert wrong["plate_shrink_px"] > 10 * wrong["plate_grow_px"] and looks_swapped(wrong)
-    assert swapped_warning([attrs[True]]) == ""
-    assert "positive_current_plates" in swapped_warning([attrs[True], attrs[False]])
-    assert "1 of 2 cycles" in swapped_warning([attrs[True], attrs[False]])
+    table = pd.DataFrame({"cycle": [0, 1], "plating_looks_swapped": [looks_swapped(attrs[p]["change_px"])
+                                                                      for p in (True, False)]})
+    assert swapped_warning(table.iloc[:1]) == ""
+    assert "positive_current_plates" in swapped_warning(table)
+    assert "1 of 2 cycles" in swapped_warning(table)
 
 
 @pytest.mark.parametrize("counts, swapped", [

@@ -245,9 +245,8 @@ def plot_registration(transforms: str | Path, table: str | Path, registered: lis
     pair_qc_panel(fig.add_subplot(gs[1, 0]), df, min_peak_ratio)
 
     shown = [int(f[ok][0]), int(f[ok][-1])] if ok.any() else [int(f[0]), int(f[-1])]
-    cubes = [open_cube(p) for p in registered]
-    for k, fr in enumerate(shown):
-        ds = next(c for c in cubes if fr in c["frame"].values)
+    for k, fr in enumerate(shown):  # the first from the first cycle on, the last from the last back
+        ds = next(c for c in map(open_cube, registered if k == 0 else registered[::-1]) if fr in c["frame"].values)
         h = ds["height"].sel(frame=fr).values
         axk = fig.add_subplot(gs[1, 1 + k])
         ext = (float(ds["x"][0]) / 1e3, float(ds["x"][-1]) / 1e3, float(ds["y"][-1]) / 1e3, float(ds["y"][0]) / 1e3)
@@ -312,22 +311,23 @@ def plot_classes(segments: list[str], labels: str | Path, cycles: str | Path, ou
             ax.set_ylabel("y (µm)", fontsize=8)
             ax.tick_params(labelsize=7)
     volume_balance_panel(fig.add_subplot(gs[:, n]), cy, float(lab.attrs["charge_per_nm3_C"]), cmap, CLASS_NAMES)
-    warning = swapped_warning([open_cube(p).attrs for p in segments])
+    warning = swapped_warning(cy)
     if warning:
         fig.suptitle(warning, color="red", fontsize=10)
 
     return _write_figure(fig, out, step=step)
 
 
-def swapped_warning(segment_attrs: list[dict]) -> str:
+def swapped_warning(cycles: Any) -> str:
     """The classes figure's red title when the surface grew while the log said stripping and
-    shrank while it said plating (:func:`ecafm.segment.looks_swapped`), else ''."""
-    from ecafm.segment import looks_swapped
+    shrank while it said plating (``plating_looks_swapped`` of cycles.tsv,
+    :func:`ecafm.segment.looks_swapped`), else ''."""
+    from ecafm.segment import swapped_cycles
 
-    bad = [int(a["cycle"]) for a in segment_attrs if "change_px" in a and looks_swapped(a["change_px"])]
+    bad = swapped_cycles(cycles)
     if not bad:
         return ""
-    return (f"CHECK positive_current_plates: in {len(bad)} of {len(segment_attrs)} cycles the surface shrank while "
+    return (f"CHECK positive_current_plates: in {len(bad)} of {len(cycles)} cycles the surface shrank while "
             f"plating and grew while stripping (cycles {', '.join(map(str, bad[:8]))}{', ...' if len(bad) > 8 else ''})")
 
 

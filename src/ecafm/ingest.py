@@ -275,9 +275,9 @@ def ingest(
                 "in config/datasets.tsv") from exc
         cycle[:] = ec["cycle"].to_numpy()
         half[:] = ec["half_cycle"].to_numpy()
-        first_plating = first_plating_half_cycle(eclog.data, positive_current_plates=positive_current_plates)
         if number_from_first_plating(eclog.data, positive_current_plates=positive_current_plates) is not eclog.data:
             renumbered = True
+            first_plating = first_plating_half_cycle(eclog.data, positive_current_plates=positive_current_plates)
             log.warning("%s: cycles are counted from the log's first plating, its half-cycle %s (with "
                         "positive_current_plates=%s); what comes before it is cycle -1. If the cell started "
                         "by plating the imaged electrode, positive_current_plates is wrong.", eclog.path,

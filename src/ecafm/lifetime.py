@@ -229,9 +229,11 @@ def correlate(sites: pd.DataFrame, site_cycles: pd.DataFrame, desc: pd.DataFrame
 def run_warnings(cycles: pd.DataFrame) -> list[str]:
     """What the summary must tell a batch user who reads no figure: cycles whose surface shrank
     while plating and grew while stripping (``plating_looks_swapped`` of cycles.tsv)."""
-    if "plating_looks_swapped" not in cycles or not cycles["plating_looks_swapped"].astype(bool).any():
+    from ecafm.segment import swapped_cycles
+
+    bad = swapped_cycles(cycles)
+    if not bad:
         return []
-    bad = cycles.loc[cycles["plating_looks_swapped"].astype(bool), "cycle"].astype(int).tolist()
     return [f"cycles {bad}: the surface shrank while plating and grew while stripping; check "
             "positive_current_plates of the data set (ecafm inspect LOG shows each cycle's charges)"]
 

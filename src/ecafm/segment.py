@@ -806,6 +806,14 @@ def looks_swapped(counts: dict[str, int], *, ratio: float = 2.0, min_px: int = 1
     return bool(seen) and all(w > ratio * r for w, r in seen) and sum(w for w, _ in seen) >= min_px
 
 
+def swapped_cycles(cycles: pd.DataFrame) -> list[int]:
+    """Cycles that track_sites marked ``plating_looks_swapped`` in cycles.tsv (none for tables
+    written before the column existed). Read by the classes figure and the lifetime summary."""
+    if "plating_looks_swapped" not in cycles:
+        return []
+    return cycles.loc[cycles["plating_looks_swapped"].astype(bool), "cycle"].astype(int).tolist()
+
+
 def swapped_text(counts: dict[str, int]) -> str:
     """One sentence: the GROW and SHRINK pixels behind :func:`looks_swapped`."""
     return (f"plating and stripping look swapped: while plating {counts['plate_grow_px']} px grew and "

@@ -48,6 +48,8 @@ def is_bdf_header(first_line: str) -> bool:
 
 def read_gamry_dta(path: str | Path):
     """Read a Gamry ``.DTA`` file (see the module docstring) into an :class:`ecafm.io.echem.EcLog`."""
+    from importlib.metadata import version
+
     import gamry_parser
 
     from ecafm.io.echem import EcLog, _assemble
@@ -93,8 +95,6 @@ def read_gamry_dta(path: str | Path):
                      rest=None)
     logger.info("%s: read %d rows in %d curve(s) (Gamry .DTA, %s)", path, len(data), len(curves),
                 header.get("TAG", "experiment type unknown"))
-    from importlib.metadata import version
-
     return EcLog(data=data, start_time=start, path=str(path), format="gamry-dta",
                  reader=f"gamry-parser {version('gamry-parser')}")
 
