@@ -286,3 +286,50 @@ def test_a_gamry_log_is_ingested_and_its_reader_recorded(tmp_path):
     np.testing.assert_allclose(ds["potential"].values, np.interp(mid, [0, 30, 60, 90, 120, 150, 180, 210, 240, 270],
                                [-5.4e-4, .499669, .499668, .499659, .499654, .499657, .499661, .499667, .49966, .4]),
                                atol=1e-6)
+
+
+def test_sheet_half_cycles_counted_from_a_first_stripping_are_counted_from_the_first_plating(tmp_path):
+    """A sheet copied from a potentiostat that numbers a Li|Li cell from its first stripping
+    (0 strip, 1 plate, 2 strip, 3 plate): taken as given, every plating frame sat in an odd
+    half-cycle, the segment stage's stripping. A sheet numbered from the first plating keeps its
+    numbers, also when it starts at a later cycle."""
+    d = make_dataset(tmp_path / "ds", n_frames=8)
+    sheet = pd.read_csv(d["frames"], sep="\t")
+    sheet["half_cycle"] = [0, 0, 1, 1, 2, 2, 3, 3]
+    sheet["cycle"] = [0, 0, 0, 0, 1, 1, 1, 1]
+    sheet["phase"] = ["rest", "strip", "plate", "plate", "strip", "rest", "plate", "plate"]
+    sheet.to_csv(d["frames"], sep="\t", index=False)
+    ingest([d["raw"]], tmp_path / "c.zarr", frame_sheet=d["frames"])
+    ds = open_cube(tmp_path / "c.zarr")
+    assert ds["half_cycle"].values.tolist() == [-1, -1, 0, 0, 1, 1, 2, 2]
+    assert ds["cycle"].values.tolist() == [-1, -1, 0, 0, 0, 0, 1, 1]
+    assert ds.attrs["first_plating_sheet_half_cycle"] == 1
+
+    from ecafm.ingest import sheet_half_cycles
+
+    p, s, r = PHASE_CODES["plate"], PHASE_CODES["strip"], PHASE_CODES["rest"]
+    later = np.array([6, 6, 7, 7, 8])  # frames of cycles 3-4 only, numbered from a plating
+    assert sheet_half_cycles(later, np.array([p, p, s, r, p])) is later
+    # EC-Lab's skipped half-cycle 1: 0 strip, 2 plate, 3 strip, 4 plate
+    assert sheet_half_cycles(np.array([0, 2, 3, 4]), np.array([s, p, s, p])).tolist() == [-1, 0, 1, 2]
+    # a rest-only half-cycle joins the one before
+    assert sheet_half_cycles(np.array([0, 1, 2, 3]), np.array([s, r, p, s])).tolist() == [-1, -1, 0, 1]
+
+
+def test_sheet_with_half_cycles_only_gives_each_frame_the_phase_of_its_half_cycle(tmp_path):
+    """No log, a sheet with `half_cycle` alone: every phase stayed unknown, no frame plated, and
+    the data set stopped after registration with advice to give the half_cycle column it had.
+    Even half-cycles plate and odd ones strip (ecafm's convention); cycle = half_cycle // 2."""
+    d = make_dataset(tmp_path / "ds", n_frames=6)
+    sheet = pd.read_csv(d["frames"], sep="\t")
+    sheet = sheet.drop(columns=[c for c in ("cycle", "phase") if c in sheet])
+    sheet["half_cycle"] = [-1, 0, 0, 1, 2, 3]
+    sheet.to_csv(d["frames"], sep="\t", index=False)
+    ingest([d["raw"]], tmp_path / "c.zarr", frame_sheet=d["frames"])
+    ds = open_cube(tmp_path / "c.zarr")
+    p, s, u = PHASE_CODES["plate"], PHASE_CODES["strip"], PHASE_CODES["unknown"]
+    assert ds["phase"].values.tolist() == [u, p, p, s, p, s]
+    assert ds["cycle"].values.tolist() == [-1, 0, 0, 0, 1, 1]
+    from ecafm.level import cube_plates_first
+
+    assert cube_plates_first(tmp_path / "c.zarr")

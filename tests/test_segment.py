@@ -680,6 +680,22 @@ def test_swapped_current_sign_is_called_out_per_cycle_and_on_the_figure(tmp_path
     assert "positive_current_plates" in swapped_warning(table)
     assert "1 of 2 cycles" in swapped_warning(table)
 
+    # No log, a frame sheet whose half_cycle column (no phase) is one behind: the sheet's platings
+    # are the demo's strippings. The warning points at the sheet, not at a log the data set lacks.
+    sheet = pd.read_csv(tmp_path / "data" / "frames.tsv", sep="\t").drop(columns=["phase", "cycle"])
+    sheet["half_cycle"] -= 1
+    sheet.to_csv(tmp_path / "data" / "shifted.tsv", sep="\t", index=False)
+    root = tmp_path / "sheet_only"
+    ingest([tmp_path / "data" / "raw"], root / "cube.zarr", frame_sheet=tmp_path / "data" / "shifted.tsv")
+    reg = run_level_register(root / "cube.zarr", root / "out", apply=True)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ecafm.segment"):
+        run_segment(0, reg["cycle_0"], reg["cycle_0"], reg["transforms"], root / "seg.zarr", root / "seg.tsv",
+                    nxt=reg.get("cycle_1"), step=Step("segment_cycle"))
+    assert looks_swapped(open_cube(root / "seg.zarr").attrs["change_px"])
+    warned = [r.getMessage() for r in caplog.records if "look swapped" in r.getMessage()]
+    assert len(warned) == 1 and "frame sheet" in warned[0] and "positive_current_plates" not in warned[0]
+
 
 @pytest.mark.parametrize("counts, swapped", [
     ((11803, 241, 208, 11506), False),  # demo cycle 0, right sign

@@ -327,7 +327,7 @@ def swapped_warning(cycles: Any) -> str:
     bad = swapped_cycles(cycles)
     if not bad:
         return ""
-    return (f"CHECK positive_current_plates: in {len(bad)} of {len(cycles)} cycles the surface shrank while "
+    return (f"CHECK positive_current_plates (no log: the frame sheet's phases): in {len(bad)} of {len(cycles)} cycles the surface shrank while "
             f"plating and grew while stripping (cycles {', '.join(map(str, bad[:8]))}{', ...' if len(bad) > 8 else ''})")
 
 

@@ -87,6 +87,34 @@ def half_cycles_from_phases(phase: np.ndarray) -> np.ndarray:
     return (run - first).astype(np.int32)
 
 
+def sheet_half_cycles(half: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    """A frame sheet's own ``half_cycle`` numbers, counted from the first plating when its
+    ``phase`` column says they are not (the input unchanged, the same object, when they are).
+
+    ecafm's half-cycle 0 is the first plating, so platings are even and strippings odd. A sheet
+    copied from a potentiostat that numbers from the technique's start (a Li|Li cell stripping
+    first: 0 strip, 1 plate, ...) had every plating frame taken for a stripping by the segment
+    stage. When a plating frame sits in an odd half-cycle or a stripping frame in an even one,
+    the sheet's half-cycles are renumbered as a log's are (:func:`ecafm.io.echem.direction_runs`
+    over the distinct half-cycle numbers in order; each one's direction is its frames' majority
+    phase; rest-only half-cycles join the one before). Without a ``phase`` column nothing tells
+    a plating from a stripping, so the numbers are taken as given.
+    """
+    from ecafm.io.echem import direction_runs
+
+    half, ph = np.asarray(half), np.asarray(phase)
+    plate, strip = ph == PHASE_CODES["plate"], ph == PHASE_CODES["strip"]
+    if not (np.any(plate & (half % 2 == 1)) or np.any(strip & (half % 2 == 0))):
+        return half
+    values = np.unique(half)
+    direction = [np.sign(np.count_nonzero(plate & (half == v)) - np.count_nonzero(strip & (half == v)))
+                 for v in values]
+    run, first = direction_runs(np.array(direction, float))
+    if first is None:
+        return half
+    return (run - first).astype(np.int32)[np.searchsorted(values, half)]
+
+
 # --------------------------------------------------------------------------- QC
 def frame_qc(height: np.ndarray, *, params: QCParams = QCParams()) -> dict[str, Any]:
     """Per-frame QC flags: all-zero, mostly zero, constant, NaN, saturated."""
@@ -298,10 +326,30 @@ def ingest(
                 phase[i] = PHASE_CODES[str(row["phase"])]
         if "phase" in by.columns and "half_cycle" not in by.columns:
             half[:] = half_cycles_from_phases(phase)
-            if "cycle" not in by.columns:
-                cycle[:] = half // 2
             log.info("%s: half-cycles from the sheet's phases, counted from the first plating: %s",
                      frame_sheet, sorted(set(half.tolist())))
+        elif "half_cycle" in by.columns and "phase" not in by.columns:
+            # ecafm's convention says what a half-cycle does: even ones plate, odd ones strip. Left
+            # unknown, no frame plated, and the data set stopped after registration with advice
+            # to give the half_cycle column it had.
+            phase[:] = np.where(half < 0, PHASE_CODES["unknown"],
+                                np.where(half % 2 == 0, PHASE_CODES["plate"], PHASE_CODES["strip"]))
+            log.info("%s: no phase column; phases from half_cycle (even: plate, odd: strip)", frame_sheet)
+        elif "phase" in by.columns:
+            given = half.copy()
+            if (counted := sheet_half_cycles(given, phase)) is not given:
+                half[:] = counted
+                cycle[:] = half // 2
+                renumbered = True
+                first_plating = int(given[np.flatnonzero(counted == 0)[0]])
+                log.warning("%s: its half_cycle column puts plating frames in odd half-cycles or stripping "
+                            "frames in even ones; counted from the first plating (the sheet's half-cycle %d) "
+                            "as ecafm counts them: %s%s", frame_sheet, first_plating,
+                            ", ".join(f"{a}->{b}" for a, b in sorted(set(zip(given.tolist(), half.tolist(), strict=True)))),
+                            "; the sheet's cycle column is replaced by half_cycle // 2"
+                            if "cycle" in by.columns else "")
+        if "cycle" not in by.columns and {"phase", "half_cycle"} & set(by.columns):
+            cycle[:] = half // 2
 
     stack = _lazy_stack(frames, "height", fmt=fmt, channel=channel)
     qcs = [qc_of[(f.path, f.index)] for f in frames]
@@ -362,9 +410,10 @@ def ingest(
     if eclog is not None and eclog.reader:  # a library outside KEY_LIBRARIES parsed the log
         attrs["ec_log_reader"] = eclog.reader
     if renumbered:  # only then, so that the cubes of logs numbered from a plating keep their hashes
-        attrs["first_plating_log_half_cycle"] = int(first_plating)
-        attrs["half_cycle_numbering"] = ("counted from the log's first plating (half_cycle 0, cycle 0), not as "
-                                         "the potentiostat numbers them; earlier half-cycles are negative")
+        source = "log" if eclog is not None else "sheet"
+        attrs[f"first_plating_{source}_half_cycle"] = int(first_plating)
+        attrs["half_cycle_numbering"] = (f"counted from the {source}'s first plating (half_cycle 0, cycle 0), not as "
+                                         f"the {source} numbers them; earlier half-cycles are negative")
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     inputs = [*map(str, files)] + ([str(ec_log)] if ec_log else []) + ([str(frame_sheet)] if frame_sheet else [])
     params = {"format": fmt, "channel": channel, "metal": metal, "positive_current_plates": positive_current_plates,

@@ -235,7 +235,8 @@ def run_warnings(cycles: pd.DataFrame) -> list[str]:
     if not bad:
         return []
     return [f"cycles {bad}: the surface shrank while plating and grew while stripping; check "
-            "positive_current_plates of the data set (ecafm inspect LOG shows each cycle's charges)"]
+            "positive_current_plates of the data set (ecafm inspect LOG shows each cycle's charges), or, "
+            "without a log, the frame sheet's phase and half_cycle"]
 
 
 def analyse(sites: pd.DataFrame, site_cycles: pd.DataFrame, cycles: pd.DataFrame, h_ref: np.ndarray,

@@ -773,9 +773,13 @@ def segment_cycle(cycle: int, cur: xr.Dataset, cycle0: xr.Dataset, transforms: x
     out["x"].attrs = {"units": "nm"}
     out.attrs["change_px"] = counts = growth_direction(out)
     if looks_swapped(counts):
-        log.warning("cycle %d: %s. Check positive_current_plates of the data set (now %s) in "
-                    "config/datasets.tsv", cycle, swapped_text(counts),
-                    cur.attrs.get("positive_current_plates", "not recorded"))
+        if cur.attrs.get("ec_log", ""):
+            log.warning("cycle %d: %s. Check positive_current_plates of the data set (now %s) in "
+                        "config/datasets.tsv", cycle, swapped_text(counts),
+                        cur.attrs.get("positive_current_plates", "not recorded"))
+        else:
+            log.warning("cycle %d: %s. The data set has no log: check the phase and half_cycle columns "
+                        "of its frame sheet (half-cycle 0 is the first plating)", cycle, swapped_text(counts))
     return out
 
 
