@@ -313,9 +313,8 @@ def test_bad_csv(tmp_path: Path, content: str, match: str) -> None:
         (("biologic_mpr", f"{CHEMOTION[:-12]}.mps"), "settings file"),
         (("biologic_mpr", f"{CHEMOTION}.mpl"), "LOG file"),
         (("neware", "newarenda_TestFile.nda"), "Neware"),
-        (("neware", "cellpy_nw_regular_export_ife_example.csv"), "cannot parse CSV"),
     ],
-    ids=["mps", "mpl", "nda", "neware-csv"],
+    ids=["mps", "mpl", "nda"],
 )
 def test_unsupported_real_files_give_clear_errors(parts: tuple[str, str], match: str) -> None:
     path = real_ec(*parts)
@@ -649,3 +648,44 @@ def test_gamry_dta_curves_whose_clock_restarts_follow_each_other(tmp_path):
     t = log.data["time_s"].to_numpy()
     assert len(t) == 20 and np.all(np.diff(t) >= 0)  # (its first row at the first curve's last time)
     np.testing.assert_allclose(t[10:], t[:10] + 270.0)
+
+
+NEWARE_CSV = ("neware", "cellpy_nw_regular_export_ife_example.csv")
+
+
+def test_neware_csv_export_charges_match_its_own_cycle_rows():
+    """The Neware BTS export nests cycle, step and record rows. Read from its records (current
+    integrated over Total Time), every cycle's charge and discharge agree with the capacities of
+    the file's own cycle rows (parsed here line by line) within 0.5 % (measured: 0.31 % at most,
+    the first cycle's 81 C charge; 0.04 % median)."""
+    import csv
+
+    from ecafm.io.echem import charge_per_cycle
+
+    path = real_ec(*NEWARE_CSV)
+    assert sniff_format(path) == "neware-csv"
+    log = read_ec_log(path)
+    rows = list(csv.reader(path.read_text(encoding="latin-1").splitlines()))[3:]
+    own = np.array([[float(r[1]) * 3600, float(r[2]) * 3600] for r in rows if r and r[0] != ""])
+    records = [r for r in rows if r[:2] == ["", ""]]
+    assert len(log.data) == len(records) == 9295
+    assert log.start_time == datetime.datetime(2026, 3, 6, 12, 37, 25)
+    assert log.data["time_s"].iloc[-1] == 27 * 3600 + 55 * 60 + 43  # Total Time of the last record
+    ours = charge_per_cycle(log.data)  # the cell starts by charging: positive current plates
+    assert ours["cycle"].tolist() == list(range(len(own))) and len(own) == 20
+    np.testing.assert_allclose(ours[["plate_C", "strip_C"]].to_numpy(), own, rtol=0.005)
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda lines: lines[:3] + [ln for ln in lines[3:] if not ln.startswith(",,")], "no record rows"),
+    (lambda lines: lines[:4] + [lines[4].replace(",00:00:00,0.00000,4.3185,", ",00:00:00,,4.3185,", 1)],
+     "Current"),
+    (lambda lines: lines[:2] + [lines[2].replace("Total Time", "Elapsed")] + lines[3:9], "Total Time"),
+    (lambda lines: lines[:3] + [lines[4].replace("00:00:00,00:00:00", "00:00:00,0:0:x")], "not a time"),
+], ids=["no-records", "truncated-record", "no-time-column", "bad-time"])
+def test_bad_neware_csv_names_file_and_cause(tmp_path, edit, match):
+    lines = real_ec(*NEWARE_CSV).read_text(encoding="latin-1").splitlines()
+    p = tmp_path / "export.csv"
+    p.write_text("\n".join(edit(lines)) + "\n")
+    with pytest.raises(InputFileError, match=rf"export\.csv.*{match}"):
+        read_ec_log(p)

@@ -1,4 +1,5 @@
-"""Potentiostat logs other than EC-Lab's: Gamry ``.DTA`` and Battery Data Format CSV.
+"""Potentiostat and cycler logs other than EC-Lab's: Gamry ``.DTA``, Battery Data Format CSV and
+Neware's CSV export.
 
 - Gamry Framework ``.DTA`` (EXPLAIN text): read with ``gamry-parser`` (MIT), which splits the
   header from the ``CURVE`` tables; here only its columns are mapped: ``T`` (s), ``Vf``
@@ -12,6 +13,13 @@
   start time) are used when present. No kept library reads these files on their own (cellpy
   reads them into its own cell model, a large dependency for three columns), so the mapping of
   names and units is written here.
+
+- Neware BTS "regular" CSV export: three nested levels in one file, each with its own header line
+  (cycle rows; step rows behind one empty field; record rows behind two). Only the record rows are
+  read: ``Total Time`` (``H:MM:SS``, hours past 24, an optional ``D-`` day prefix and fractional
+  seconds), ``Current(A)`` or ``Current(mA)`` (signed: charge positive), ``Voltage(V)``; ``Date``
+  gives the start time. Rest rows carry zero current. cellpy reads these exports into its own
+  cell model (the same large dependency as above); the nesting is simple enough to read here.
 
 Half-cycles and cycles are derived from the sign of the current (:func:`ecafm.io.echem._assemble`),
 then counted from the first plating as for every log.
@@ -143,3 +151,70 @@ def read_bdf_csv(path: str | Path):
                      charge_C=None, half_cycle=None, cycle=None, rest=rest)
     logger.info("%s: read %d rows (Battery Data Format CSV)", path, len(data))
     return EcLog(data=data, start_time=start, path=str(path), format="bdf-csv")
+
+
+_NEWARE_TIME = re.compile(r"^\s*(?:(?P<d>\d+)-)?(?P<h>\d+):(?P<m>\d{1,2}):(?P<s>\d{1,2}(?:\.\d*)?)\s*$")
+
+
+def is_neware_csv(head: str) -> bool:
+    """Whether the first lines of a file are the three header lines of a Neware BTS CSV export."""
+    lines = head.splitlines()
+    return (len(lines) >= 3 and lines[0].startswith("Cycle Index,") and lines[1].startswith(",Step")
+            and lines[2].startswith(",,"))
+
+
+def _neware_seconds(path: Path, text: pd.Series, column: str) -> np.ndarray:
+    out = np.empty(len(text))
+    for i, v in enumerate(text.astype(str)):
+        m = _NEWARE_TIME.match(v)
+        if m is None:
+            raise InputFileError(path, f"column {column!r}: {v!r} at record {i + 1} is not a time like 27:55:35")
+        out[i] = (int(m["d"] or 0) * 86400 + int(m["h"]) * 3600 + int(m["m"]) * 60 + float(m["s"]))
+    return out
+
+
+def read_neware_csv(path: str | Path):
+    """Read a Neware BTS CSV export (see the module docstring) into an :class:`ecafm.io.echem.EcLog`."""
+    import csv
+    import io
+
+    from ecafm.io.echem import EcLog, _assemble
+
+    path = Path(path)
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        lines = fh.read().splitlines()
+    if not is_neware_csv("\n".join(lines[:3])):
+        raise InputFileError(path, "not a Neware CSV export (no cycle, step and record header lines)")
+    header = next(csv.reader([lines[2]]))
+    records = [ln for ln in lines[3:] if ln.startswith(",,")]
+    if not records:
+        raise InputFileError(path, "the export has no record rows (lines starting with two empty fields)")
+    table = pd.read_csv(io.StringIO("\n".join([lines[2], *records])), header=0, dtype=str)
+    cols = {str(c).strip().lower(): c for c in table.columns}
+    time_col = cols.get("total time")
+    cur_col = next((cols[k] for k in ("current(a)", "current(ma)") if k in cols), None)
+    volt_col = cols.get("voltage(v)")
+    missing = [n for n, c in (("Total Time", time_col), ("Current(A)", cur_col), ("Voltage(V)", volt_col))
+               if c is None]
+    if missing:
+        raise InputFileError(path, f"record columns missing: {missing} (record header is {header})",
+                             hint="export the record level with total time, current and voltage")
+    time_s = _neware_seconds(path, table[time_col], time_col)
+
+    def number(c: str) -> np.ndarray:
+        v = pd.to_numeric(table[c], errors="coerce").to_numpy(float)
+        if not np.isfinite(v).all():
+            raise InputFileError(path, f"column {c!r} has a missing or non-numeric value at record "
+                                 f"{int(np.flatnonzero(~np.isfinite(v))[0]) + 1} (truncated?)")
+        return v
+
+    current_mA = number(cur_col) * (1e3 if cur_col.strip().lower() == "current(a)" else 1.0)
+    start = None
+    if "date" in cols:
+        first = pd.to_datetime(table[cols["date"]].iloc[0], errors="coerce")
+        if not pd.isna(first):
+            start = (first - pd.Timedelta(seconds=float(time_s[0]))).to_pydatetime()
+    data = _assemble(str(path), time_s=time_s, potential_V=number(volt_col), current_mA=current_mA,
+                     charge_C=None, half_cycle=None, cycle=None, rest=None)
+    logger.info("%s: read %d records (Neware CSV export)", path, len(data))
+    return EcLog(data=data, start_time=start, path=str(path), format="neware-csv")

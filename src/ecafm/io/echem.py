@@ -80,7 +80,7 @@ FRAME_TIME_TOLERANCE_S = 1e-3
 
 MAH_TO_C = 3.6
 COLUMNS = ("time_s", "potential_V", "current_mA", "charge_C", "half_cycle", "cycle", "rest")
-FORMATS = ("biologic-mpt", "biologic-mpr", "csv", "gamry-dta", "bdf-csv")
+FORMATS = ("biologic-mpt", "biologic-mpr", "csv", "gamry-dta", "bdf-csv", "neware-csv")
 
 MPT_MAGIC = "EC-Lab ASCII FILE"
 MPR_MAGIC = b"BIO-LOGIC MODULAR FILE"
@@ -598,7 +598,8 @@ def write_mpt(
 _UNSUPPORTED_MAGIC: dict[bytes, str] = {
     b"EC-LAB SETTING FILE": "an EC-Lab settings file (.mps) holds no data; give the .mpr or .mpt",
     b"EC-Lab LOG FILE": "an EC-Lab LOG file (.mpl) holds no data; give the .mpr or .mpt",
-    b"NEWARE": "a Neware .nda file is not supported; export time_s,potential_V,current_mA as CSV",
+    b"NEWARE": ("a Neware .nda file is not supported; export it from BTS as CSV with the record level "
+                "(Total Time, Current, Voltage), which is read"),
 }
 
 
@@ -719,9 +720,10 @@ def sniff_format(path: str | Path) -> str:
     str
         ``"biologic-mpr"`` (starts with ``BIO-LOGIC MODULAR FILE``), ``"biologic-mpt"``
         (starts with ``EC-Lab ASCII FILE``), ``"gamry-dta"`` (starts with ``EXPLAIN``),
-        ``"bdf-csv"`` (a CSV header of Battery Data Format names, ``Test Time / h``) or ``"csv"``.
+        ``"bdf-csv"`` (a CSV header of Battery Data Format names, ``Test Time / h``),
+        ``"neware-csv"`` (the three nested header lines of a Neware BTS export) or ``"csv"``.
     """
-    from ecafm.io.cyclers import GAMRY_MAGIC, is_bdf_header
+    from ecafm.io.cyclers import GAMRY_MAGIC, is_bdf_header, is_neware_csv
 
     with open(path, "rb") as fh:
         head = fh.read(4096)
@@ -734,6 +736,8 @@ def sniff_format(path: str | Path) -> str:
         return "gamry-dta"
     if is_bdf_header(text.split(b"\n", 1)[0].decode("utf-8", errors="replace")):
         return "bdf-csv"
+    if is_neware_csv(text.decode("utf-8", errors="replace")):
+        return "neware-csv"
     return "csv"
 
 
@@ -743,8 +747,8 @@ def read_ec_log(path: str | Path, *, fmt: str = "auto") -> EcLog:
     Parameters
     ----------
     path : str or pathlib.Path
-        EC-Lab binary (.mpr), EC-Lab text export (.mpt), Gamry .DTA, Battery Data Format CSV
-        or ecafm CSV log.
+        EC-Lab binary (.mpr), EC-Lab text export (.mpt), Gamry .DTA, Battery Data Format CSV,
+        Neware CSV export or ecafm CSV log.
     fmt : str
         ``"auto"`` (sniff the content) or one of :data:`FORMATS`.
 
@@ -772,10 +776,11 @@ def read_ec_log(path: str | Path, *, fmt: str = "auto") -> EcLog:
         return _read_mpr(path)
     if fmt == "biologic-mpt":
         return _read_mpt(path)
-    if fmt in ("gamry-dta", "bdf-csv"):
-        from ecafm.io.cyclers import read_bdf_csv, read_gamry_dta
+    if fmt in ("gamry-dta", "bdf-csv", "neware-csv"):
+        from ecafm.io import cyclers
 
-        return (read_gamry_dta if fmt == "gamry-dta" else read_bdf_csv)(path)
+        return {"gamry-dta": cyclers.read_gamry_dta, "bdf-csv": cyclers.read_bdf_csv,
+                "neware-csv": cyclers.read_neware_csv}[fmt](path)
     return _read_csv(path)
 
 
