@@ -333,3 +333,25 @@ def test_sheet_with_half_cycles_only_gives_each_frame_the_phase_of_its_half_cycl
     from ecafm.level import cube_plates_first
 
     assert cube_plates_first(tmp_path / "c.zarr")
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda s: s.assign(time_s=s["time_s"].where(s.index != 2)), r"row 3 \(.*\): time_s is empty"),
+    (lambda s: s.assign(time_s=s["time_s"].astype(object).where(s.index != 2, "9:00")), "time_s is '9:00'"),
+    (lambda s: s.assign(half_cycle=s["half_cycle"].astype(object).where(s.index != 1, "two")),
+     "row 2 .*half_cycle is 'two', not a whole number"),
+    (lambda s: s.assign(cycle=s["cycle"] + 0.5), r"cycle is '0.5', not a whole number \(6 such rows\)"),
+    (lambda s: s.assign(line_time_s=-1.0), "line_time_s is '-1.0', not a positive number"),
+    (lambda s: pd.concat([s, s.iloc[[1]]]), r"rows \[2, 7\] point at the same file"),
+], ids=["time-missing", "time-text", "half-cycle-text", "cycle-fraction", "line-time-negative", "duplicate-row"])
+def test_bad_frame_sheet_cells_name_the_sheet_and_row(tmp_path, edit, match):
+    """A missing or mistyped cell of a frame sheet used to end the ingest in a bare ValueError or
+    TypeError without the sheet's name, or, for a missing time or a cycle of 0.5, to pass."""
+    d = make_dataset(tmp_path / "ds", n_frames=6)
+    sheet = pd.read_csv(d["frames"], sep="\t")
+    sheet["cycle"], sheet["half_cycle"], sheet["line_time_s"] = 0, 0, 0.5
+    edit(sheet).to_csv(d["frames"], sep="\t", index=False)
+    with pytest.raises(InputFileError, match=match) as err:
+        ingest([d["raw"]], tmp_path / "c.zarr", frame_sheet=d["frames"])
+    assert err.value.path == str(d["frames"])
+    assert not (tmp_path / "c.zarr").exists()

@@ -61,11 +61,44 @@ def read_frame_sheet(path: str | Path):
                                  hint="fix the path (relative to the sheet's folder) or drop the row")
         resolved.append(str(p.resolve()))
     df["path"] = resolved
+    dup = df["path"].duplicated(keep=False)
+    if dup.any():
+        rows = (np.flatnonzero(dup) + 1).tolist()
+        raise InputFileError(path, f"rows {rows} point at the same file {df['file'][dup].iloc[0]!r}",
+                             hint="one row per file: a movie's frames follow its row by the file's frame time")
+    _check_sheet_numbers(path, df)
     if "phase" in df.columns:
         bad = sorted(set(df["phase"]) - set(PHASE_CODES))
         if bad:
             raise InputFileError(path, f"unknown phase value(s) {bad}; use plate, strip or rest")
     return df
+
+
+def _check_sheet_numbers(path: Path, df) -> None:
+    """Every time a finite number (line times positive), every cycle and half-cycle a whole
+    number: a missing or mistyped cell used to end the ingest in a bare ValueError, or (a missing
+    time, a cycle of 0.5) to pass silently."""
+    import pandas as pd
+
+    for col, kind in (("time_s", "time"), ("line_time_s", "positive"), ("cycle", "int"), ("half_cycle", "int")):
+        if col not in df.columns:
+            continue
+        v = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
+        bad = ~np.isfinite(v)
+        if kind == "positive":
+            bad |= ~(v > 0)
+        elif kind == "int":
+            bad |= np.isfinite(v) & (v != np.round(v))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            cell = df[col].iloc[i]
+            shown = "empty" if pd.isna(cell) else f"{str(cell)!r}"
+            want = {"time": "a number of seconds", "positive": "a positive number of seconds",
+                    "int": "a whole number"}[kind]
+            raise InputFileError(path, f"row {i + 1} ({df['file'].iloc[i]}): {col} is {shown}, not {want}"
+                                 + (f" ({int(bad.sum())} such rows)" if bad.sum() > 1 else ""),
+                                 hint=f"give {col} in every row" + ("" if col == "time_s" else ", or drop the column"))
+        df[col] = v.astype(np.int64) if kind == "int" else v
 
 
 def half_cycles_from_phases(phase: np.ndarray) -> np.ndarray:
