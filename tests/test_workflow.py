@@ -138,6 +138,21 @@ def test_config_typo_stops_the_run(logged_dataset):
     assert not (wd / "results").exists()
 
 
+def test_duplicate_dataset_id_or_unknown_run_id_stops_the_run(logged_dataset):
+    """Two rows with one id used to end in pandas' "truth value of a Series is ambiguous" from an
+    input function; a `run` id not in the sheet ran nothing without a word."""
+    wd, _ = logged_dataset
+    sheet = wd / "config" / "datasets.tsv"
+    one = sheet.read_text()
+    sheet.write_text(one + one.splitlines()[1] + "\n")
+    res = _snakemake(wd, "-n", check=False)
+    assert res.returncode != 0 and "['cell1'] appear in more than one row" in res.stdout + res.stderr
+    sheet.write_text(one)
+    res = _snakemake(wd, "-n", "--config", "run=[cell2]", check=False)
+    assert res.returncode != 0 and "config run: ['cell2'] not in" in res.stdout + res.stderr
+    assert not (wd / "results").exists()
+
+
 def test_failed_ingest_leaves_no_cube(logged_dataset):
     wd, d = logged_dataset
     sheet = pd.read_csv(d["frames"], sep="\t")

@@ -13,6 +13,17 @@ DATASETS = pd.read_csv(
     config["datasets"], sep="\t", dtype=str, comment="#", keep_default_na=False
 ).set_index("id", drop=False)
 validate(DATASETS, schema="../schemas/datasets.schema.yaml")
+if DATASETS.index.duplicated().any():
+    raise ValueError(
+        f"{config['datasets']}: data set id(s) "
+        f"{sorted(set(DATASETS.index[DATASETS.index.duplicated()]))} appear in more than one row; "
+        "every output path is named by the id, so give each row its own id"
+    )
+if config["run"] and set(config["run"]) - set(DATASETS["id"]):
+    raise ValueError(
+        f"config run: {sorted(set(config['run']) - set(DATASETS['id']))} not in {config['datasets']} "
+        f"(its ids: {sorted(DATASETS['id'])})"
+    )
 DATASETS = DATASETS[DATASETS["id"].isin(config["run"])] if config["run"] else DATASETS
 
 
