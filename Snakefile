@@ -9,6 +9,7 @@
 #   results/segment/{dataset}/cycle_{cycle}.zarr  change labels, state classes (+ .classes.tsv)
 #   results/sites/{dataset}/...                   labels.zarr, sites/site_cycles/cycles/tiles.tsv
 #   results/figures/{dataset}/{stage}.png         one QC figure per stage
+#   results/compare/{datasets,cycles}.tsv         the data sets side by side (+ figures/compare.png)
 #   logs/{rule}/{dataset}[/...].log               one log per job
 
 
@@ -35,3 +36,5 @@ rule all:
     input:
         get_final_outputs,
         *map(analysis_outputs, DATASETS["id"]),
+        "results/compare/datasets.tsv",
+        "results/figures/compare.png",

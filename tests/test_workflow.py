@@ -92,7 +92,8 @@ def test_html_report_has_every_stage_figure(logged_dataset):
     _snakemake(wd, "--cores", "2")
     _snakemake(wd, "--report", str(wd / "report.html"))
     html = (wd / "report.html").read_text(errors="replace")
-    for caption in ("Ingest QC of dataset", "Drift of dataset", "Site lifetimes of dataset"):
+    for caption in ("Ingest QC of dataset", "Drift of dataset", "Site lifetimes of dataset",
+                    "The data sets of this run side by side"):
         assert caption in html
 
 
@@ -223,6 +224,17 @@ def test_a_movie_without_phases_stops_after_registration(real, tmp_path):
     assert (out / "figures" / "movie" / "register.png").exists()
     assert not (out / "segment" / "movie").exists() and not (out / "sites" / "movie").exists()
     assert (out / "lifetime" / "cell" / "summary.json").exists()
+    # The comparison needs every data set: not made while one's ingest fails. Without that data
+    # set, it lists the movie as stopped after registration and the cell as analysed.
+    assert not (out / "compare").exists()
+    sheet = pd.read_csv(wd / "config" / "datasets.tsv", sep="\t", dtype=str, keep_default_na=False)
+    sheet[sheet["id"] != "legacy"].to_csv(wd / "config" / "datasets.tsv", sep="\t", index=False)
+    _snakemake(wd, "--cores", "2")
+    table = pd.read_csv(out / "compare" / "datasets.tsv", sep="\t").set_index("dataset")
+    assert table.index.tolist() == ["movie", "cell"]
+    assert table.loc["movie", "status"].startswith("stopped after registration")
+    assert table.loc["cell", "status"] == "analysed" and table.loc["cell", "cycles"] >= 1
+    assert (out / "figures" / "compare.png").exists()
     # Asked for explicitly, the movie's segment job fails with the cube named and what to do.
     bad = _snakemake(wd, "--cores", "1", "results/segment/movie/cycle_0.zarr", check=False)
     assert bad.returncode != 0

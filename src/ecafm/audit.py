@@ -221,6 +221,14 @@ def _lifetime(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> 
                  electrode_area_cm2=cell.get("electrode_area_cm2"), step=_step(rec, inputs))
 
 
+def _compare_datasets(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:
+    from ecafm.compare import run_compare
+
+    d = next(iter(out.values())).parent
+    run_compare(inputs, list(rec["step"]["params"]["datasets"]), d / "datasets.tsv", d / "cycles.tsv",
+                step=_step(rec, inputs))
+
+
 #: Rule (or CLI command) -> how to re-run it: the library function its script calls.
 REGISTRY: dict[str, Executor] = {
     "ingest_dataset": _ingest,
@@ -234,6 +242,7 @@ REGISTRY: dict[str, Executor] = {
     "segment_cycle": _segment,
     "track_sites": _track,
     "correlate_lifetimes": _lifetime,
+    "compare_datasets": _compare_datasets,
 }
 #: Rules left out of re-execution on purpose, with the reason shown in the report.
 NOT_REEXECUTED = {
@@ -241,6 +250,7 @@ NOT_REEXECUTED = {
     "plot_registration": "figure: rendering is not byte-stable across matplotlib builds; hashes checked only",
     "plot_classes": "figure: rendering is not byte-stable across matplotlib builds; hashes checked only",
     "plot_lifetimes": "figure: rendering is not byte-stable across matplotlib builds; hashes checked only",
+    "plot_compare": "figure: rendering is not byte-stable across matplotlib builds; hashes checked only",
     "synth": "synthetic input data: regenerate with `ecafm synth` (its raw files are hashed as inputs)",
 }
 

@@ -238,6 +238,21 @@ def analysis_outputs(dataset):
     return fn
 
 
+def get_compare_inputs(wildcards):
+    """Inputs of the compare_datasets job, one per run: each analysed data set's lifetime
+    summary, cycles table and first segment cube (for its pixel area); data sets that stop after
+    registration have none and get a row that says so (waits for every ingest checkpoint)."""
+    out = []
+    for d in DATASETS["id"]:
+        if can_segment(d):
+            out += [
+                f"results/lifetime/{d}/summary.json",
+                f"results/sites/{d}/cycles.tsv",
+                f"results/segment/{d}/cycle_{get_cycles(d)[0]}.zarr",
+            ]
+    return out
+
+
 def get_lifetime_inputs(wildcards):
     d = wildcards.dataset
     inputs = {

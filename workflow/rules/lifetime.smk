@@ -51,3 +51,46 @@ rule plot_lifetimes:
         runtime=get_runtime(base_min=10, per_input_gb_min=10),
     script:
         "../../scripts/plot_lifetimes.py"
+
+
+# Data sets side by side: one job for all (it needs every analysed data set's balance).
+rule compare_datasets:
+    input:
+        get_compare_inputs,
+    output:
+        datasets="results/compare/datasets.tsv",
+        cycles="results/compare/cycles.tsv",
+    log:
+        "logs/compare_datasets/all.log",
+    conda:
+        "../../envs/ecafm.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        datasets=list(DATASETS["id"]),
+    script:
+        "../../scripts/compare_datasets.py"
+
+
+rule plot_compare:
+    input:
+        datasets="results/compare/datasets.tsv",
+        cycles="results/compare/cycles.tsv",
+    output:
+        report(
+            "results/figures/compare.png",
+            caption="../report/compare.rst",
+            category="5. Data sets compared",
+        ),
+    log:
+        "logs/plot_compare/all.log",
+    conda:
+        "../../envs/ecafm.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/plot_compare.py"

@@ -1,0 +1,77 @@
+"""Data sets side by side (rule compare_datasets): arithmetic against hand-made inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from ecafm.compare import STOPPED, compare_figure, plot_compare, run_compare
+from ecafm.store import Step, read_record, write_cube
+
+
+def _dataset(root, ds, *, pixel_nm2, area_px, balance, decided, warnings=()):
+    (root / "lifetime" / ds).mkdir(parents=True)
+    (root / "sites" / ds).mkdir(parents=True)
+    (root / "lifetime" / ds / "summary.json").write_text(json.dumps(
+        {"balance": balance, "n_sites": 7, "events": {"dead": 2, "inactivation": 1, "void": 0},
+         "warnings": list(warnings)}))
+    pd.DataFrame({"cycle": [b["cycle"] for b in balance], "n_sites": [3, 4][: len(balance)],
+                  "area_px": area_px, "residue_decided": decided}).to_csv(
+        root / "sites" / ds / "cycles.tsv", sep="\t", index=False)
+    seg = xr.Dataset({"h_ref": (("y", "x"), np.zeros((2, 2), np.float32))}, attrs={"pixel_area_nm2": pixel_nm2})
+    write_cube(seg, root / "segment" / ds / "cycle_0.zarr", step=Step("test"))
+    return [root / "lifetime" / ds / "summary.json", root / "sites" / ds / "cycles.tsv",
+            root / "segment" / ds / "cycle_0.zarr"]
+
+
+def test_volumes_become_layer_thickness_over_the_analysed_field(tmp_path):
+    """Two analysed data sets of different field and pixel size, and a movie that stopped after
+    registration. Expected values by hand: a: 100 px x 4 nm^2 = 400 nm^2, residue 800 nm^3 ->
+    2 nm, void 80 nm^3 -> 0.2 nm; its cycle 1 residue is undecided (no next plating), so the
+    last known residue is cycle 0's. b: 50 px x 1 nm^2, no log (no electrochemical CE)."""
+    root = tmp_path / "results"
+    a = _dataset(root, "a", pixel_nm2=4.0, area_px=[100, 100], decided=[True, False], balance=[
+        {"cycle": 0, "ce_electrochemical": 0.8, "ce_volumetric": 0.7, "ce_volumetric_with_voids": 0.75,
+         "plated_nm3": 4000.0, "dead_volume_cum_nm3": 800.0, "void_nm3": 40.0},
+        {"cycle": 1, "ce_electrochemical": 0.9, "ce_volumetric": 0.8, "ce_volumetric_with_voids": 0.85,
+         "plated_nm3": 3000.0, "dead_volume_cum_nm3": 800.0, "void_nm3": 80.0}])
+    b = _dataset(root, "b", pixel_nm2=1.0, area_px=[50, 40], decided=[True, True], warnings=["cycles [0]: swapped"],
+                 balance=[{"cycle": 0, "ce_volumetric": 0.5, "ce_volumetric_with_voids": 0.6, "plated_nm3": 100.0,
+                           "dead_volume_cum_nm3": 25.0, "void_nm3": 5.0},
+                          {"cycle": 1, "ce_volumetric": 0.7, "ce_volumetric_with_voids": 0.7, "plated_nm3": 80.0,
+                           "dead_volume_cum_nm3": 45.0, "void_nm3": 8.0}])
+    out = tmp_path / "compare"
+    table = run_compare([*b, *a], ["m", "a", "b"], out / "datasets.tsv", out / "cycles.tsv",
+                        step=Step("compare_datasets"))
+    t = pd.read_csv(out / "datasets.tsv", sep="\t").set_index("dataset")
+    assert t.index.tolist() == ["m", "a", "b"] and t.loc["m", "status"] == STOPPED
+    assert t.loc["a", "status"] == "analysed" and t.loc["a", "cycles"] == 2
+    assert t.loc["a", "dead_final_nm"] == pytest.approx(2.0) and t.loc["a", "dead_final_cycle"] == 0
+    assert t.loc["a", "void_final_nm"] == pytest.approx(0.2)
+    assert t.loc["a", "ce_electrochemical_median"] == pytest.approx(0.85)
+    assert t.loc["a", "field_um2"] == pytest.approx(400e-6)
+    assert t.loc["b", "dead_final_nm"] == pytest.approx(45.0 / 40) and t.loc["b", "dead_final_cycle"] == 1
+    assert np.isnan(t.loc["b", "ce_electrochemical_median"]) and t.loc["b", "ce_volumetric_median"] == pytest.approx(0.6)
+    cy = pd.read_csv(out / "cycles.tsv", sep="\t")
+    a_cy = cy[cy["dataset"] == "a"]
+    np.testing.assert_allclose(a_cy["plated_nm"], [10.0, 7.5])
+    assert np.isfinite(a_cy["dead_cum_nm"]).tolist() == [True, False]
+    assert read_record(out / "datasets.tsv")["step"]["rule"] == "compare_datasets"
+
+    fig = compare_figure(table, cy)
+    assert "2 of 3 data sets analysed; stopped after registration: m" in fig._suptitle.get_text()
+    assert any("CHECK the warnings of b" in t.get_text() for t in fig.texts)
+    plot_compare(out / "datasets.tsv", out / "cycles.tsv", out / "compare.png", step=Step("plot_compare"))
+    assert (out / "compare.png").stat().st_size > 10_000
+
+
+def test_inputs_of_a_data_set_not_in_the_list_are_refused(tmp_path):
+    a = _dataset(tmp_path / "results", "a", pixel_nm2=1.0, area_px=[10], decided=[True],
+                 balance=[{"cycle": 0, "ce_volumetric": 0.5}])
+    with pytest.raises(ValueError, match=r"data sets \['a'\] that are not among \['b'\]"):
+        run_compare(a, ["b"], tmp_path / "d.tsv", tmp_path / "c.tsv", step=Step("compare_datasets"))
+    assert not (tmp_path / "d.tsv").exists()
