@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from ecafm.compare import STOPPED, compare_figure, plot_compare, run_compare
+from ecafm.compare import STOPPED, compare_figure, plot_compare, read_tables, run_compare
 from ecafm.store import Step, read_record, write_cube
 
 
@@ -39,34 +39,41 @@ def test_volumes_become_layer_thickness_over_the_analysed_field(tmp_path):
          "plated_nm3": 4000.0, "dead_volume_cum_nm3": 800.0, "void_nm3": 40.0},
         {"cycle": 1, "ce_electrochemical": 0.9, "ce_volumetric": 0.8, "ce_volumetric_with_voids": 0.85,
          "plated_nm3": 3000.0, "dead_volume_cum_nm3": 800.0, "void_nm3": 80.0}])
-    b = _dataset(root, "b", pixel_nm2=1.0, area_px=[50, 40], decided=[True, True], warnings=["cycles [0]: swapped"],
+    b = _dataset(root, "null", pixel_nm2=1.0, area_px=[50, 40], decided=[True, True], warnings=["cycles [0]: swapped"],
                  balance=[{"cycle": 0, "ce_volumetric": 0.5, "ce_volumetric_with_voids": 0.6, "plated_nm3": 100.0,
                            "dead_volume_cum_nm3": 25.0, "void_nm3": 5.0},
                           {"cycle": 1, "ce_volumetric": 0.7, "ce_volumetric_with_voids": 0.7, "plated_nm3": 80.0,
                            "dead_volume_cum_nm3": 45.0, "void_nm3": 8.0}])
     out = tmp_path / "compare"
-    table = run_compare([*b, *a], ["m", "a", "b"], out / "datasets.tsv", out / "cycles.tsv",
+    table = run_compare([*b, *a], ["NA", "a", "null"], out / "datasets.tsv", out / "cycles.tsv",
                         step=Step("compare_datasets"))
-    t = pd.read_csv(out / "datasets.tsv", sep="\t").set_index("dataset")
-    assert t.index.tolist() == ["m", "a", "b"] and t.loc["m", "status"] == STOPPED
+    t, cy = read_tables(out / "datasets.tsv", out / "cycles.tsv")  # "null" and "NA" read as names
+    t = t.set_index("dataset")
+    assert t.index.tolist() == ["NA", "a", "null"] and t.loc["NA", "status"] == STOPPED
     assert t.loc["a", "status"] == "analysed" and t.loc["a", "cycles"] == 2
     assert t.loc["a", "dead_final_nm"] == pytest.approx(2.0) and t.loc["a", "dead_final_cycle"] == 0
     assert t.loc["a", "void_final_nm"] == pytest.approx(0.2)
     assert t.loc["a", "ce_electrochemical_median"] == pytest.approx(0.85)
     assert t.loc["a", "field_um2"] == pytest.approx(400e-6)
-    assert t.loc["b", "dead_final_nm"] == pytest.approx(45.0 / 40) and t.loc["b", "dead_final_cycle"] == 1
-    assert np.isnan(t.loc["b", "ce_electrochemical_median"]) and t.loc["b", "ce_volumetric_median"] == pytest.approx(0.6)
-    cy = pd.read_csv(out / "cycles.tsv", sep="\t")
+    assert t.loc["null", "dead_final_nm"] == pytest.approx(45.0 / 40) and t.loc["null", "dead_final_cycle"] == 1
+    assert np.isnan(t.loc["null", "ce_electrochemical_median"])
+    assert t.loc["null", "ce_volumetric_median"] == pytest.approx(0.6)
     a_cy = cy[cy["dataset"] == "a"]
     np.testing.assert_allclose(a_cy["plated_nm"], [10.0, 7.5])
     assert np.isfinite(a_cy["dead_cum_nm"]).tolist() == [True, False]
     assert read_record(out / "datasets.tsv")["step"]["rule"] == "compare_datasets"
 
     fig = compare_figure(table, cy)
-    assert "2 of 3 data sets analysed; stopped after registration: m" in fig._suptitle.get_text()
-    assert any("CHECK the warnings of b" in t.get_text() for t in fig.texts)
+    assert "2 of 3 data sets analysed; stopped after registration: NA" in fig._suptitle.get_text()
+    assert any("CHECK the warnings of null" in t.get_text() for t in fig.texts)
+    # read back from the tables, the data set named "null" keeps its name and its line
+    import matplotlib.pyplot as plt
+
     plot_compare(out / "datasets.tsv", out / "cycles.tsv", out / "compare.png", step=Step("plot_compare"))
     assert (out / "compare.png").stat().st_size > 10_000
+    back = compare_figure(*read_tables(out / "datasets.tsv", out / "cycles.tsv"))
+    assert [t.get_text() for t in back.axes[1].get_legend().get_texts()] == ["a", "null"]
+    plt.close("all")
 
 
 def test_inputs_of_a_data_set_not_in_the_list_are_refused(tmp_path):

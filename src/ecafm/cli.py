@@ -165,7 +165,7 @@ def _cmd_export_crate(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from ecafm.score import format_scores, score_run
 
-    scores = score_run(args.results, args.truth)
+    scores = score_run(args.results, args.truth, dataset=args.dataset)
     if args.json:
         json.dump(scores, sys.stdout, indent=1, default=float)
         print()
@@ -210,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("score", help="accuracy of a run against a synthetic generator's truth")
-    s.add_argument("results", help="results folder (workflow results/ with one dataset, or the "
-                   "in-process layout of ecafm.pipeline)")
+    s.add_argument("results", help="results folder (workflow results/, or the in-process layout of "
+                   "ecafm.pipeline)")
     s.add_argument("truth", help="truth.zarr of the generator")
+    s.add_argument("--dataset", help="the data set the truth belongs to, when results/ holds several")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=_cmd_score)
 

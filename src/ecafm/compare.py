@@ -192,10 +192,14 @@ def compare_figure(table: pd.DataFrame, cycles: pd.DataFrame) -> Any:
     return fig
 
 
+def read_tables(datasets: str | Path, cycles: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The stage's two tables as written; ids such as "null" or "NA" stay data set names."""
+    return (pd.read_csv(datasets, sep="\t", converters={"dataset": str, "status": str, "warnings": str}),
+            pd.read_csv(cycles, sep="\t", converters={"dataset": str}))
+
+
 def plot_compare(datasets: str | Path, cycles: str | Path, out: str | Path, *, step: Step) -> dict[str, Any]:
     """The comparison figure from the stage's two tables."""
     from ecafm.figures import _write_figure
 
-    table = pd.read_csv(datasets, sep="\t", keep_default_na=True)
-    cy = pd.read_csv(cycles, sep="\t")
-    return _write_figure(compare_figure(table, cy), out, step=step)
+    return _write_figure(compare_figure(*read_tables(datasets, cycles)), out, step=step)

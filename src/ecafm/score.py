@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ecafm.errors import InputFileError
+
 
 def registration_errors(transforms: xr.Dataset, truth: xr.Dataset) -> dict[str, Any]:
     """Registration accuracy against the generator's drift per line.
@@ -480,16 +482,16 @@ TARGETS = {"interframe_rms_px": ("<=", 0.1), "row_rms_px": ("<=", 0.3), "change_
            "lifetime_cindex": (">=", 0.85)}
 
 
-def score_run(results: str | Path, truth_path: str | Path) -> dict[str, Any]:
+def score_run(results: str | Path, truth_path: str | Path, *, dataset: str | None = None) -> dict[str, Any]:
     """Accuracy of one dataset's results folder set against a generator's truth.
 
-    ``results`` is either the workflow's ``results`` directory holding exactly one dataset, a
-    ``results/.../{dataset}`` layout, or the in-process layout of
+    ``results`` is either the workflow's ``results`` directory (``dataset`` names the data set
+    when it holds several), a ``results/.../{dataset}`` layout, or the in-process layout of
     :func:`ecafm.pipeline.run_segment_sites` (``transforms.zarr``, ``segment/``, ``sites/``).
     """
     from ecafm.store import open_cube
 
-    paths = _result_paths(Path(results))
+    paths = _result_paths(Path(results), dataset)
     truth = open_cube(truth_path).load()
     tf = open_cube(paths["transforms"]).load()
     out: dict[str, Any] = dict(registration_errors(tf, truth))
@@ -508,7 +510,7 @@ def score_run(results: str | Path, truth_path: str | Path) -> dict[str, Any]:
     return out
 
 
-def _result_paths(results: Path) -> dict[str, Any]:
+def _result_paths(results: Path, dataset: str | None = None) -> dict[str, Any]:
     import re
 
     def cyc(p: Path) -> int:
@@ -517,11 +519,19 @@ def _result_paths(results: Path) -> dict[str, Any]:
     cands = [results, *sorted(p for p in results.glob("*") if p.is_dir())]
     for base in cands:  # in-process layout
         segs = sorted((base / "segment").glob("cycle_*.zarr"), key=cyc)
-        if (base / "transforms.zarr").exists() and segs:
+        if dataset is None and (base / "transforms.zarr").exists() and segs:
             return {"transforms": base / "transforms.zarr", "segments": segs,
                     "labels": base / "sites" / "labels.zarr", "cycles": base / "sites" / "cycles.tsv"}
-    for reg in sorted((results / "register").glob("*/transforms.zarr")) or \
-            sorted(results.glob("register/transforms.zarr")):
+    regs = sorted((results / "register").glob("*/transforms.zarr"))
+    if dataset is not None:
+        regs = [r for r in regs if r.parent.name == dataset]
+        if not regs:
+            have = [r.parent.name for r in sorted((results / "register").glob("*/transforms.zarr"))]
+            raise InputFileError(results, f"no register/{dataset}/transforms.zarr", hint=f"data sets there: {have}")
+    elif len(regs) > 1:  # scored the first one against any truth given, without a word
+        raise InputFileError(results, f"holds data sets {[r.parent.name for r in regs]}",
+                             hint="name the one the truth belongs to with --dataset")
+    for reg in regs or sorted(results.glob("register/transforms.zarr")):
         ds = reg.parent.name
         segs = sorted((results / "segment" / ds).glob("cycle_*.zarr"), key=cyc)
         return {"transforms": reg, "segments": segs,
