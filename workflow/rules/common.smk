@@ -241,7 +241,8 @@ def analysis_outputs(dataset):
 def get_compare_inputs(wildcards):
     """Inputs of the compare_datasets job, one per run: each analysed data set's lifetime
     summary, cycles table and first segment cube (for its pixel area); data sets that stop after
-    registration have none and get a row that says so (waits for every ingest checkpoint)."""
+    registration have none and get a row that says so (waits for every ingest checkpoint).
+    """
     out = []
     for d in DATASETS["id"]:
         if can_segment(d):

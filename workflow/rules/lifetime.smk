@@ -53,7 +53,9 @@ rule plot_lifetimes:
         "../../scripts/plot_lifetimes.py"
 
 
-# Data sets side by side: one job for all (it needs every analysed data set's balance).
+# Data sets side by side: one job for all (it needs every analysed data set's balance). Both
+# jobs read a few small tables and take 1-3 s: on a cluster they run beside Snakemake on the
+# login node (localrule) instead of waiting in the queue twice at the end of the run.
 rule compare_datasets:
     input:
         get_compare_inputs,
@@ -62,6 +64,7 @@ rule compare_datasets:
         cycles="results/compare/cycles.tsv",
     log:
         "logs/compare_datasets/all.log",
+    localrule: True
     conda:
         "../../envs/ecafm.yaml"
     threads: 1
@@ -86,6 +89,7 @@ rule plot_compare:
         ),
     log:
         "logs/plot_compare/all.log",
+    localrule: True
     conda:
         "../../envs/ecafm.yaml"
     threads: 1
