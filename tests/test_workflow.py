@@ -241,3 +241,30 @@ def test_a_movie_without_phases_stops_after_registration(real, tmp_path):
     log = (wd / "logs" / "segment_cycle" / "movie" / "cycle_0.log").read_text()
     assert "results/register/movie/cycle_0.zarr: no plating frame" in log and "ec_log" in log
     assert not (out / "segment" / "movie" / "cycle_0.zarr").exists()
+
+
+def test_synthetic_demo_scores_itself_and_is_compared(tmp_path):
+    """The README quick start's data set (`synth: demo:0`): the workflow generates it, runs every
+    stage, scores the run against the generator's truth (results/score/demo.tsv, the targets of
+    SCIENCE.md) and lists it in the comparison. The audit re-runs the score and the comparison."""
+    from ecafm.audit import audit
+    from ecafm.compare import read_tables
+
+    wd = _workdir(tmp_path, [{"id": "demo", "raw": "resources/synth/demo/raw", "format": "gwy",
+                              "ec_log": "resources/synth/demo/ec/log.mpt", "frames": "resources/synth/demo/frames.tsv",
+                              "metal": "Li", "positive_current_plates": "true", "synth": "demo:0"}])
+    _snakemake(wd, "--cores", "2")
+    res = wd / "results"
+    score = pd.read_csv(res / "score" / "demo.tsv", sep="\t", keep_default_na=False).set_index("metric")
+    targets = score[score["target"] != ""]
+    assert len(targets) == 13 and set(targets["passed"]) <= {"True", "False"}
+    # every target but site F1 (issue 5: 0.72-0.84 on this preset) is met
+    assert targets.index[targets["passed"] == "False"].tolist() == ["site_f1"]
+    assert float(score.loc["iou_deposit", "value"]) >= 0.9 and float(score.loc["rel_err_dead", "value"]) <= 0.15
+    table, cycles = read_tables(res / "compare" / "datasets.tsv", res / "compare" / "cycles.tsv")
+    assert table["dataset"].tolist() == ["demo"] and table.loc[0, "status"] == "analysed"
+    assert cycles["cycle"].tolist() == [0, 1, 2, 3] and cycles["residue_decided"].tolist() == [True] * 3 + [False]
+    findings = {(f.artifact, f.check): f for f in audit(res)}
+    assert not [f for f in findings.values() if f.failed]
+    for key in ("score/demo.tsv", "compare/datasets.tsv", "compare/cycles.tsv"):
+        assert findings[(key, "reexec")].status == "ok"

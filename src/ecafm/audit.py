@@ -229,6 +229,15 @@ def _compare_datasets(rec: dict[str, Any], inputs: list[Path], out: dict[str, Pa
                 step=_step(rec, inputs))
 
 
+def _score(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:
+    from ecafm.score import run_score
+
+    ds = rec["step"]["wildcards"]["dataset"]
+    truth = next(q for q in inputs if q.name == "truth.zarr")
+    results = next(q for q in inputs if q.name == "transforms.zarr").parents[2]  # results/register/{ds}/
+    run_score(results, truth, next(iter(out.values())), dataset=ds, step=_step(rec, inputs))
+
+
 #: Rule (or CLI command) -> how to re-run it: the library function its script calls.
 REGISTRY: dict[str, Executor] = {
     "ingest_dataset": _ingest,
@@ -243,6 +252,7 @@ REGISTRY: dict[str, Executor] = {
     "track_sites": _track,
     "correlate_lifetimes": _lifetime,
     "compare_datasets": _compare_datasets,
+    "score_dataset": _score,
 }
 #: Rules left out of re-execution on purpose, with the reason shown in the report.
 NOT_REEXECUTED = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import pandas as pd
 import xarray as xr
 
 from ecafm.errors import InputFileError
+
+log = logging.getLogger(__name__)
 
 
 def registration_errors(transforms: xr.Dataset, truth: xr.Dataset) -> dict[str, Any]:
@@ -539,6 +542,36 @@ def _result_paths(results: Path, dataset: str | None = None) -> dict[str, Any]:
                 "cycles": results / "sites" / ds / "cycles.tsv"}
     raise FileNotFoundError(f"{results}: no transforms.zarr and segment cubes found "
                             "(expected results/register/{dataset}/ and results/segment/{dataset}/)")
+
+
+def score_table(scores: dict[str, Any]) -> pd.DataFrame:
+    """The accuracy table: ``metric, value, target, passed`` (target and passed empty for metrics
+    without a target in SCIENCE.md)."""
+    rows = []
+    for k, v in scores.items():
+        op_thr = TARGETS.get(k)
+        val = float(v) if isinstance(v, (int, float, np.floating, np.integer)) else np.nan
+        rows.append({"metric": k, "value": val,
+                     "target": f"{op_thr[0]} {op_thr[1]:g}" if op_thr else "",
+                     "passed": ("" if not op_thr else
+                                str(bool(val <= op_thr[1] if op_thr[0] == "<=" else val >= op_thr[1])))})
+    return pd.DataFrame(rows, columns=["metric", "value", "target", "passed"])
+
+
+def run_score(results: str | Path, truth: str | Path, out: str | Path, *, dataset: str, step) -> pd.DataFrame:
+    """Score one data set of a workflow results folder against its generator's truth and write
+    the accuracy table (rule score_dataset, synthetic data sets only)."""
+    from ecafm.store import write_table
+
+    t = score_table(score_run(results, truth, dataset=dataset))
+    write_table(t, out, step=step)
+    missed = t[t["passed"] == "False"]
+    log.info("%s: %d of %d targets met%s", dataset, int((t["passed"] == "True").sum()),
+             int((t["target"] != "").sum()),
+             "; missed: " + ", ".join(f"{m} {v:.3g} (target {g})" for m, v, g in
+                                      zip(missed["metric"], missed["value"], missed["target"], strict=True))
+             if len(missed) else "")
+    return t
 
 
 def format_scores(scores: dict[str, Any]) -> str:

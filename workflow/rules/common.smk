@@ -232,7 +232,7 @@ def analysis_outputs(dataset):
             f"results/sites/{dataset}/sites.tsv",
             f"results/lifetime/{dataset}/summary.json",
             f"results/figures/{dataset}/lifetime.png",
-        ]
+        ] + ([f"results/score/{dataset}.tsv"] if is_synthetic(dataset) else [])
 
     fn.__name__ = f"analysis_outputs_{dataset}"
     return fn
