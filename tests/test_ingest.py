@@ -355,3 +355,21 @@ def test_bad_frame_sheet_cells_name_the_sheet_and_row(tmp_path, edit, match):
         ingest([d["raw"]], tmp_path / "c.zarr", frame_sheet=d["frames"])
     assert err.value.path == str(d["frames"])
     assert not (tmp_path / "c.zarr").exists()
+
+
+def test_sheet_phase_words_of_a_lab_are_read_and_ambiguous_ones_refused(tmp_path):
+    """`Plating`, `STRIP`, `OCV` and an empty cell read as plate, strip, rest and unknown; before,
+    any of them stopped the ingest ("unknown phase value(s)"), an empty cell as `[nan]`. `discharge`
+    stays refused: whether it plates the imaged electrode depends on the cell."""
+    d = make_dataset(tmp_path / "ds", n_frames=5)
+    sheet = pd.read_csv(d["frames"], sep="\t").drop(columns=["half_cycle", "cycle"], errors="ignore")
+    sheet["phase"] = ["OCV", "Plating", "plate ", "", "STRIP"]
+    sheet.to_csv(d["frames"], sep="\t", index=False)
+    ingest([d["raw"]], tmp_path / "c.zarr", frame_sheet=d["frames"])
+    p = PHASE_CODES
+    assert open_cube(tmp_path / "c.zarr")["phase"].values.tolist() == [p["rest"], p["plate"], p["plate"],
+                                                                        p["unknown"], p["strip"]]
+    sheet["phase"] = ["rest", "charge", "discharge", "plate", "strip"]
+    sheet.to_csv(d["frames"], sep="\t", index=False)
+    with pytest.raises(InputFileError, match=r"unknown phase value\(s\) \['charge', 'discharge'\]"):
+        ingest([d["raw"]], tmp_path / "c2.zarr", frame_sheet=d["frames"])

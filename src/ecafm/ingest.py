@@ -68,10 +68,24 @@ def read_frame_sheet(path: str | Path):
                              hint="one row per file: a movie's frames follow its row by the file's frame time")
     _check_sheet_numbers(path, df)
     if "phase" in df.columns:
+        df["phase"] = [_phase_name(v) for v in df["phase"]]
         bad = sorted(set(df["phase"]) - set(PHASE_CODES))
         if bad:
-            raise InputFileError(path, f"unknown phase value(s) {bad}; use plate, strip or rest")
+            raise InputFileError(path, f"unknown phase value(s) {bad}; use plate, strip or rest (or leave "
+                                 "the cell empty for unknown)")
     return df
+
+
+#: Words a lab may write in a frame sheet's phase column for ecafm's phase names (any case).
+#: Not "charge" and "discharge": which of them plates the imaged electrode depends on the cell
+#: (in a Li|Cu cell discharging plates the copper), so they are refused like any unknown word.
+PHASE_WORDS = {"plating": "plate", "deposition": "plate", "stripping": "strip", "dissolution": "strip",
+               "ocv": "rest", "ocp": "rest", "open circuit": "rest", "": "unknown", "nan": "unknown"}
+
+
+def _phase_name(value: Any) -> str:
+    text = "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value).strip().lower()
+    return PHASE_WORDS.get(text, text)
 
 
 def _check_sheet_numbers(path: Path, df) -> None:
