@@ -10,6 +10,7 @@
 #   results/sites/{dataset}/...                   labels.zarr, sites/site_cycles/cycles/tiles.tsv
 #   results/figures/{dataset}/{stage}.png         one QC figure per stage
 #   results/compare/{datasets,cycles}.tsv         the data sets side by side (+ figures/compare.png)
+#   results/score/{dataset}.tsv                   accuracy against the truth (synthetic data sets)
 #   logs/{rule}/{dataset}[/...].log               one log per job
 
 
