@@ -495,7 +495,9 @@ def score_run(results: str | Path, truth_path: str | Path, *, dataset: str | Non
     from ecafm.store import open_cube
 
     paths = _result_paths(Path(results), dataset)
-    truth = open_cube(truth_path).load()
+    # frame by frame from the store: the truth of bench-l is ~9 GB in memory (every access below
+    # indexes one frame, or reads per-frame drift and per-site arrays)
+    truth = open_cube(truth_path, dask=False)
     tf = open_cube(paths["transforms"]).load()
     out: dict[str, Any] = dict(registration_errors(tf, truth))
     segs = [open_cube(p).load() for p in paths["segments"]]
