@@ -91,6 +91,18 @@ def test_outputs_and_tables(demo_1nm):
     np.testing.assert_allclose(cy["plated_C"], cy["plated_nm3"] * 7.424087514963622e-18)
 
 
+def test_deposit_error_breakdown_accounts_for_every_wrong_pixel(demo_1nm):
+    """The false and missed deposit pixels by class add up to what the deposit IoU misses:
+    IoU = TP / (TP + FP + FN). A class left out of the breakdown breaks the equality."""
+    s = demo_1nm[2]
+    fp = sum(s[k] for k in ("deposit_fp_dead_px", "deposit_fp_sei_px", "deposit_fp_void_px",
+                            "deposit_fp_substrate_px"))
+    fn = sum(s[k] for k in ("deposit_miss_residue_px", "deposit_miss_void_px", "deposit_miss_substrate_px"))
+    assert s["deposit_tp_px"] > 0 and fp > 0
+    assert s["iou_deposit"] == pytest.approx(s["deposit_tp_px"] / (s["deposit_tp_px"] + fp + fn), rel=1e-12)
+    assert 0 <= s["deposit_fp_dead_stripping_px"] <= s["deposit_fp_dead_px"]
+
+
 def test_cli_score_prints_the_table(demo_1nm, capsys):
     root = demo_1nm[0]
     assert main(["score", str(root / "out"), str(root / "data" / "truth.zarr")]) == 0

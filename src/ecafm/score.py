@@ -199,6 +199,12 @@ def class_scores(segs: list[xr.Dataset], truth: xr.Dataset, grid: TruthGrid) -> 
     bounds 0.931 / 0.745 (the run: 0.861 / 0.712); seed 1: 0.961 / 0.823 (the run: 0.859 /
     0.741). A detector that pools pixels (shallow voids) could beat the void bound; none tried
     so far did.
+
+    And where the deposit class goes wrong, in pixels pooled like the IoU: ``deposit_fp_*_px``
+    (called deposit, truly dead Li, SEI, void or substrate; ``deposit_fp_dead_stripping_px`` the
+    dead-Li part in stripping frames, where the live cap over a dead core still shrinks and the
+    run's rule calls it ACTIVE while the generator calls the core dead from the stripping's
+    start) and ``deposit_miss_*_px`` (true deposit called residue, void or substrate).
     """
     from scipy import ndimage as ndi
 
@@ -212,6 +218,11 @@ def class_scores(segs: list[xr.Dataset], truth: xr.Dataset, grid: TruthGrid) -> 
     union = dict(inter)
     codes = {"deposit": (T_ACTIVE, T_DORMANT), "void": (T_VOID,), "residue": (T_DEAD,)}
     ht = truth["height_true"]
+    # where the deposit class goes wrong (pixels, pooled like the IoU): false deposit by true
+    # class (dead Li also in stripping frames alone), missed deposit by the run's class
+    errors = {k: 0 for k in ("deposit_tp_px", "deposit_fp_dead_px", "deposit_fp_dead_stripping_px", "deposit_fp_sei_px",
+                             "deposit_fp_void_px", "deposit_fp_substrate_px", "deposit_miss_residue_px",
+                             "deposit_miss_void_px", "deposit_miss_substrate_px")}
     for seg in segs:
         k_det = float(seg.attrs.get("segment_params", {}).get("k", 3.0))
         film = float(seg.attrs.get("segment_params", {}).get("film_nm", 0.0))
@@ -238,6 +249,16 @@ def class_scores(segs: list[xr.Dataset], truth: xr.Dataset, grid: TruthGrid) -> 
                                  np.isin(t, (T_ACTIVE, T_DORMANT))),
                      "void": (p == kc.VOID, t == T_VOID),
                      "residue": (p == kc.INACTIVE_RESIDUE, t == T_DEAD)}
+            a, b = pairs["deposit"]
+            fp, miss = a & ~b & ok, b & ~a & ok
+            for key, n in (("deposit_tp_px", a & b & ok), ("deposit_fp_dead_px", fp & (t == T_DEAD)), ("deposit_fp_void_px", fp & (t == T_VOID)),
+                           ("deposit_fp_substrate_px", fp & (t == T_SUBSTRATE)), ("deposit_fp_sei_px", fp & (t == T_SEI)),
+                           ("deposit_miss_residue_px", miss & (p == kc.INACTIVE_RESIDUE)),
+                           ("deposit_miss_void_px", miss & (p == kc.VOID)),
+                           ("deposit_miss_substrate_px", miss & (p == kc.SUBSTRATE))):
+                errors[key] += int(n.sum())
+            if int(seg["kind"].values[j]) == 2:  # a stripping frame
+                errors["deposit_fp_dead_stripping_px"] += int((fp & (t == T_DEAD)).sum())
             raw = cm[int(f)].values
             for k, (a, b) in pairs.items():
                 sure = ok & ~grid.ambiguous(np.isin(raw, codes[k]))
@@ -246,8 +267,8 @@ def class_scores(segs: list[xr.Dataset], truth: xr.Dataset, grid: TruthGrid) -> 
                                        ("_bound", np.isin(bound, codes[k]), ok)):
                     inter[v, k] += int((pred & b & where).sum())
                     union[v, k] += int(((pred | b) & where).sum())
-    return {f"iou_{k}{v}": (inter[v, k] / union[v, k] if union[v, k] else float("nan"))
-            for v in variants for k in classes}
+    return {**{f"iou_{k}{v}": (inter[v, k] / union[v, k] if union[v, k] else float("nan"))
+               for v in variants for k in classes}, **errors}
 
 
 def site_scores(labels: xr.Dataset, segs: list[xr.Dataset], truth: xr.Dataset, grid: TruthGrid, *,
