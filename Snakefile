@@ -9,7 +9,7 @@
 #   results/segment/{dataset}/cycle_{cycle}.zarr  change labels, state classes (+ .classes.tsv)
 #   results/sites/{dataset}/...                   labels.zarr, sites/site_cycles/cycles/tiles.tsv
 #   results/figures/{dataset}/{stage}.png         one QC figure per stage
-#   results/compare/{datasets,cycles}.tsv         the data sets side by side (+ figures/compare.png)
+#   results/compare/{datasets,cycles,survival}.tsv  the data sets side by side (+ figures/compare.png)
 #   results/score/{dataset}.tsv                   accuracy against the truth (synthetic data sets)
 #   logs/{rule}/{dataset}[/...].log               one log per job
 

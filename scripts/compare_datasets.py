@@ -7,4 +7,5 @@ sm = snakemake  # noqa: F821  (injected by Snakemake)
 setup_job(sm)
 with logged_failure(sm):
     run_compare(list(sm.input), list(sm.params.datasets), sm.output.datasets, sm.output.cycles,
+                out_survival=sm.output.survival,
                 step=step_of(sm, {"datasets": list(sm.params.datasets)}, list(sm.input)))

@@ -6,5 +6,5 @@ from ecafm.snakemake_adapter import logged_failure, setup_job, step_of
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 setup_job(sm)
 with logged_failure(sm):
-    plot_compare(sm.input.datasets, sm.input.cycles, sm.output[0],
-                 step=step_of(sm, {}, [sm.input.datasets, sm.input.cycles]))
+    plot_compare(sm.input.datasets, sm.input.cycles, sm.output[0], survival=sm.input.survival,
+                 step=step_of(sm, {}, [sm.input.datasets, sm.input.cycles, sm.input.survival]))

@@ -12,10 +12,16 @@ import xarray as xr
 from ecafm.compare import STOPPED, compare_figure, plot_compare, read_tables, run_compare
 from ecafm.store import Step, read_record, write_cube
 
+#: 4 sites born in cycle 0; dead-metal conversion in cycle 0 (one) and cycle 1 (one); two censored
+#: after cycle 1. Kaplan-Meier by hand: 3/4 through cycle 0, 3/4 x 2/3 = 1/2 through cycle 1.
+LIFETIMES = pd.DataFrame({"site": [1, 2, 3, 4] * 2, "entry": [0] * 8, "exit": [0, 1, 1, 1] * 2,
+                          "event": [1, 1, 0, 0, 0, 0, 0, 0], "endpoint": ["dead"] * 4 + ["void"] * 4})
 
-def _dataset(root, ds, *, pixel_nm2, area_px, balance, decided, warnings=()):
+
+def _dataset(root, ds, *, pixel_nm2, area_px, balance, decided, warnings=(), lifetimes=LIFETIMES):
     (root / "lifetime" / ds).mkdir(parents=True)
     (root / "sites" / ds).mkdir(parents=True)
+    lifetimes.to_csv(root / "lifetime" / ds / "lifetimes.tsv", sep="\t", index=False)
     (root / "lifetime" / ds / "summary.json").write_text(json.dumps(
         {"balance": balance, "n_sites": 7, "events": {"dead": 2, "inactivation": 1, "void": 0},
          "warnings": list(warnings)}))
@@ -24,8 +30,8 @@ def _dataset(root, ds, *, pixel_nm2, area_px, balance, decided, warnings=()):
         root / "sites" / ds / "cycles.tsv", sep="\t", index=False)
     seg = xr.Dataset({"h_ref": (("y", "x"), np.zeros((2, 2), np.float32))}, attrs={"pixel_area_nm2": pixel_nm2})
     write_cube(seg, root / "segment" / ds / "cycle_0.zarr", step=Step("test"))
-    return [root / "lifetime" / ds / "summary.json", root / "sites" / ds / "cycles.tsv",
-            root / "segment" / ds / "cycle_0.zarr"]
+    return [root / "lifetime" / ds / "summary.json", root / "lifetime" / ds / "lifetimes.tsv",
+            root / "sites" / ds / "cycles.tsv", root / "segment" / ds / "cycle_0.zarr"]
 
 
 def test_volumes_become_layer_thickness_over_the_analysed_field(tmp_path):
@@ -82,3 +88,37 @@ def test_inputs_of_a_data_set_not_in_the_list_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"data sets \['a'\] that are not among \['b'\]"):
         run_compare(a, ["b"], tmp_path / "d.tsv", tmp_path / "c.tsv", step=Step("compare_datasets"))
     assert not (tmp_path / "d.tsv").exists()
+
+
+def test_site_survival_per_data_set(tmp_path):
+    """Kaplan-Meier per data set and endpoint against the hand computation of LIFETIMES; a data
+    set whose sites all convert in cycle 0 differs from it (log-rank p < 0.05 with 20 sites
+    each); alone, a data set has no log-rank test."""
+    root = tmp_path / "results"
+    bal = [{"cycle": 0, "ce_volumetric": 0.5}, {"cycle": 1, "ce_volumetric": 0.5}]
+    a = _dataset(root, "a", pixel_nm2=1.0, area_px=[10, 10], decided=[True, True], balance=bal)
+    out = tmp_path / "compare"
+    run_compare(a, ["a"], out / "d.tsv", out / "c.tsv", out_survival=out / "s.tsv", step=Step("compare_datasets"))
+    t, _, sv = read_tables(out / "d.tsv", out / "c.tsv", out / "s.tsv")
+    dead = sv[(sv["dataset"] == "a") & (sv["endpoint"] == "dead")].set_index("through_cycle")
+    assert dead["survival"].to_dict() == pytest.approx({-1.0: 1.0, 0.0: 0.75, 1.0: 0.5})
+    assert dead["median_cycles"].iloc[0] == 2 and np.isnan(dead["logrank_p"].iloc[0])
+    assert t.loc[0, "median_cycles_dead"] == 2 and np.isinf(t.loc[0, "median_cycles_void"])
+
+    many = pd.DataFrame({"site": range(20), "entry": 0, "exit": [1] * 20, "event": 0, "endpoint": "dead"})
+    early = many.assign(exit=0, event=1)
+    b = _dataset(root, "b", pixel_nm2=1.0, area_px=[10, 10], decided=[True, True], balance=bal, lifetimes=many)
+    c = _dataset(root, "c", pixel_nm2=1.0, area_px=[10, 10], decided=[True, True], balance=bal, lifetimes=early)
+    run_compare([*b, *c], ["b", "c"], out / "d2.tsv", out / "c2.tsv", out_survival=out / "s2.tsv",
+                step=Step("compare_datasets"))
+    _, _, sv2 = read_tables(out / "d2.tsv", out / "c2.tsv", out / "s2.tsv")
+    assert sv2["logrank_p"].iloc[0] < 0.05
+    assert sv2.loc[sv2["dataset"] == "c", "survival"].min() == 0.0
+
+    # a data set without sites: the lifetime stage writes an empty lifetimes.tsv (no header)
+    e = _dataset(root, "e", pixel_nm2=1.0, area_px=[10, 10], decided=[True, True], balance=bal)
+    (root / "lifetime" / "e" / "lifetimes.tsv").write_text("")
+    run_compare([*b, *e], ["b", "e"], out / "d3.tsv", out / "c3.tsv", out_survival=out / "s3.tsv",
+                step=Step("compare_datasets"))
+    _, _, sv3 = read_tables(out / "d3.tsv", out / "c3.tsv", out / "s3.tsv")
+    assert set(sv3["dataset"]) == {"b"} and np.isnan(sv3["logrank_p"].iloc[0])

@@ -264,7 +264,12 @@ def test_synthetic_demo_scores_itself_and_is_compared(tmp_path):
     table, cycles = read_tables(res / "compare" / "datasets.tsv", res / "compare" / "cycles.tsv")
     assert table["dataset"].tolist() == ["demo"] and table.loc[0, "status"] == "analysed"
     assert cycles["cycle"].tolist() == [0, 1, 2, 3] and cycles["residue_decided"].tolist() == [True] * 3 + [False]
+    survival = pd.read_csv(res / "compare" / "survival.tsv", sep="\t")
+    lifetimes = pd.read_csv(res / "lifetime" / "demo" / "lifetimes.tsv", sep="\t")
+    for ep, rows in survival.groupby("endpoint"):  # every site of the lifetime stage, every event
+        assert rows["n"].iloc[0] == (lifetimes["endpoint"] == ep).sum()
+        assert rows["events"].iloc[0] == lifetimes.loc[lifetimes["endpoint"] == ep, "event"].sum()
     findings = {(f.artifact, f.check): f for f in audit(res)}
     assert not [f for f in findings.values() if f.failed]
-    for key in ("score/demo.tsv", "compare/datasets.tsv", "compare/cycles.tsv"):
+    for key in ("score/demo.tsv", "compare/datasets.tsv", "compare/cycles.tsv", "compare/survival.tsv"):
         assert findings[(key, "reexec")].status == "ok"

@@ -226,7 +226,7 @@ def _compare_datasets(rec: dict[str, Any], inputs: list[Path], out: dict[str, Pa
 
     d = next(iter(out.values())).parent
     run_compare(inputs, list(rec["step"]["params"]["datasets"]), d / "datasets.tsv", d / "cycles.tsv",
-                step=_step(rec, inputs))
+                out_survival=d / "survival.tsv", step=_step(rec, inputs))
 
 
 def _score(rec: dict[str, Any], inputs: list[Path], out: dict[str, Path]) -> None:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 #: What a data set without a summary is reported as.
 STOPPED = "stopped after registration: no plating frame in its first cycle"
 _PATHS = {"summary": re.compile(r"(?:^|/)lifetime/(?P<ds>[^/]+)/summary\.json$"),
+          "lifetimes": re.compile(r"(?:^|/)lifetime/(?P<ds>[^/]+)/lifetimes\.tsv$"),
           "cycles": re.compile(r"(?:^|/)sites/(?P<ds>[^/]+)/cycles\.tsv$"),
           "segment0": re.compile(r"(?:^|/)segment/(?P<ds>[^/]+)/cycle_-?\d+\.zarr$")}
 
@@ -111,21 +112,68 @@ def _median(v: pd.Series) -> float:
     return float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")
 
 
+ENDPOINTS = ("dead", "inactivation", "void")
+
+
+def _read_lifetimes(path: str | Path) -> pd.DataFrame:
+    """A data set's site lifetimes; the lifetime stage writes an empty file when it found no site."""
+    try:
+        return pd.read_csv(path, sep="\t")
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=["site", "entry", "exit", "event", "endpoint"])
+
+
+def survival_by_dataset(lifetimes: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Site survival per data set and endpoint: Kaplan-Meier with left truncation at each site's
+    birth (lifelines, :func:`ecafm.stats.kaplan_meier_by_groups`, the lifetime stage's estimator)
+    and the log-rank test across data sets (NaN with one data set). Returns the curves (``dataset,
+    endpoint, through_cycle, survival``: the fraction of sites without the event through that
+    cycle) and one row per data set and endpoint (``n, events, median_cycles`` with its 95% CI,
+    ``logrank_p``). The log-rank test ignores the left truncation and the spatial correlation of
+    sites in one field, so read its p value as a screen, not a verdict."""
+    from ecafm.stats import kaplan_meier_by_groups
+
+    curves, rows = [], []
+    for ep in ENDPOINTS:
+        parts = [lt.loc[lt["endpoint"] == ep, ["entry", "exit", "event"]].assign(dataset=ds)
+                 for ds, lt in lifetimes.items()]
+        parts = [q for q in parts if len(q)]
+        if not parts:
+            continue
+        life = pd.concat(parts, ignore_index=True)
+        groups = life["dataset"].to_numpy(object)
+        km = kaplan_meier_by_groups(life, groups)
+        for ds, g in km["groups"].items():
+            # lifelines' time T = exit + 1: the survival at T is through cycle T - 1
+            curves.append(pd.DataFrame({"dataset": ds, "endpoint": ep,
+                                        "through_cycle": np.asarray(g["timeline"], float) - 1,
+                                        "survival": g["survival"]}))
+            rows.append({"dataset": ds, "endpoint": ep, "n": g["n"], "events": g["events"],
+                         "median_cycles": g["median"], "median_ci_low": g["median_ci"][0],
+                         "median_ci_high": g["median_ci"][1], "logrank_p": km["logrank_p"]})
+    cols = ["dataset", "endpoint", "through_cycle", "survival"]
+    return (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=cols),
+            pd.DataFrame(rows, columns=["dataset", "endpoint", "n", "events", "median_cycles", "median_ci_low",
+                                        "median_ci_high", "logrank_p"]))
+
+
 def run_compare(inputs: list[str | Path], datasets: list[str], out_datasets: str | Path, out_cycles: str | Path,
-                *, step: Step) -> pd.DataFrame:
+                *, step: Step, out_survival: str | Path | None = None) -> pd.DataFrame:
     """Write ``datasets.tsv`` (one row per data set of ``datasets``, in that order) and
-    ``cycles.tsv`` (data set x cycle) from the analysed data sets' outputs in ``inputs``."""
+    ``cycles.tsv`` (data set x cycle) from the analysed data sets' outputs in ``inputs``; with
+    ``out_survival``, also ``survival.tsv`` (site survival per data set and endpoint)."""
     got = inputs_by_dataset(inputs)
     unknown = sorted(set(got) - set(datasets))
     if unknown:
         raise ValueError(f"inputs of data sets {unknown} that are not among {datasets}")
-    rows, per = [], []
+    rows, per, lifetimes = [], [], {}
     for ds in datasets:
         if ds not in got:
             rows.append({"dataset": ds, "status": STOPPED})
             log.info("%s: %s", ds, STOPPED)
             continue
         row, p = dataset_cycles(ds, **{k: got[ds][k] for k in ("summary", "cycles", "segment0")})
+        lifetimes[ds] = _read_lifetimes(got[ds]["lifetimes"])
         rows.append(row)
         per.append(p)
         log.info("%s: %d cycles, median CE %.3f (log) %.3f (AFM), inactive residue %.3g nm after cycle %d",
@@ -134,6 +182,12 @@ def run_compare(inputs: list[str | Path], datasets: list[str], out_datasets: str
     table = pd.DataFrame(rows, columns=list(_ROW_COLUMNS))
     cycles = (pd.concat(per, ignore_index=True) if per
               else pd.DataFrame(columns=list(_CYCLE_COLUMNS)))
+    if out_survival is not None:
+        curves, summary = survival_by_dataset(lifetimes)
+        table = table.merge(summary.pivot(index="dataset", columns="endpoint", values="median_cycles")
+                            .add_prefix("median_cycles_").reset_index(), on="dataset", how="left")
+        table = table.reindex(columns=[*_ROW_COLUMNS, *(c for c in table.columns if c not in _ROW_COLUMNS)])
+        write_table(curves.merge(summary, on=["dataset", "endpoint"]), out_survival, step=step)
     write_table(cycles, out_cycles, step=step)
     write_table(table, out_datasets, step=step)
     return table
@@ -146,14 +200,17 @@ _CYCLE_COLUMNS = ("dataset", "cycle", "n_sites", "field_um2", "ce_electrochemica
                   "ce_volumetric_with_voids", "plated_nm", "residue_decided", "dead_cum_nm", "void_nm")
 
 
-def compare_figure(table: pd.DataFrame, cycles: pd.DataFrame) -> Any:
-    """CE, cumulative dead metal, voids and sites per cycle, one line per analysed data set."""
+def compare_figure(table: pd.DataFrame, cycles: pd.DataFrame, survival: pd.DataFrame | None = None) -> Any:
+    """CE, cumulative dead metal, voids and sites per cycle, one line per analysed data set; with
+    ``survival``, site survival free of dead-metal conversion and of voids per data set."""
     from matplotlib.ticker import MaxNLocator
 
     from ecafm.figures import _mpl
 
     plt = _mpl()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
+    rows = 3 if survival is not None else 2
+    fig, grid = plt.subplots(rows, 2, figsize=(11, 4 * rows), constrained_layout=True)
+    axes = grid[:2]
     analysed = [d for d in table["dataset"] if d in set(cycles["dataset"])]
     for k, ds in enumerate(analysed):
         c = cycles[cycles["dataset"] == ds]
@@ -180,6 +237,23 @@ def compare_figure(table: pd.DataFrame, cycles: pd.DataFrame) -> Any:
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no data set reached segmentation", ha="center", transform=ax.transAxes)
+    if survival is not None:
+        what = {"dead": "free of dead-metal conversion", "void": "free of voids"}
+        for ax, ep in zip(grid[2], ("dead", "void"), strict=True):
+            for k, ds in enumerate(analysed):
+                c = survival[(survival["dataset"] == ds) & (survival["endpoint"] == ep)]
+                if len(c):
+                    ax.step(c["through_cycle"], c["survival"], where="post", color=f"C{k % 10}",
+                            label=f"{ds} (n={int(c['n'].iloc[0])}, events {int(c['events'].iloc[0])})")
+            p = survival.loc[survival["endpoint"] == ep, "logrank_p"]
+            test = f", log-rank p = {p.iloc[0]:.3g}" if len(p) and np.isfinite(p.iloc[0]) else ""
+            ax.set_title(f"sites {what[ep]}\n(Kaplan-Meier, sites enter at birth{test})", fontsize=10)
+            ax.set_xlabel("cycle")
+            ax.set_ylabel("fraction of sites")
+            ax.set_ylim(-0.02, 1.02)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
     stopped = table.loc[table["status"] != "analysed", "dataset"].tolist()
     warned = table.loc[table["warnings"].fillna("").astype(str).str.len() > 0, "dataset"].tolist()
     title = f"{len(analysed)} of {len(table)} data sets analysed"
@@ -192,14 +266,18 @@ def compare_figure(table: pd.DataFrame, cycles: pd.DataFrame) -> Any:
     return fig
 
 
-def read_tables(datasets: str | Path, cycles: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The stage's two tables as written; ids such as "null" or "NA" stay data set names."""
-    return (pd.read_csv(datasets, sep="\t", converters={"dataset": str, "status": str, "warnings": str}),
-            pd.read_csv(cycles, sep="\t", converters={"dataset": str}))
+def read_tables(datasets: str | Path, cycles: str | Path, survival: str | Path | None = None) -> tuple:
+    """The stage's tables as written; ids such as "null" or "NA" stay data set names."""
+    out = (pd.read_csv(datasets, sep="\t", converters={"dataset": str, "status": str, "warnings": str}),
+           pd.read_csv(cycles, sep="\t", converters={"dataset": str}))
+    if survival is None:
+        return out
+    return (*out, pd.read_csv(survival, sep="\t", converters={"dataset": str, "endpoint": str}))
 
 
-def plot_compare(datasets: str | Path, cycles: str | Path, out: str | Path, *, step: Step) -> dict[str, Any]:
-    """The comparison figure from the stage's two tables."""
+def plot_compare(datasets: str | Path, cycles: str | Path, out: str | Path, *, step: Step,
+                 survival: str | Path | None = None) -> dict[str, Any]:
+    """The comparison figure from the stage's tables."""
     from ecafm.figures import _write_figure
 
-    return _write_figure(compare_figure(*read_tables(datasets, cycles)), out, step=step)
+    return _write_figure(compare_figure(*read_tables(datasets, cycles, survival)), out, step=step)

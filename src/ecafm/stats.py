@@ -183,6 +183,9 @@ def kaplan_meier_by_groups(lifetimes: pd.DataFrame, groups: np.ndarray) -> dict:
             "timeline": km.survival_function_.index.to_numpy().tolist(),
             "survival": km.survival_function_.iloc[:, 0].to_numpy().tolist(),
         }
+    if len(out["groups"]) < 2:  # nothing to test (one data set in a comparison)
+        out["logrank_chi2"] = out["logrank_p"] = float("nan")
+        return out
     lr = multivariate_logrank_test(T, groups, E)
     out["logrank_chi2"] = float(lr.test_statistic)
     out["logrank_p"] = float(lr.p_value)

@@ -240,7 +240,7 @@ def analysis_outputs(dataset):
 
 def get_compare_inputs(wildcards):
     """Inputs of the compare_datasets job, one per run: each analysed data set's lifetime
-    summary, cycles table and first segment cube (for its pixel area); data sets that stop after
+    summary and site lifetimes, cycles table and first segment cube (for its pixel area); data sets that stop after
     registration have none and get a row that says so (waits for every ingest checkpoint).
     """
     out = []
@@ -248,6 +248,7 @@ def get_compare_inputs(wildcards):
         if can_segment(d):
             out += [
                 f"results/lifetime/{d}/summary.json",
+                f"results/lifetime/{d}/lifetimes.tsv",
                 f"results/sites/{d}/cycles.tsv",
                 f"results/segment/{d}/cycle_{get_cycles(d)[0]}.zarr",
             ]

@@ -62,6 +62,7 @@ rule compare_datasets:
     output:
         datasets="results/compare/datasets.tsv",
         cycles="results/compare/cycles.tsv",
+        survival="results/compare/survival.tsv",
     log:
         "logs/compare_datasets/all.log",
     localrule: True
@@ -81,6 +82,7 @@ rule plot_compare:
     input:
         datasets="results/compare/datasets.tsv",
         cycles="results/compare/cycles.tsv",
+        survival="results/compare/survival.tsv",
     output:
         report(
             "results/figures/compare.png",
