@@ -122,3 +122,16 @@ def test_site_survival_per_data_set(tmp_path):
                 step=Step("compare_datasets"))
     _, _, sv3 = read_tables(out / "d3.tsv", out / "c3.tsv", out / "s3.tsv")
     assert set(sv3["dataset"]) == {"b"} and np.isnan(sv3["logrank_p"].iloc[0])
+
+
+def test_a_run_where_no_data_set_reached_segmentation(tmp_path):
+    """A sheet of movies without logs: every data set stops after registration. The comparison
+    still lists them, with empty cycle and survival tables, and the figure says so."""
+    out = tmp_path / "compare"
+    run_compare([], ["movie"], out / "d.tsv", out / "c.tsv", out_survival=out / "s.tsv", step=Step("compare_datasets"))
+    t, cy, sv = read_tables(out / "d.tsv", out / "c.tsv", out / "s.tsv")
+    assert t["dataset"].tolist() == ["movie"] and t.loc[0, "status"] == STOPPED
+    assert len(cy) == 0 and len(sv) == 0
+    fig = compare_figure(t, cy, sv)
+    assert fig._suptitle.get_text() == "0 of 1 data sets analysed; stopped after registration: movie"
+    assert all(any(x.get_text() == "no data set reached segmentation" for x in ax.texts) for ax in fig.axes)

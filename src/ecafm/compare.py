@@ -254,6 +254,8 @@ def compare_figure(table: pd.DataFrame, cycles: pd.DataFrame, survival: pd.DataF
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)
+            elif not analysed:
+                ax.text(0.5, 0.5, "no data set reached segmentation", ha="center", transform=ax.transAxes)
     stopped = table.loc[table["status"] != "analysed", "dataset"].tolist()
     warned = table.loc[table["warnings"].fillna("").astype(str).str.len() > 0, "dataset"].tolist()
     title = f"{len(analysed)} of {len(table)} data sets analysed"
