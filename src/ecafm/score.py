@@ -574,11 +574,15 @@ def score_table(scores: dict[str, Any]) -> pd.DataFrame:
     for k, v in scores.items():
         op_thr = TARGETS.get(k)
         val = float(v) if isinstance(v, (int, float, np.floating, np.integer)) else np.nan
-        rows.append({"metric": k, "value": val,
-                     "target": f"{op_thr[0]} {op_thr[1]:g}" if op_thr else "",
-                     "passed": ("" if not op_thr else
-                                str(bool(val <= op_thr[1] if op_thr[0] == "<=" else val >= op_thr[1])))})
+        rows.append({"metric": k, "value": val, "target": f"{op_thr[0]} {op_thr[1]:g}" if op_thr else "",
+                     "passed": "" if not op_thr else str(_passed(k, val))})
     return pd.DataFrame(rows, columns=["metric", "value", "target", "passed"])
+
+
+def _passed(metric: str, value: float) -> bool:
+    """Whether ``value`` meets the SCIENCE.md target of ``metric`` (one in :data:`TARGETS`)."""
+    op, thr = TARGETS[metric]
+    return bool(value <= thr) if op == "<=" else bool(value >= thr)
 
 
 def run_score(results: str | Path, truth: str | Path, out: str | Path, *, dataset: str, step) -> pd.DataFrame:
@@ -605,8 +609,7 @@ def format_scores(scores: dict[str, Any]) -> str:
         val = f"{v:12.4g}" if isinstance(v, (int, float, np.floating, np.integer)) else f"{v!s:>12s}"
         if tgt:
             op, thr = tgt
-            ok = (v <= thr) if op == "<=" else (v >= thr)
-            lines.append(f"{k:28s} {val}  {op} {thr:g}  {'PASS' if ok else 'FAIL'}")
+            lines.append(f"{k:28s} {val}  {op} {thr:g}  {'PASS' if _passed(k, v) else 'FAIL'}")
         else:
             lines.append(f"{k:28s} {val}")
     return "\n".join(lines)

@@ -47,6 +47,16 @@ _CURRENT_UNITS = {"A": 1e3, "mA": 1.0, "uA": 1e-3, "µA": 1e-3}
 _VOLTAGE_UNITS = {"V": 1.0, "mV": 1e-3}
 
 
+def _finite_numbers(path: Path, table: pd.DataFrame, c: str, *, row: str = "data row", first: int = 0) -> np.ndarray:
+    """Column ``c`` of a log as floats; a missing or non-numeric cell (a truncated export) names
+    the column and the ``row`` it is in, numbered from ``first``."""
+    v = pd.to_numeric(table[c], errors="coerce").to_numpy(float)
+    if not np.isfinite(v).all():
+        raise InputFileError(path, f"column {c!r} has a missing or non-numeric value at {row} "
+                             f"{int(np.flatnonzero(~np.isfinite(v))[0]) + first} (truncated?)")
+    return v
+
+
 def is_bdf_header(first_line: str) -> bool:
     """Whether a CSV header names its columns the Battery Data Format way (``Test Time / h``)."""
     cols = [c.strip() for c in first_line.split(",")]
@@ -128,11 +138,7 @@ def read_bdf_csv(path: str | Path):
         c, unit = cols[name]
         if unit not in units:
             raise InputFileError(path, f"column {c!r}: unit {unit!r} not understood (expected one of {sorted(units)})")
-        v = pd.to_numeric(table[c], errors="coerce").to_numpy(float)
-        if not np.isfinite(v).all():
-            raise InputFileError(path, f"column {c!r} has a missing or non-numeric value at data row "
-                                 f"{int(np.flatnonzero(~np.isfinite(v))[0])} (truncated?)")
-        return v * units[unit]
+        return _finite_numbers(path, table, c) * units[unit]
 
     missing = [n for n in ("test time", "current", "voltage") if n not in cols]
     if missing:
@@ -201,20 +207,16 @@ def read_neware_csv(path: str | Path):
                              hint="export the record level with total time, current and voltage")
     time_s = _neware_seconds(path, table[time_col], time_col)
 
-    def number(c: str) -> np.ndarray:
-        v = pd.to_numeric(table[c], errors="coerce").to_numpy(float)
-        if not np.isfinite(v).all():
-            raise InputFileError(path, f"column {c!r} has a missing or non-numeric value at record "
-                                 f"{int(np.flatnonzero(~np.isfinite(v))[0]) + 1} (truncated?)")
-        return v
+    def record_numbers(c: str) -> np.ndarray:
+        return _finite_numbers(path, table, c, row="record", first=1)
 
-    current_mA = number(cur_col) * (1e3 if cur_col.strip().lower() == "current(a)" else 1.0)
+    current_mA = record_numbers(cur_col) * (1e3 if cur_col.strip().lower() == "current(a)" else 1.0)
     start = None
     if "date" in cols:
         first = pd.to_datetime(table[cols["date"]].iloc[0], errors="coerce")
         if not pd.isna(first):
             start = (first - pd.Timedelta(seconds=float(time_s[0]))).to_pydatetime()
-    data = _assemble(str(path), time_s=time_s, potential_V=number(volt_col), current_mA=current_mA,
+    data = _assemble(str(path), time_s=time_s, potential_V=record_numbers(volt_col), current_mA=current_mA,
                      charge_C=None, half_cycle=None, cycle=None, rest=None)
     logger.info("%s: read %d records (Neware CSV export)", path, len(data))
     return EcLog(data=data, start_time=start, path=str(path), format="neware-csv")
